@@ -1,0 +1,1 @@
+"""Benchmarks behind `fedkd bench ...`: they print figures; they are not tests."""
