@@ -1,0 +1,35 @@
+"""fedkd's ClientApp: read the round's config from the message, call one function of
+`fedkd.task`, wrap the reply. The teacher's weights persist across rounds in the node's
+`context.state`.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedkd.apps.records import config_from_message, consensus_from_message, vector_record
+from fedkd.task import fedavg_round, teacher_round
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config, server_round = config_from_message(msg)
+    partition_id = int(context.node_config["partition-id"])
+    torch.set_num_threads(max(1, int(config.client_cpus)))  # one actor per core share, no oversubscription
+
+    if config.method == "fedavg":
+        state, metrics = fedavg_round(config, partition_id, server_round, msg.content["arrays"].to_torch_state_dict())
+        return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    previous = context.state["teacher"].to_torch_state_dict() if "teacher" in context.state else None
+    update = teacher_round(
+        config, partition_id, server_round, previous,
+        consensus=consensus_from_message(msg), with_predictions=config.method == "fd",
+    )
+    context.state["teacher"] = ArrayRecord(update.state)
+    content = RecordDict({"payload": vector_record(update.vector), "metrics": MetricRecord(update.metrics)})
+    return Message(content, reply_to=msg)

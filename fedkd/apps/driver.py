@@ -1,0 +1,117 @@
+"""The federation loop on the server: one Flower message exchange per round, then the core.
+
+Owns: waiting for nodes, sending each round's train messages and turning replies into
+`ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg strategy, timing
+each round, and handing records to the `RunRecorder`. Must not touch: the maths (`fedkd.server`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedkd.apps.records import train_content, vector_from_message
+from fedkd.config import Config
+from fedkd.results import RunRecorder
+from fedkd.server import ClientReply, DistillationServer
+
+
+class RunError(RuntimeError):
+    """The run cannot go on; the message says why in one line."""
+
+
+def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> dict:
+    """Run every round of `config.method`, saving after each; returns the results dict.
+
+    `grid` may be None for `central`, which needs no clients.
+    """
+    started = time.perf_counter()
+    recorder.start()
+    try:
+        server = DistillationServer(config)
+        if config.method == "central":
+            for r in range(1, config.rounds + 1):
+                t0 = time.perf_counter()
+                record = server.central_round(r)
+                record["seconds"] = time.perf_counter() - t0
+                recorder.add_round(record)
+        elif config.method == "fedavg":
+            _run_fedavg(grid, config, server, recorder)
+        else:
+            _run_rounds(grid, config, server, recorder)
+        return recorder.finish(time.perf_counter() - started)
+    except Exception as exc:
+        recorder.fail(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def wait_for_nodes(grid: Grid, config: Config) -> list[int]:
+    """All `num-clients` nodes, waiting up to `timeout` seconds for them to connect."""
+    deadline = time.monotonic() + config.timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= config.num_clients:
+            if len(nodes) > config.num_clients:
+                raise RunError(
+                    f"{len(nodes)} nodes are connected but num-clients={config.num_clients}; "
+                    "set num-clients to the number of SuperNodes"
+                )
+            return nodes
+        if time.monotonic() > deadline:
+            raise RunError(f"only {len(nodes)} of num-clients={config.num_clients} nodes connected within {config.timeout}s")
+        time.sleep(0.5)
+
+
+def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
+    nodes = wait_for_nodes(grid, config)
+    for r in range(1, config.rounds + 1):
+        t0 = time.perf_counter()
+        content = train_content(config, r, server.consensus)
+        messages = [Message(content, node, MessageType.TRAIN, group_id=str(r)) for node in nodes]
+        replies = _collect(list(grid.send_and_receive(messages, timeout=config.timeout)), r, config)
+        record = server.finish_round(r, replies, seconds_clients=time.perf_counter() - t0)
+        record["seconds"] = time.perf_counter() - t0
+        recorder.add_round(record)
+
+
+def _collect(replies: list[Message], server_round: int, config: Config) -> list[ClientReply]:
+    out = []
+    for msg in replies:
+        if msg.has_error():
+            raise RunError(f"round {server_round}: a client failed: {msg.error.reason}")
+        metrics = dict(msg.content["metrics"])
+        vector = vector_from_message(msg) if config.method == "fd" else np.zeros(0, np.float32)
+        out.append(ClientReply(int(metrics["partition-id"]), vector, metrics))
+    if not out:
+        raise RunError(f"round {server_round}: no client replied within timeout={config.timeout}s")
+    return sorted(out, key=lambda reply: reply.partition_id)
+
+
+def _run_fedavg(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
+    nodes = wait_for_nodes(grid, config)
+    strategy = FedAvg(
+        fraction_train=1.0, fraction_evaluate=0.0,
+        min_train_nodes=len(nodes), min_available_nodes=len(nodes),
+    )
+    last = [time.perf_counter()]
+
+    def evaluate(server_round: int, arrays: ArrayRecord):
+        if server_round == 0:  # FedAvg evaluates the initial model too; fedkd records rounds 1..R
+            last[0] = time.perf_counter()
+            return None
+        now = time.perf_counter()
+        record = server.fedavg_record(server_round, arrays.to_torch_state_dict(), seconds_clients=now - last[0])
+        record["seconds"] = time.perf_counter() - last[0]
+        recorder.add_round(record)
+        last[0] = time.perf_counter()
+        return None
+
+    config_record = ConfigRecord(config.to_run_config())
+    strategy.start(
+        grid=grid, initial_arrays=ArrayRecord(server.student.state_dict()), num_rounds=config.rounds,
+        timeout=config.timeout, train_config=config_record, evaluate_fn=evaluate,
+    )

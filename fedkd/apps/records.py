@@ -1,0 +1,59 @@
+"""Conversions between fedkd's plain values and Flower records (arrays and scalars only, no pickle)."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedkd.config import Config
+from fedkd.distill import Teacher
+from fedkd.task import Consensus
+
+ROUND_KEY = "server-round"
+
+
+def config_record(config: Config, server_round: int) -> ConfigRecord:
+    return ConfigRecord({**config.to_run_config(), ROUND_KEY: server_round})
+
+
+def config_from_message(msg: Message) -> tuple[Config, int]:
+    values = dict(msg.content["config"])
+    server_round = int(values.pop(ROUND_KEY))
+    return Config.from_run_config(values), server_round
+
+
+def vector_record(vector: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float32))})
+
+
+def vector_from_message(msg: Message) -> np.ndarray:
+    return msg.content["payload"]["vector"].numpy()
+
+
+def consensus_record(consensus: Consensus) -> ArrayRecord:
+    return ArrayRecord({
+        "indices": Array(consensus.indices.astype(np.int64)),
+        "values": Array(consensus.teacher.values),
+        # kind and temperature travel as arrays so the record stays arrays-only
+        "is-logits": Array(np.array([consensus.teacher.kind == "logits"])),
+        "temperature": Array(np.array([consensus.teacher.temperature], dtype=np.float64)),
+    })
+
+
+def consensus_from_message(msg: Message) -> Consensus | None:
+    if "consensus" not in msg.content:
+        return None
+    rec = msg.content["consensus"]
+    teacher = Teacher(
+        values=rec["values"].numpy(),
+        kind="logits" if bool(rec["is-logits"].numpy()[0]) else "probs",
+        temperature=float(rec["temperature"].numpy()[0]),
+    )
+    return Consensus(rec["indices"].numpy(), teacher)
+
+
+def train_content(config: Config, server_round: int, consensus: Consensus | None) -> RecordDict:
+    content = RecordDict({"config": config_record(config, server_round)})
+    if consensus is not None and config.digest_epochs > 0:
+        content["consensus"] = consensus_record(consensus)
+    return content

@@ -1,0 +1,190 @@
+"""One frozen run configuration for fedkd, built from Flower's run config.
+
+Owns: the `Config` dataclass, its defaults (mirrored in pyproject's `[tool.flwr.app.config]`),
+the mapping between flat hyphenated run-config keys and fields, and validation with one-line errors.
+Must not touch: data, models or Flower messaging; it only describes a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+METHODS = ("fd", "fedavg", "central", "local")
+PARTITIONS = ("iid", "dirichlet", "pathological")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+MODELS = ("auto", "mlp", "cnn", "resnet8")
+ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
+AGGREGATIONS = ("plain",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A run setting is out of range; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # What runs
+    method: str = "fd"
+    rounds: int = 5
+    seed: int = 0
+    out: str = "runs/latest"
+    # Data
+    dataset: str = "digits"
+    data_dir: str = ""
+    download: bool = False
+    num_clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    num_public: int = 500
+    test_fraction: float = 0.2
+    public_labels: bool = False  # declare public labels available to the server (off: it never reads them)
+    # Models
+    teacher_models: str = "auto"  # comma list, cycled over clients: "mlp,cnn"
+    student_model: str = "auto"
+    # Client (teacher) training
+    local_epochs: int = 20
+    lr: float = 0.05
+    batch_size: int = 32
+    digest_epochs: int = 0  # FedMD/DS-FL digest: epochs on last round's consensus before local training
+    # Knowledge transfer
+    temperature: float = 3.0
+    ensemble: str = "mean"
+    era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
+    public_sample: int = 0  # public examples released per round (0: the whole public set)
+    aggregation: str = "plain"
+    # Server (student) distillation
+    distill_epochs: int = 60
+    distill_lr: float = 0.05
+    distill_batch_size: int = 64
+    patience: int = 8  # early-stopping patience, in epochs, on the public validation slice
+    val_fraction: float = 0.1
+    hard_label_weight: float = 0.0  # weight of cross-entropy on public labels (needs public_labels)
+    # Runtime
+    device: str = "auto"
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
+
+    # ---- conversion -------------------------------------------------------------------------
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "Config":
+        """Build from flat hyphenated keys (Flower's run config); unknown keys are an error."""
+        by_key = {f.name.replace("_", "-"): f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in run_config.items():
+            f = by_key.get(key)
+            if f is None:
+                raise ConfigError(f"unknown setting '{key}'; valid settings: {', '.join(sorted(by_key))}")
+            values[f.name] = _coerce(key, raw, type(getattr(cls(), f.name)))
+        return cls(**values).validated()
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat hyphenated keys with scalar values, fit for a Flower ConfigRecord or config.json."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes).validated()
+
+    @property
+    def teacher_model_list(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.teacher_models.split(",") if m.strip())
+
+    def teacher_model_for(self, partition_id: int) -> str:
+        models = self.teacher_model_list
+        return models[partition_id % len(models)]
+
+    # ---- validation -------------------------------------------------------------------------
+    def validated(self) -> "Config":
+        _choice("method", self.method, METHODS)
+        _choice("partition", self.partition, PARTITIONS)
+        if self.dataset not in DATASETS and not self.dataset.endswith(".npz"):
+            raise ConfigError(
+                f"dataset '{self.dataset}' is unknown; choose one of {', '.join(DATASETS)} or a path to a .npz file"
+            )
+        _choice("ensemble", self.ensemble, ENSEMBLE_RULES)
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("device", self.device, DEVICES)
+        _choice("student-model", self.student_model, MODELS)
+        if not self.teacher_model_list:
+            raise ConfigError("teacher-models is empty; give one or more of " + ", ".join(MODELS))
+        for m in self.teacher_model_list:
+            _choice("teacher-models", m, MODELS)
+        _at_least("rounds", self.rounds, 1)
+        _at_least("num-clients", self.num_clients, 2)
+        _at_least("num-public", self.num_public, 1)
+        _at_least("local-epochs", self.local_epochs, 0)
+        _at_least("digest-epochs", self.digest_epochs, 0)
+        _at_least("distill-epochs", self.distill_epochs, 1)
+        _at_least("batch-size", self.batch_size, 1)
+        _at_least("distill-batch-size", self.distill_batch_size, 1)
+        _at_least("patience", self.patience, 1)
+        _at_least("classes-per-client", self.classes_per_client, 1)
+        _at_least("public-sample", self.public_sample, 0)
+        if self.public_sample > self.num_public:
+            raise ConfigError(
+                f"public-sample={self.public_sample} is larger than num-public={self.num_public}; "
+                f"use 0 (all) or a value in 1..{self.num_public}"
+            )
+        _positive("alpha", self.alpha)
+        _positive("temperature", self.temperature)
+        _positive("lr", self.lr)
+        _positive("distill-lr", self.distill_lr)
+        _positive("client-cpus", self.client_cpus)
+        _positive("timeout", self.timeout)
+        if not 0 < self.era_temperature < 1:
+            raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test-fraction={self.test_fraction} must lie in (0, 1)")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val-fraction={self.val_fraction} must lie in [0, 1)")
+        if self.client_gpus < 0:
+            raise ConfigError(f"client-gpus={self.client_gpus} must be >= 0")
+        if self.hard_label_weight < 0:
+            raise ConfigError(f"hard-label-weight={self.hard_label_weight} must be >= 0")
+        if self.hard_label_weight > 0 and not self.public_labels:
+            raise ConfigError(
+                f"hard-label-weight={self.hard_label_weight} needs public-labels=true "
+                "(the server reads public labels only when they are declared available)"
+            )
+        return self
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key} '{value}' is unknown; choose one of {', '.join(valid)}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} is too small; it must be >= {low}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value} must be > 0")
+
+
+def _coerce(key: str, raw: Any, kind: type) -> Any:
+    """Turn a run-config value (TOML scalar or CLI string) into the field's type."""
+    try:
+        if kind is bool:
+            if isinstance(raw, str):
+                if raw.lower() in ("true", "1", "yes"):
+                    return True
+                if raw.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            return bool(raw)
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={raw!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,318 @@
+"""The client side of secure aggregation: a state machine with no I/O.
+
+Owns: the client's keys and secrets, the checks an honest client makes before answering,
+and the masking of its encoded vector. Must not touch: transport, Flower, torch, files.
+
+Transition table. The client is in one state at a time; `handle(request)` accepts only the
+request listed for its state, answers with the listed reply and moves on. Anything else
+(other type, other session, other recipient, a second copy of a request already answered)
+raises ProtocolError. Any ProtocolError or RoundFailed is fatal: the client wipes its
+secrets, moves to FAILED and refuses everything afterwards (h11 style: no recovery).
+A bad or missing *vector* at MASKED_INPUT (or a vector with another request) is the
+caller's mistake, not the server's: it raises ValueError and leaves the state as it was.
+
+    state              accepts                   replies                   next state
+    ADVERTISE_KEYS     AdvertiseKeysRequest      AdvertiseKeysReply        SHARE_KEYS
+    SHARE_KEYS         ShareKeysRequest          ShareKeysReply            MASKED_INPUT
+    MASKED_INPUT       MaskedInputRequest+vector MaskedInputReply          CONSISTENCY_CHECK if on,
+                                                                           else UNMASK
+    CONSISTENCY_CHECK  ConsistencyCheckRequest   ConsistencyCheckReply     UNMASK
+    UNMASK             UnmaskRequest             UnmaskReply               DONE
+
+Refusals an honest client makes (ProtocolError): parameters that differ from its own config;
+keys or envelopes from non-neighbours, or duplicated keys; an unmask request whose survivor
+and drop-out lists overlap, omit a neighbour it masked with, name a neighbour it did not mask
+with, or list itself as dropped; with the consistency check on, a survivor set different from
+the one it signed, or a bad neighbour signature. Fewer than t neighbours left raises RoundFailed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from fedkd.secagg import crypto, shamir
+from fedkd.secagg.config import SecAggConfig
+from fedkd.secagg.crypto import RandomBytes
+from fedkd.secagg.graph import neighbour_graph
+from fedkd.secagg.messages import (
+    AdvertiseKeysReply, AdvertiseKeysRequest, ConsistencyCheckReply, ConsistencyCheckRequest,
+    MaskedInputReply, MaskedInputRequest, ShareKeysReply, ShareKeysRequest, UnmaskReply, UnmaskRequest,
+)
+from fedkd.secagg.quantize import pack, ring_mask
+from fedkd.secagg.stages import (
+    ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT, SHARE_KEYS, UNMASK, ProtocolError, RoundFailed,
+)
+
+DONE = "done"
+FAILED = "failed"
+
+# state -> the request it accepts
+ACCEPTS: dict[str, type] = {
+    ADVERTISE_KEYS: AdvertiseKeysRequest,
+    SHARE_KEYS: ShareKeysRequest,
+    MASKED_INPUT: MaskedInputRequest,
+    CONSISTENCY_CHECK: ConsistencyCheckRequest,
+    UNMASK: UnmaskRequest,
+}
+
+ENVELOPE_PLAINTEXT = 2 * shamir.SHARE_BYTES  # seed share || key share
+
+
+def _check_ids(ids: object, known: frozenset[int], what: str) -> tuple[int, ...]:
+    if not isinstance(ids, tuple) or list(ids) != sorted(set(ids)):
+        raise ProtocolError(f"{what} must be a sorted tuple of distinct client ids")
+    unknown = set(ids) - known
+    if unknown:
+        raise ProtocolError(f"{what} names clients outside the session: {sorted(unknown)[:5]}")
+    return ids
+
+
+class SecAggClient:
+    """One client's side of one round (one session id)."""
+
+    def __init__(
+        self,
+        client_id: int,
+        config: SecAggConfig,
+        session_id: bytes,
+        random_bytes: RandomBytes = os.urandom,
+        add_noise: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        if not (isinstance(client_id, int) and 0 <= client_id <= crypto.MAX_ID):
+            raise ValueError(f"client_id must be an int in 0..2^64-1, got {client_id!r}")
+        if not (isinstance(session_id, bytes) and 1 <= len(session_id) <= 256):
+            raise ValueError(f"session_id must be 1..256 bytes, got {session_id!r}")
+        self.client_id = client_id
+        self.config = config
+        self.session_id = session_id
+        self._random_bytes = random_bytes
+        self._add_noise = add_noise  # quantize.FixedPoint.encode's noise hook
+        self.state = ADVERTISE_KEYS
+        # Filled in as the round goes; secrets are wiped on DONE and FAILED.
+        self._secrets: dict[str, bytes] = {}  # cipher, mask, signing private keys; self-mask seed
+        self._revealed: dict[int, str] = {}  # peer -> "seed" or "key": never both for one peer
+
+    # --- public ---------------------------------------------------------------------------
+
+    def handle(self, request: object, vector: np.ndarray | None = None) -> object:
+        """Answer the request for the current state; `vector` (float, shape (dim,)) is required
+        with the MaskedInputRequest and refused with any other."""
+        expected = ACCEPTS.get(self.state)
+        if expected is None:
+            raise ProtocolError(f"client {self.client_id} is {self.state}; got {type(request).__name__}")
+        try:
+            if type(request) is not expected:
+                raise ProtocolError(f"client {self.client_id} expects {expected.__name__} at stage "
+                                    f"{self.state!r}, got {type(request).__name__}")
+            if request.session_id != self.session_id or request.recipient != self.client_id:
+                raise ProtocolError(f"message for session {request.session_id!r} / client "
+                                    f"{request.recipient}, this is {self.session_id!r} / {self.client_id}")
+        except ProtocolError:
+            self._fail()
+            raise
+        if (vector is not None) != (self.state == MASKED_INPUT):
+            raise ValueError("a vector goes with the masked-input request and with nothing else")
+        codes = self._encode(vector) if vector is not None else None  # ValueError: state unchanged
+        try:
+            if self.state == ADVERTISE_KEYS:
+                return self._advertise_keys(request)
+            if self.state == SHARE_KEYS:
+                return self._share_keys(request)
+            if self.state == MASKED_INPUT:
+                return self._masked_input(request, codes)
+            if self.state == CONSISTENCY_CHECK:
+                return self._consistency_check(request)
+            return self._unmask(request)
+        except (ProtocolError, RoundFailed):
+            self._fail()
+            raise
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def _advertise_keys(self, req: AdvertiseKeysRequest) -> AdvertiseKeysReply:
+        ids = req.client_ids
+        if not isinstance(ids, tuple) or list(ids) != sorted(set(ids)) or self.client_id not in ids:
+            raise ProtocolError("client_ids must be a sorted tuple of distinct ids including this client")
+        if any(not (isinstance(i, int) and 0 <= i <= crypto.MAX_ID) for i in ids):
+            raise ProtocolError("client ids must be ints in 0..2^64-1")
+        try:
+            k, t = self.config.resolve(len(ids), req.dim)
+            digest = self.config.digest(self.session_id, ids, req.dim)
+        except ValueError as err:
+            raise ProtocolError(f"session parameters do not fit this client's config: {err}") from err
+        if (k, t) != (req.neighbors, req.threshold) or digest != req.config_digest:
+            raise ProtocolError(f"server runs k={req.neighbors}, t={req.threshold} and digest "
+                                f"{req.config_digest.hex()[:16]}; this client has k={k}, t={t}, "
+                                f"digest {digest.hex()[:16]}")
+        self._ids = frozenset(ids)
+        self._x = {cid: pos + 1 for pos, cid in enumerate(ids)}  # Shamir x coordinate of each holder
+        self._dim, self._threshold = req.dim, t
+        self._neighbours = neighbour_graph(self.session_id, ids, k)[self.client_id]
+        rb = self._random_bytes
+        self._secrets["cipher"], cipher_pk = crypto.x25519_keypair(rb)
+        self._secrets["mask"], mask_pk = crypto.x25519_keypair(rb)
+        signing_pk = b""
+        if self.config.consistency_check:
+            self._secrets["signing"], signing_pk = crypto.ed25519_keypair(rb)
+        self.state = SHARE_KEYS
+        return AdvertiseKeysReply(self.session_id, self.client_id, cipher_pk, mask_pk, signing_pk)
+
+    def _share_keys(self, req: ShareKeysRequest) -> ShareKeysReply:
+        peers = set(req.cipher_public_keys)
+        sig_keys = req.signing_public_keys
+        if set(req.mask_public_keys) != peers or (
+            set(sig_keys) != peers if self.config.consistency_check else sig_keys
+        ):
+            raise ProtocolError("the key tables name different clients")
+        if not peers <= self._neighbours:
+            raise ProtocolError(f"keys of non-neighbours {sorted(peers - self._neighbours)[:5]}")
+        keys = [*req.cipher_public_keys.values(), *req.mask_public_keys.values(), *sig_keys.values()]
+        if any(not isinstance(key, bytes) or len(key) != crypto.KEY_BYTES for key in keys):
+            raise ProtocolError("public keys must be 32 bytes")
+        if len(set(keys)) != len(keys):
+            raise ProtocolError("two advertised public keys are identical")
+        if len(peers) < self._threshold:
+            raise RoundFailed(SHARE_KEYS, self._threshold, len(peers),
+                              f"client {self.client_id} received keys of too few neighbours")
+        self._cipher_pks = dict(req.cipher_public_keys)
+        self._mask_pks = dict(req.mask_public_keys)
+        self._signing_pks = dict(sig_keys)
+        rb = self._random_bytes
+        seed = self._secrets["seed"] = rb(crypto.KEY_BYTES)  # b_i, the self-mask seed
+        holders = sorted(peers)
+        xs = [self._x[j] for j in holders]
+        seed_shares = shamir.split(seed, self._threshold, xs, rb)
+        key_shares = shamir.split(self._secrets["mask"], self._threshold, xs, rb)
+        envelopes = {}
+        for j, s, k in zip(holders, seed_shares, key_shares):
+            key = crypto.share_key(self._secrets["cipher"], self._cipher_pks[j], self.session_id, self.client_id, j)
+            plaintext = shamir.encode_share(s) + shamir.encode_share(k)
+            envelopes[j] = crypto.seal(key, rb(crypto.NONCE_BYTES), plaintext, self.session_id, self.client_id, j)
+        self.state = MASKED_INPUT
+        return ShareKeysReply(self.session_id, self.client_id, envelopes)
+
+    def _encode(self, vector: np.ndarray) -> tuple[np.ndarray, int]:
+        x = np.asarray(vector)
+        if x.shape != (self._dim,):
+            raise ValueError(f"vector must have shape ({self._dim},), got {x.shape}")
+        rb = self._random_bytes if self.config.stochastic_rounding else None
+        return self.config.fixed_point.encode(x, random_bytes=rb, add_noise=self._add_noise)
+
+    def _masked_input(self, req: MaskedInputRequest, encoded: tuple[np.ndarray, int]) -> MaskedInputReply:
+        senders = set(req.envelopes)
+        if not senders <= set(self._cipher_pks):
+            raise ProtocolError(f"envelopes from clients whose keys this client never got: "
+                                f"{sorted(senders - set(self._cipher_pks))[:5]}")
+        if len(senders) < self._threshold:
+            raise RoundFailed(MASKED_INPUT, self._threshold, len(senders),
+                              f"client {self.client_id} received shares from too few neighbours")
+        held = {}
+        for j in sorted(senders):
+            key = crypto.share_key(self._secrets["cipher"], self._cipher_pks[j], self.session_id, j, self.client_id)
+            plaintext = crypto.open_sealed(key, req.envelopes[j], self.session_id, j, self.client_id)
+            if len(plaintext) != ENVELOPE_PLAINTEXT:
+                raise ProtocolError(f"envelope from {j} holds {len(plaintext)} bytes, not {ENVELOPE_PLAINTEXT}")
+            try:
+                held[j] = (shamir.decode_share(plaintext[: shamir.SHARE_BYTES]),
+                           shamir.decode_share(plaintext[shamir.SHARE_BYTES:]))
+            except ValueError as err:
+                raise ProtocolError(f"envelope from {j}: {err}") from err
+        self._held = held  # sender -> (seed share, key share), both at x = self._x[self.client_id]
+        self._masked_with = frozenset(senders)
+
+        codes, clipped = encoded
+        dtype = codes.dtype
+        y = np.empty(self._dim + 1, dtype=dtype)  # (dim + 1,) last slot: number of clipped entries
+        y[:-1] = codes
+        y[-1] = clipped
+        y += crypto.expand_mask(self._secrets["seed"], y.size, dtype)
+        for j in sorted(senders):
+            seed = crypto.pair_mask_seed(self._secrets["mask"], self._mask_pks[j], self.session_id, self.client_id, j)
+            mask = crypto.expand_mask(seed, y.size, dtype)
+            if self.client_id < j:  # the lower id adds, the higher subtracts: they cancel in the sum
+                y += mask
+            else:
+                y -= mask
+        y &= dtype.type(ring_mask(self.config.bit_width))
+        self.state = CONSISTENCY_CHECK if self.config.consistency_check else UNMASK
+        return MaskedInputReply(self.session_id, self.client_id, pack(y, self.config.bit_width))
+
+    def _consistency_check(self, req: ConsistencyCheckRequest) -> ConsistencyCheckReply:
+        survivors = _check_ids(req.survivors, self._ids, "survivors")
+        self._check_survivors(set(survivors))
+        self._signed = survivors
+        statement = crypto.survivors_statement(self.session_id, survivors)
+        self.state = UNMASK
+        return ConsistencyCheckReply(self.session_id, self.client_id, crypto.sign(self._secrets["signing"], statement))
+
+    def _unmask(self, req: UnmaskRequest) -> UnmaskReply:
+        survivors = _check_ids(req.survivors, self._ids, "survivors")
+        dropped = _check_ids(req.dropped, self._ids, "dropped")
+        both = set(survivors) & set(dropped)
+        if both:
+            raise ProtocolError(f"server asks for both secrets of clients {sorted(both)[:5]}")
+        if self.client_id in dropped:
+            raise ProtocolError(f"client {self.client_id} sent masked input but is listed as dropped")
+        self._check_survivors(set(survivors))
+        listed = (set(survivors) | set(dropped)) & self._neighbours
+        if listed != self._masked_with:
+            raise ProtocolError(
+                f"survivors and drop-outs do not match this client's neighbourhood: masked with "
+                f"{sorted(self._masked_with)[:5]}..., listed {sorted(listed)[:5]}..."
+            )
+        if self.config.consistency_check:
+            self._check_signatures(survivors, req.signatures)
+        elif req.signatures:
+            raise ProtocolError("signatures sent but the consistency check is off")
+        seed_shares, key_shares = {}, {}
+        for j in sorted(self._masked_with):
+            kind = "seed" if j in survivors else "key"
+            if self._revealed.setdefault(j, kind) != kind:  # unreachable after the checks above
+                raise ProtocolError(f"refusing to reveal both secrets of client {j}")
+            seed_share, key_share = self._held[j]
+            if kind == "seed":
+                seed_shares[j] = shamir.encode_share(seed_share)
+            else:
+                key_shares[j] = shamir.encode_share(key_share)
+        self._wipe()
+        self.state = DONE
+        return UnmaskReply(self.session_id, self.client_id, seed_shares, key_shares)
+
+    # --- checks and clean-up --------------------------------------------------------------
+
+    def _check_survivors(self, survivors: set[int]) -> None:
+        if self.client_id not in survivors:
+            raise ProtocolError(f"client {self.client_id} sent masked input but is not listed as a survivor")
+        strangers = (survivors & self._neighbours) - self._masked_with
+        if strangers:
+            raise ProtocolError(f"neighbours {sorted(strangers)[:5]} listed as survivors, but this "
+                                f"client never received their shares")
+        alive = len(survivors & self._masked_with)
+        if alive < self._threshold:
+            raise RoundFailed(self.state, self._threshold, alive,
+                              f"client {self.client_id} has too few surviving neighbours")
+
+    def _check_signatures(self, survivors: tuple[int, ...], signatures: dict[int, bytes]) -> None:
+        if survivors != self._signed:
+            raise ProtocolError("the survivor set differs from the one this client signed")
+        strangers = set(signatures) - (self._masked_with & set(survivors))
+        if strangers:
+            raise ProtocolError(f"signatures from clients that are not surviving neighbours: {sorted(strangers)[:5]}")
+        statement = crypto.survivors_statement(self.session_id, survivors)
+        for j, signature in signatures.items():
+            if not crypto.verify(self._signing_pks[j], signature, statement):
+                raise ProtocolError(f"client {j}'s signature on the survivor set does not verify")
+        if len(signatures) < self._threshold:
+            raise RoundFailed(UNMASK, self._threshold, len(signatures),
+                              f"client {self.client_id} got too few neighbour signatures")
+
+    def _wipe(self) -> None:
+        self._secrets.clear()
+        self._held = {}
+
+    def _fail(self) -> None:
+        self._wipe()
+        self.state = FAILED

@@ -1,0 +1,142 @@
+"""The server's side of a round, without Flower: aggregate, build the ensemble teacher, distil and
+evaluate the global student; plus the `central` baseline and evaluation for `fedavg`.
+
+Owns: the student model and the consensus kept between rounds, and the per-round record (the
+same keys for every method, None where one does not apply). Reads public *inputs*, never public
+labels unless `public-labels` is set; reads the test set only to evaluate.
+Must not touch: Flower messaging (`fedkd.apps.server_app` moves messages) or files (`fedkd.results`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from fedkd import distill
+from fedkd.aggregate import Aggregate, ContributionError, plain_sum
+from fedkd.config import Config
+from fedkd.models import build_model
+from fedkd.task import Consensus, derive_seed, generator, public_sample, resolve_device, splits_for, vector_layout
+
+ROUND_KEYS = (
+    "round", "student_accuracy", "student_nll", "student_ece", "ensemble_accuracy",
+    "teacher_accuracy_mean", "teacher_accuracy_std", "contributors", "upload_bytes_per_client",
+    "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
+    "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
+)
+
+Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
+
+
+def empty_record(server_round: int) -> dict:
+    record = dict.fromkeys(ROUND_KEYS)
+    record["round"] = server_round
+    return record
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    partition_id: int
+    vector: np.ndarray  # (d,) float32, empty when the method uploads no predictions
+    metrics: Mapping[str, float]
+
+
+class DistillationServer:
+    """Server state across rounds: the student (warm-started each round) and the last consensus."""
+
+    def __init__(self, config: Config, aggregate: Aggregator = plain_sum):
+        self.config = config
+        self.splits = splits_for(config)
+        self.device = resolve_device(config.device)
+        self.aggregate = aggregate
+        torch.manual_seed(derive_seed(config.seed, "student-init"))
+        self.student = build_model(config.student_model, self.splits.input_shape, self.splits.num_classes)
+        self.consensus: Consensus | None = None
+
+    # ---- fd and local -----------------------------------------------------------------------
+    def finish_round(self, server_round: int, replies: list[ClientReply], seconds_clients: float) -> dict:
+        """Turn one round's client replies into the round record (and a better student for fd)."""
+        cfg, record = self.config, empty_record(server_round)
+        if not replies:
+            raise ContributionError(f"round {server_round}: no client replied")
+        accs = np.array([r.metrics["teacher-accuracy"] for r in replies])
+        record.update(
+            teacher_accuracy_mean=float(accs.mean()), teacher_accuracy_std=float(accs.std()),
+            seconds_clients=seconds_clients, contributors=len(replies),
+            client_train_seconds_max=max(float(r.metrics["train-seconds"]) for r in replies),
+            upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
+        )
+        if cfg.method == "local":
+            return record
+
+        m, n_test, k = vector_layout(cfg, self.splits, server_round)
+        t0 = time.perf_counter()
+        agg = self.aggregate({r.partition_id: r.vector for r in replies})
+        record["seconds_aggregate"] = time.perf_counter() - t0
+        if len(agg.total) != (m + n_test) * k:
+            raise ContributionError(f"aggregate has {len(agg.total)} values; expected {(m + n_test) * k}")
+        public_total = agg.total[: m * k].reshape(m, k)  # (m, K)
+        test_total = agg.total[m * k :].reshape(n_test, k)  # (n_test, K)
+        teacher = distill.combine(public_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
+        ensemble_test = distill.combine(test_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
+        record.update(
+            ensemble_accuracy=distill.accuracy(ensemble_test.values, self.splits.test_y),
+            contributors=agg.count,
+            upload_bytes_per_client=m * k * 4,
+            eval_upload_bytes_per_client=n_test * k * 4,
+        )
+
+        idx = public_sample(cfg, server_round)
+        t0 = time.perf_counter()
+        labels = self.splits.public_y[idx] if cfg.public_labels else None
+        stats = distill.distill(
+            self.student, self.splits.public_x[idx], teacher,
+            epochs=cfg.distill_epochs, lr=cfg.distill_lr, batch_size=cfg.distill_batch_size,
+            val_fraction=cfg.val_fraction, patience=cfg.patience,
+            generator=generator(cfg.seed, "distill", server_round), device=self.device,
+            labels=labels, hard_label_weight=cfg.hard_label_weight,
+        )
+        record["seconds_distill"] = time.perf_counter() - t0
+        record["distill_epochs"] = int(stats["epochs"])
+        self.consensus = Consensus(idx, teacher)
+        self._evaluate_into(record)
+        return record
+
+    # ---- central and fedavg -----------------------------------------------------------------
+    def central_round(self, server_round: int) -> dict:
+        """Upper bound: the student trained on the union of all private data (local-epochs per round)."""
+        cfg, record = self.config, empty_record(server_round)
+        x, y = self.splits.private_x, self.splits.private_y
+        t0 = time.perf_counter()
+        distill.train_supervised(
+            self.student, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+            generator=generator(cfg.seed, "central", server_round), device=self.device,
+        )
+        record["seconds_distill"] = time.perf_counter() - t0
+        self._evaluate_into(record)
+        return record
+
+    def fedavg_record(self, server_round: int, state: Mapping[str, torch.Tensor], seconds_clients: float) -> dict:
+        """Evaluate FedAvg's global model (the student architecture) after a round."""
+        record = empty_record(server_round)
+        self.student.load_state_dict(state)
+        n_values = sum(v.numel() for v in self.student.state_dict().values())
+        record.update(seconds_clients=seconds_clients, upload_bytes_per_client=n_values * 4)
+        self._evaluate_into(record)
+        return record
+
+    def evaluate_student(self) -> dict[str, float]:
+        logits = distill.predict_logits(self.student, self.splits.test_x, self.device)
+        return distill.evaluate_logits(logits, self.splits.test_y)
+
+    def _evaluate_into(self, record: dict) -> None:
+        t0 = time.perf_counter()
+        metrics = self.evaluate_student()
+        record.update(
+            student_accuracy=metrics["accuracy"], student_nll=metrics["nll"], student_ece=metrics["ece"],
+            seconds_evaluate=time.perf_counter() - t0,
+        )

@@ -1,0 +1,165 @@
+"""What one client does in a round, and the helpers client and server share.
+
+Owns: device choice, seeded generators, the per-round public sample, loading the splits a config
+names, and the client's work: train (or continue) its teacher, optionally digest last round's
+consensus first, and emit the vector to be summed. For `fedavg` it trains the global student
+architecture instead. Must not touch: Flower messages (the apps wrap these functions) or files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedkd import distill
+from fedkd.config import Config
+from fedkd.data import Splits, load_splits
+from fedkd.models import build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use device 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the run seed and a purpose, stable across processes (unlike hash())."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def splits_for(config: Config) -> Splits:
+    return load_splits(
+        config.dataset,
+        num_clients=config.num_clients,
+        partition=config.partition,
+        alpha=config.alpha,
+        classes_per_client=config.classes_per_client,
+        num_public=config.num_public,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        data_dir=config.data_dir or None,
+        download=config.download,
+    )
+
+
+def public_sample(config: Config, server_round: int) -> np.ndarray:
+    """Indices (m,) into the public set released this round; client and server derive the same."""
+    n = config.num_public
+    if config.public_sample in (0, n):
+        return np.arange(n)
+    rng = np.random.default_rng(derive_seed(config.seed, "public-sample", server_round))
+    return np.sort(rng.choice(n, size=config.public_sample, replace=False))
+
+
+def vector_layout(config: Config, splits: Splits, server_round: int) -> tuple[int, int, int]:
+    """(public rows m, test rows, classes K) of the vector a client uploads: m*K + test*K values."""
+    return len(public_sample(config, server_round)), len(splits.test_y), splits.num_classes
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """Last round's ensemble teacher on its public sample, sent back to clients for the digest step."""
+
+    indices: np.ndarray  # (m,) int64 into the public set
+    teacher: distill.Teacher
+
+
+@dataclass(frozen=True)
+class TeacherUpdate:
+    state: dict[str, torch.Tensor]  # the teacher's weights, to keep on the node for the next round
+    vector: np.ndarray  # (m*K + n_test*K,) float32: public payload then test-set payload
+    metrics: dict[str, float]
+
+
+def teacher_round(
+    config: Config,
+    partition_id: int,
+    server_round: int,
+    state: dict[str, torch.Tensor] | None,
+    consensus: Consensus | None = None,
+    with_predictions: bool = True,
+) -> TeacherUpdate:
+    """One client's fd round: (digest) -> local training -> softened predictions.
+
+    The vector is `client_payload(logits)` on this round's public sample, then on the test set
+    (the test part only serves to report the ensemble teacher's accuracy).
+    """
+    splits = splits_for(config)
+    if not 0 <= partition_id < len(splits.partitions):
+        raise ValueError(f"partition-id {partition_id} is outside 0..{len(splits.partitions) - 1}")
+    device = resolve_device(config.device)
+    torch.manual_seed(derive_seed(config.seed, "init", partition_id))  # same initial teacher every run
+    model = build_model(config.teacher_model_for(partition_id), splits.input_shape, splits.num_classes)
+    if state is not None:
+        model.load_state_dict(state)
+    x, y = splits.client(partition_id)
+    gen = generator(config.seed, "client", partition_id, server_round)
+    t0 = time.perf_counter()
+    if consensus is not None and config.digest_epochs > 0:
+        distill.distill(
+            model, splits.public_x[consensus.indices], consensus.teacher,
+            epochs=config.digest_epochs, lr=config.distill_lr, batch_size=config.distill_batch_size,
+            val_fraction=0.0, patience=config.patience, generator=gen, device=device,
+        )
+    loss = distill.train_supervised(
+        model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+        generator=gen, device=device,
+    )
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    test_logits = distill.predict_logits(model, splits.test_x, device)
+    metrics = {
+        "partition-id": float(partition_id),
+        "num-examples": float(len(y)),
+        "teacher-accuracy": distill.accuracy(test_logits, splits.test_y),
+        "train-loss": loss,
+        "train-seconds": t_train,
+    }
+    vector = np.zeros(0, dtype=np.float32)
+    if with_predictions:
+        public_idx = public_sample(config, server_round)
+        public_logits = distill.predict_logits(model, splits.public_x[public_idx], device)
+        vector = np.concatenate([
+            distill.client_payload(public_logits, config.ensemble, config.temperature).ravel(),
+            distill.client_payload(test_logits, config.ensemble, config.temperature).ravel(),
+        ])
+        metrics["upload-bytes"] = float(len(public_idx) * splits.num_classes * 4)
+    metrics["predict-seconds"] = time.perf_counter() - t0
+    cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return TeacherUpdate(cpu_state, vector, metrics)
+
+
+def fedavg_round(
+    config: Config, partition_id: int, server_round: int, global_state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """FedAvg baseline on the client: train the student architecture from the global weights."""
+    splits = splits_for(config)
+    device = resolve_device(config.device)
+    model = build_model(config.student_model, splits.input_shape, splits.num_classes)
+    model.load_state_dict(global_state)
+    x, y = splits.client(partition_id)
+    t0 = time.perf_counter()
+    loss = distill.train_supervised(
+        model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+        generator=generator(config.seed, "fedavg", partition_id, server_round), device=device,
+    )
+    metrics = {
+        "partition-id": float(partition_id),
+        "num-examples": float(len(y)),
+        "train-loss": loss,
+        "train-seconds": time.perf_counter() - t0,
+    }
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
