@@ -1,0 +1,371 @@
+"""The server side of secure aggregation: a state machine with no I/O.
+
+Owns: who is still in the round, relaying keys and envelopes between neighbours, the running
+sum of masked inputs (folded in as each arrives: O(dim) memory, never n vectors), deciding
+whether drop-outs can still be survived, and rebuilding the masks that do not cancel.
+Must not touch: transport, Flower, torch, files, weighting or averaging of the sum.
+
+Transition table. `start()` emits the first requests. Then, per stage, the caller feeds each
+reply to `receive(reply)` and closes the stage with `advance()` (or `finish()` at UNMASK),
+which returns the requests for the next stage, addressed by client id. `step(replies)` is
+`receive` on each then `advance`.
+
+    stage              receives                 advance() sends            to
+    ADVERTISE_KEYS     AdvertiseKeysReply       ShareKeysRequest           clients kept (*)
+    SHARE_KEYS         ShareKeysReply           MaskedInputRequest         clients kept (*)
+    MASKED_INPUT       MaskedInputReply         ConsistencyCheckRequest    survivors, if check on
+                                                UnmaskRequest              survivors, if check off
+    CONSISTENCY_CHECK  ConsistencyCheckReply    UnmaskRequest              signers
+    UNMASK             UnmaskReply              finish() -> SecAggResult
+
+(*) Before masks exist, a client left with fewer than t live neighbours cannot have its
+secrets held safely, so it is excluded (recorded as dropped at that stage), repeatedly until
+every remaining client has t live neighbours. From MASKED_INPUT on, masks are committed: if any
+mask that must be removed can no longer be rebuilt from t shares, the round raises RoundFailed.
+
+`receive` raises ProtocolError for a reply of the wrong type or session, from a client that
+was not asked in this stage, a repeat (replay), or with bad content; the server's state is
+left untouched, so the caller may log and drop that one message and carry on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedkd.secagg import crypto, shamir
+from fedkd.secagg.config import SecAggConfig
+from fedkd.secagg.graph import neighbour_graph
+from fedkd.secagg.messages import (
+    STAGE_MESSAGES, AdvertiseKeysRequest, ConsistencyCheckRequest, MaskedInputRequest, ShareKeysRequest,
+    UnmaskRequest, wire_size,
+)
+from fedkd.secagg.quantize import packed_size, ring_dtype, ring_mask, unpack
+from fedkd.secagg.stages import (
+    ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT, SHARE_KEYS, UNMASK, ProtocolError, RoundFailed,
+    stages_for,
+)
+
+ENVELOPE_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16  # nonce, two shares, GCM tag
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """What the server learns: the sum of the survivors' vectors and how many they were.
+
+    sum: (dim,) float64, decoded sum of the survivors' (clipped) vectors.
+    integer_sum: (dim,) the same sum in the ring, before decoding.
+    dropped: stage -> clients that stopped (or were excluded) at that stage.
+    clipped: total number of clipped entries over all survivors (summed under the masks).
+    bytes_in: stage -> payload bytes received (messages.wire_size).
+    seconds_per_stage: stage -> server compute seconds.
+    """
+
+    sum: np.ndarray
+    integer_sum: np.ndarray
+    count: int
+    survivors: tuple[int, ...]
+    dropped: dict[str, tuple[int, ...]]
+    clipped: int
+    bytes_in: dict[str, int] = field(default_factory=dict)
+    seconds_per_stage: dict[str, float] = field(default_factory=dict)
+
+
+class SecAggServer:
+    """The server's side of one round (one session id) over a fixed set of clients."""
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        session_id: bytes,
+        client_ids: Sequence[int],
+        dim: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        ids = tuple(sorted(client_ids))
+        if len(set(ids)) != len(ids) or any(not (isinstance(i, int) and 0 <= i <= crypto.MAX_ID) for i in ids):
+            raise ValueError("client_ids must be distinct ints in 0..2^64-1")
+        if not (isinstance(session_id, bytes) and 1 <= len(session_id) <= 256):
+            raise ValueError(f"session_id must be 1..256 bytes, got {session_id!r}")
+        self.config = config
+        self.session_id = session_id
+        self.client_ids = ids
+        self.dim = dim
+        self.neighbors, self.threshold = config.resolve(len(ids), dim)  # ValueError if they do not fit
+        self.graph = neighbour_graph(session_id, ids, self.neighbors)
+        self._x = {cid: pos + 1 for pos, cid in enumerate(ids)}
+        self._clock = clock
+        self._stages = stages_for(config.consistency_check)
+        self.stage: str | None = None  # the stage whose replies are awaited; None before start()
+
+        self._asked: set[int] = set()  # clients sent a request in the current stage
+        self._replies: dict[int, object] = {}  # this stage's validated replies, by sender
+        self._keys: dict[int, object] = {}  # advertised keys of kept clients
+        self._envelopes: dict[int, dict[int, bytes]] = {}  # sender -> recipient -> envelope
+        self._relayed: dict[int, frozenset[int]] = {}  # recipient -> senders it got shares of
+        self._holders: dict[int, frozenset[int]] = {}  # owner -> clients holding its shares
+        self._sum: np.ndarray | None = None  # (dim + 1,) running sum of masked inputs
+        self._survivors: tuple[int, ...] = ()
+        self._dropped: dict[str, tuple[int, ...]] = {}
+        self._lagrange: dict[tuple[int, ...], tuple[int, ...]] = {}  # x coords -> coefficients
+        self.bytes_in: dict[str, int] = {}
+        self.seconds_per_stage: dict[str, float] = {}
+
+    # --- driving --------------------------------------------------------------------------
+
+    def start(self) -> dict[int, AdvertiseKeysRequest]:
+        if self.stage is not None:
+            raise ProtocolError("the round has already started")
+        digest = self.config.digest(self.session_id, self.client_ids, self.dim)
+        self.stage = ADVERTISE_KEYS
+        return self._ask({
+            cid: AdvertiseKeysRequest(self.session_id, cid, self.client_ids, self.dim,
+                                      self.neighbors, self.threshold, digest)
+            for cid in self.client_ids
+        })
+
+    def receive(self, reply: object) -> None:
+        """Validate one reply of the current stage and take it in (masked inputs are summed now)."""
+        began = self._clock()
+        try:
+            if self.stage is None:
+                raise ProtocolError("the round has not started")
+            expected = STAGE_MESSAGES[self.stage][1]
+            if type(reply) is not expected:
+                raise ProtocolError(f"stage {self.stage!r} takes {expected.__name__}, got {type(reply).__name__}")
+            if reply.session_id != self.session_id:
+                raise ProtocolError(f"reply for session {reply.session_id!r}, this is {self.session_id!r}")
+            sender = reply.sender
+            if sender not in self._asked:
+                raise ProtocolError(f"client {sender!r} was not asked at stage {self.stage!r}")
+            if sender in self._replies:
+                raise ProtocolError(f"second {expected.__name__} from client {sender} (replay)")
+            getattr(self, f"_check_{self.stage}")(reply)
+            self._replies[sender] = reply if self.stage != MASKED_INPUT else None  # the sum keeps it
+            self.bytes_in[self.stage] = self.bytes_in.get(self.stage, 0) + wire_size(reply)
+        finally:
+            self._tick(began)
+
+    def advance(self) -> dict[int, object]:
+        """Close the current stage and return the next stage's requests by client id."""
+        if self.stage is None or self.stage == UNMASK:
+            raise ProtocolError(f"advance() is not valid at stage {self.stage!r} (use start() / finish())")
+        began = self._clock()
+        try:
+            answered = set(self._replies)
+            self._dropped[self.stage] = tuple(sorted(self._asked - answered))
+            requests = getattr(self, f"_close_{self.stage}")(answered)
+            self.stage = self._stages[self._stages.index(self.stage) + 1]
+            self._replies = {}
+            return self._ask(requests)
+        finally:
+            self._tick(began)
+
+    def step(self, replies: Iterable[object]) -> dict[int, object]:
+        for reply in replies:  # may be a generator: each reply is folded in and can be freed
+            self.receive(reply)
+        return self.advance()
+
+    def finish(self, replies: Iterable[object] = ()) -> SecAggResult:
+        """Take the last unmask replies, rebuild the masks that do not cancel, decode the sum."""
+        if self.stage != UNMASK:
+            raise ProtocolError(f"finish() is only valid at stage 'unmask', this is {self.stage!r}")
+        for reply in replies:
+            self.receive(reply)
+        began = self._clock()
+        try:
+            result = self._close_unmask(set(self._replies))
+        finally:
+            self._tick(began)
+        self.stage = "done"
+        return result
+
+    # --- per-stage checks on one reply ----------------------------------------------------
+
+    def _check_advertise_keys(self, reply) -> None:
+        for name in ("cipher_public_key", "mask_public_key"):
+            if not isinstance(getattr(reply, name), bytes) or len(getattr(reply, name)) != crypto.KEY_BYTES:
+                raise ProtocolError(f"{name} from client {reply.sender} must be 32 bytes")
+        want = crypto.KEY_BYTES if self.config.consistency_check else 0
+        if not isinstance(reply.signing_public_key, bytes) or len(reply.signing_public_key) != want:
+            raise ProtocolError(f"signing_public_key from client {reply.sender} must be {want} bytes")
+
+    def _check_share_keys(self, reply) -> None:
+        sent_keys = set(self._sent[reply.sender].cipher_public_keys)
+        if set(reply.envelopes) != sent_keys:
+            raise ProtocolError(f"client {reply.sender} must send envelopes to exactly the "
+                                f"{len(sent_keys)} neighbours whose keys it got")
+        if any(not isinstance(e, bytes) or len(e) != ENVELOPE_BYTES for e in reply.envelopes.values()):
+            raise ProtocolError(f"envelopes from client {reply.sender} must be {ENVELOPE_BYTES} bytes")
+
+    def _check_masked_input(self, reply) -> None:
+        want = packed_size(self.dim + 1, self.config.bit_width)
+        if not isinstance(reply.masked, bytes) or len(reply.masked) != want:
+            raise ProtocolError(f"masked input from client {reply.sender} must be {want} bytes")
+        if self._sum is None:
+            self._sum = np.zeros(self.dim + 1, dtype=ring_dtype(self.config.bit_width))
+        self._sum += unpack(reply.masked, self.dim + 1, self.config.bit_width)  # wraps mod 2^32/2^64
+
+    def _check_consistency_check(self, reply) -> None:
+        statement = crypto.survivors_statement(self.session_id, self._survivors)
+        if not crypto.verify(self._keys[reply.sender].signing_public_key, reply.signature, statement):
+            raise ProtocolError(f"client {reply.sender}'s signature on the survivor set does not verify")
+
+    def _check_unmask(self, reply) -> None:
+        mine = self._relayed[reply.sender]
+        survivors = set(self._survivors)
+        if set(reply.seed_shares) != mine & survivors or set(reply.key_shares) != mine - survivors:
+            raise ProtocolError(f"client {reply.sender} revealed shares other than the ones asked for")
+        for share in (*reply.seed_shares.values(), *reply.key_shares.values()):
+            try:
+                shamir.decode_share(share)
+            except (ValueError, TypeError) as err:
+                raise ProtocolError(f"bad share from client {reply.sender}: {err}") from err
+
+    # --- closing stages -------------------------------------------------------------------
+
+    def _close_advertise_keys(self, answered: set[int]) -> dict[int, ShareKeysRequest]:
+        kept = self._keep_well_connected(ADVERTISE_KEYS, answered)
+        self._keys = {cid: self._replies[cid] for cid in kept}
+        self._sent = {}
+        for cid in kept:
+            peers = sorted(self.graph[cid] & kept)
+            keys = self._keys
+            self._sent[cid] = ShareKeysRequest(
+                self.session_id, cid,
+                {j: keys[j].cipher_public_key for j in peers},
+                {j: keys[j].mask_public_key for j in peers},
+                {j: keys[j].signing_public_key for j in peers} if self.config.consistency_check else {},
+            )
+        return dict(self._sent)
+
+    def _close_share_keys(self, answered: set[int]) -> dict[int, MaskedInputRequest]:
+        kept = self._keep_well_connected(SHARE_KEYS, answered)
+        envelopes = {cid: self._replies[cid].envelopes for cid in kept}
+        self._holders = {cid: frozenset(self.graph[cid] & kept) for cid in kept}
+        self._relayed = self._holders  # the graph is symmetric: i holds j's shares iff j holds i's
+        del self._sent
+        return {
+            r: MaskedInputRequest(self.session_id, r, {s: envelopes[s][r] for s in sorted(self._relayed[r])})
+            for r in kept
+        }
+
+    def _close_masked_input(self, answered: set[int]) -> dict[int, object]:
+        if not answered:
+            raise RoundFailed(MASKED_INPUT, self.threshold + 1, 0, "no client sent its masked input")
+        self._survivors = tuple(sorted(answered))
+        self._check_recoverable(MASKED_INPUT, answered)
+        if self.config.consistency_check:
+            return {cid: ConsistencyCheckRequest(self.session_id, cid, self._survivors) for cid in self._survivors}
+        return self._unmask_requests(answered, {})
+
+    def _close_consistency_check(self, answered: set[int]) -> dict[int, UnmaskRequest]:
+        self._check_recoverable(CONSISTENCY_CHECK, answered)
+        signatures = {cid: self._replies[cid].signature for cid in answered}
+        return self._unmask_requests(answered, signatures)
+
+    def _unmask_requests(self, responders: set[int], signatures: dict[int, bytes]) -> dict[int, UnmaskRequest]:
+        survivors = self._survivors
+        dropped = tuple(sorted(set(self._holders) - set(survivors)))
+        return {
+            cid: UnmaskRequest(self.session_id, cid, survivors, dropped,
+                               {j: signatures[j] for j in sorted(self._relayed[cid] & signatures.keys())})
+            for cid in sorted(responders)
+        }
+
+    def _close_unmask(self, answered: set[int]) -> SecAggResult:
+        self._dropped[UNMASK] = tuple(sorted(self._asked - answered))
+        self._check_recoverable(UNMASK, answered)
+        survivors = set(self._survivors)
+        dtype = ring_dtype(self.config.bit_width)
+        total = self._sum
+        for owner, holders in sorted(self._holders.items()):
+            responders = sorted(holders & answered)
+            if owner in survivors:
+                shares = [self._replies[r].seed_shares[owner] for r in responders]
+                seed = self._reconstruct(responders, shares, owner)
+                total -= crypto.expand_mask(seed, total.size, dtype)
+                continue
+            masked_with = sorted(holders & survivors)  # survivors whose input carries a mask with owner
+            if not masked_with:
+                continue
+            shares = [self._replies[r].key_shares[owner] for r in responders]
+            private = self._reconstruct(responders, shares, owner)
+            if crypto.x25519_public(private) != self._keys[owner].mask_public_key:
+                raise ProtocolError(f"shares of client {owner}'s mask key rebuild the wrong key")
+            for r in masked_with:
+                seed = crypto.pair_mask_seed(private, self._keys[r].mask_public_key, self.session_id, owner, r)
+                mask = crypto.expand_mask(seed, total.size, dtype)
+                if r < owner:  # r added this mask, owner's subtraction never arrived
+                    total -= mask
+                else:
+                    total += mask
+        total &= dtype.type(ring_mask(self.config.bit_width))
+        count = len(self._survivors)
+        codec = self.config.fixed_point
+        return SecAggResult(
+            sum=codec.decode(total[:-1], count),
+            integer_sum=total[:-1],
+            count=count,
+            survivors=self._survivors,
+            dropped={stage: self._dropped.get(stage, ()) for stage in self._stages},
+            clipped=int(total[-1]),
+            bytes_in=dict(self.bytes_in),
+            seconds_per_stage=dict(self.seconds_per_stage),
+        )
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _keep_well_connected(self, stage: str, alive: set[int]) -> set[int]:
+        """Drop, until none is left, clients with fewer than t live neighbours."""
+        kept = set(alive)
+        best = 0
+        while True:
+            thin = {cid for cid in kept if len(self.graph[cid] & kept) < self.threshold}
+            if not thin:
+                break
+            best = max(len(self.graph[cid] & kept) for cid in thin)
+            kept -= thin
+        if not kept:
+            raise RoundFailed(stage, self.threshold, best,
+                              f"{len(alive)} of {len(self._asked)} clients answered and no client kept "
+                              f"enough live neighbours")
+        self._dropped[stage] = tuple(sorted(set(self._dropped[stage]) | (alive - kept)))
+        return kept
+
+    def _check_recoverable(self, stage: str, responders: set[int]) -> None:
+        """Every mask left in the sum must be rebuildable from t shares held by `responders`."""
+        survivors = set(self._survivors)
+        short = []
+        for owner, holders in self._holders.items():
+            needed = owner in survivors or bool(holders & survivors)
+            have = len(holders & responders)
+            if needed and have < self.threshold:
+                short.append((have, owner))
+        if short:
+            have, owner = min(short)
+            raise RoundFailed(stage, self.threshold, have,
+                              f"{len(short)} client(s) can no longer be unmasked; client {owner} has "
+                              f"{have} neighbours left to reveal its shares")
+
+    def _reconstruct(self, responders: list[int], shares: list[bytes], owner: int) -> bytes:
+        xs = tuple(self._x[r] for r in responders[: self.threshold])
+        coefficients = self._lagrange.get(xs)
+        if coefficients is None:
+            coefficients = self._lagrange[xs] = shamir.lagrange_at_zero(xs)
+        ys = [shamir.decode_share(s) for s in shares[: self.threshold]]
+        try:
+            return shamir.combine(ys, coefficients, crypto.KEY_BYTES)
+        except ValueError as err:
+            raise ProtocolError(f"shares of client {owner}'s secret are inconsistent") from err
+
+    def _ask(self, requests: dict[int, object]) -> dict[int, object]:
+        self._asked = set(requests)
+        return requests
+
+    def _tick(self, began: float) -> None:
+        stage = self.stage or ADVERTISE_KEYS
+        self.seconds_per_stage[stage] = self.seconds_per_stage.get(stage, 0.0) + self._clock() - began
