@@ -36,7 +36,7 @@ import numpy as np
 from fedkd.secagg import crypto, shamir
 from fedkd.secagg.config import SecAggConfig
 from fedkd.secagg.crypto import RandomBytes
-from fedkd.secagg.graph import neighbour_graph
+from fedkd.secagg.graph import neighbours_of
 from fedkd.secagg.messages import (
     AdvertiseKeysReply, AdvertiseKeysRequest, ConsistencyCheckReply, ConsistencyCheckRequest,
     MaskedInputReply, MaskedInputRequest, ShareKeysReply, ShareKeysRequest, UnmaskReply, UnmaskRequest,
@@ -150,7 +150,7 @@ class SecAggClient:
         self._ids = frozenset(ids)
         self._x = {cid: pos + 1 for pos, cid in enumerate(ids)}  # Shamir x coordinate of each holder
         self._dim, self._threshold = req.dim, t
-        self._neighbours = neighbour_graph(self.session_id, ids, k)[self.client_id]
+        self._neighbours = neighbours_of(self.session_id, ids, k, self.client_id)
         rb = self._random_bytes
         self._secrets["cipher"], cipher_pk = crypto.x25519_keypair(rb)
         self._secrets["mask"], mask_pk = crypto.x25519_keypair(rb)
@@ -186,9 +186,10 @@ class SecAggClient:
         xs = [self._x[j] for j in holders]
         seed_shares = shamir.split(seed, self._threshold, xs, rb)
         key_shares = shamir.split(self._secrets["mask"], self._threshold, xs, rb)
-        envelopes = {}
+        cipher = crypto.x25519_private(self._secrets["cipher"])
+        envelopes, self._open_keys = {}, {}
         for j, s, k in zip(holders, seed_shares, key_shares):
-            key = crypto.share_key(self._secrets["cipher"], self._cipher_pks[j], self.session_id, self.client_id, j)
+            key, self._open_keys[j] = crypto.share_keys(cipher, self._cipher_pks[j], self.session_id, self.client_id, j)
             plaintext = shamir.encode_share(s) + shamir.encode_share(k)
             envelopes[j] = crypto.seal(key, rb(crypto.NONCE_BYTES), plaintext, self.session_id, self.client_id, j)
         self.state = MASKED_INPUT
@@ -211,8 +212,7 @@ class SecAggClient:
                               f"client {self.client_id} received shares from too few neighbours")
         held = {}
         for j in sorted(senders):
-            key = crypto.share_key(self._secrets["cipher"], self._cipher_pks[j], self.session_id, j, self.client_id)
-            plaintext = crypto.open_sealed(key, req.envelopes[j], self.session_id, j, self.client_id)
+            plaintext = crypto.open_sealed(self._open_keys[j], req.envelopes[j], self.session_id, j, self.client_id)
             if len(plaintext) != ENVELOPE_PLAINTEXT:
                 raise ProtocolError(f"envelope from {j} holds {len(plaintext)} bytes, not {ENVELOPE_PLAINTEXT}")
             try:
@@ -229,8 +229,9 @@ class SecAggClient:
         y[:-1] = codes
         y[-1] = clipped
         y += crypto.expand_mask(self._secrets["seed"], y.size, dtype)
+        private = crypto.x25519_private(self._secrets["mask"])
         for j in sorted(senders):
-            seed = crypto.pair_mask_seed(self._secrets["mask"], self._mask_pks[j], self.session_id, self.client_id, j)
+            seed = crypto.pair_mask_seed(private, self._mask_pks[j], self.session_id, self.client_id, j)
             mask = crypto.expand_mask(seed, y.size, dtype)
             if self.client_id < j:  # the lower id adds, the higher subtracts: they cancel in the sum
                 y += mask
@@ -311,6 +312,7 @@ class SecAggClient:
 
     def _wipe(self) -> None:
         self._secrets.clear()
+        self._open_keys = {}
         self._held = {}
 
     def _fail(self) -> None:

@@ -83,12 +83,17 @@ def ed25519_keypair(random_bytes: RandomBytes) -> tuple[bytes, bytes]:
     return private, public.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def agree(private: bytes, peer_public: bytes) -> bytes:
+def x25519_private(private: bytes) -> X25519PrivateKey:
+    """A key object, to parse a private key once and use it for many agreements."""
+    return X25519PrivateKey.from_private_bytes(private)
+
+
+def agree(private: bytes | X25519PrivateKey, peer_public: bytes) -> bytes:
     """X25519 shared secret; a malformed or low-order peer key is a ProtocolError."""
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as err:
         raise ProtocolError(f"unusable X25519 public key: {err}") from err
 
@@ -100,7 +105,7 @@ def derive_key(secret: bytes, session_id: bytes, purpose: bytes, a: int, b: int)
     ).derive(secret)
 
 
-def pair_mask_seed(private: bytes, peer_public: bytes, session_id: bytes, i: int, j: int) -> bytes:
+def pair_mask_seed(private: bytes | X25519PrivateKey, peer_public: bytes, session_id: bytes, i: int, j: int) -> bytes:
     """The seed of the mask shared by clients i and j (symmetric in i, j)."""
     return derive_key(agree(private, peer_public), session_id, b"mask", min(i, j), max(i, j))
 
@@ -108,8 +113,12 @@ def pair_mask_seed(private: bytes, peer_public: bytes, session_id: bytes, i: int
 # --- share envelopes ----------------------------------------------------------------------
 
 
-def share_key(private: bytes, peer_public: bytes, session_id: bytes, sender: int, recipient: int) -> bytes:
-    return derive_key(agree(private, peer_public), session_id, b"share", sender, recipient)
+def share_keys(
+    private: bytes | X25519PrivateKey, peer_public: bytes, session_id: bytes, me: int, peer: int
+) -> tuple[bytes, bytes]:
+    """(key for envelopes me -> peer, key for envelopes peer -> me), from one agreement."""
+    secret = agree(private, peer_public)
+    return (derive_key(secret, session_id, b"share", me, peer), derive_key(secret, session_id, b"share", peer, me))
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, session_id: bytes, sender: int, recipient: int) -> bytes:

@@ -55,7 +55,7 @@ class FixedPoint:
             raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
         if not (isinstance(self.bit_width, int) and MIN_BITS <= self.bit_width <= MAX_BITS):
             raise ValueError(f"bit_width must be an int in {MIN_BITS}..{MAX_BITS}, got {self.bit_width!r}")
-        if self.max_code < 1:
+        if 2 * self.clip * self.scale < 1:
             raise ValueError(f"2 * clip * scale must be >= 1 so values are not all rounded to one code, "
                              f"got clip={self.clip}, scale={self.scale}")
 
