@@ -58,6 +58,8 @@ class SecAggResult:
 
     sum: (dim,) float64, decoded sum of the survivors' (clipped) vectors.
     integer_sum: (dim,) the same sum in the ring, before decoding.
+    survivors: clients whose inputs are in the sum (they sent masked input; some may have
+        stopped answering afterwards and still be counted).
     dropped: stage -> clients that stopped (or were excluded) at that stage.
     clipped: total number of clipped entries over all survivors (summed under the masks).
     bytes_in: stage -> payload bytes received (messages.wire_size).

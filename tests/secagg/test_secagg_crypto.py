@@ -83,3 +83,36 @@ def test_survivor_signatures_cover_the_exact_set():
     assert crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2, 3]))
     assert not crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2]))
     assert not crypto.verify(pk, signature, crypto.survivors_statement(b"other", [1, 2, 3]))
+
+
+def test_a_clients_masked_input_is_the_documented_sum_of_streams():
+    """Known answer for a whole masked input, with the client's randomness injected: the draws
+    are cipher key, mask key, then the self-mask seed; everything else is recomputed here."""
+    from secagg_testkit import Recorder
+
+    from fedkd.secagg import MASKED_INPUT, SecAggClient, SecAggConfig, SecAggServer
+
+    config, ids, dim = SecAggConfig(), [4, 8, 15], 6
+    recorders = {c: Recorder(seeded_random(c)) for c in ids}
+    clients = {c: SecAggClient(c, config, SESSION, recorders[c]) for c in ids}
+    server = SecAggServer(config, SESSION, ids, dim)
+    x = np.array([-2.0, -1.0, -0.25, 0.0, 0.5, 1.0], dtype=np.float32)
+    requests = server.start()
+    for _ in range(2):
+        requests = server.step(clients[c].handle(r) for c, r in requests.items())
+    assert server.stage == MASKED_INPUT
+    masked = np.frombuffer(clients[8].handle(requests[8], x).masked, "<u4")
+
+    def stream(key, n):
+        return np.frombuffer(Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(4 * n)), "<u4")
+
+    codes = np.floor((np.clip(x.astype(np.float64), -1, 1) + 1) * 65536 + 0.5).astype(np.uint64)
+    expected = np.append(codes, 1).astype(np.uint64)  # one entry (-2.0) was clipped
+    expected += stream(recorders[8].draws[2], dim + 1)  # the self mask
+    mask_sk = recorders[8].draws[1]
+    for peer in (4, 15):
+        shared = X25519PrivateKey.from_private_bytes(mask_sk).exchange(
+            X25519PublicKey.from_public_bytes(_raw_public(recorders[peer].draws[1])))
+        seed = HKDF(hashes.SHA256(), 32, salt=None, info=_info(b"mask", min(8, peer), max(8, peer))).derive(shared)
+        expected += stream(seed, dim + 1) if 8 < peer else (2**32 - stream(seed, dim + 1).astype(np.uint64))
+    assert np.array_equal(masked, (expected % 2**32).astype(np.uint32))
