@@ -30,6 +30,7 @@ left untouched, so the caller may log and drop that one message and carry on.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ class SecAggServer:
         finally:
             self._tick(began)
         self.stage = "done"
-        return result
+        return dataclasses.replace(result, seconds_per_stage=dict(self.seconds_per_stage))  # incl. this
 
     # --- per-stage checks on one reply ----------------------------------------------------
 
@@ -316,7 +317,6 @@ class SecAggServer:
             dropped={stage: self._dropped.get(stage, ()) for stage in self._stages},
             clipped=int(total[-1]),
             bytes_in=dict(self.bytes_in),
-            seconds_per_stage=dict(self.seconds_per_stage),
         )
 
     # --- helpers --------------------------------------------------------------------------

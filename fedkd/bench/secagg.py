@@ -1,0 +1,209 @@
+"""`fedkd bench secagg`: time one in-memory secure-aggregation round and print its costs.
+
+Owns: the benchmark scenario (a fraction of clients drops after sharing keys and before
+sending masked input, the case that makes the server rebuild pairwise masks), its
+measurements, and their human (rich table) and --json output. It is a command, not a test.
+
+Memory: client vectors are made on demand from (seed, client id) and folded into a running
+plain sum for the exactness check, so neither the bench nor the server holds n vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from fedkd.secagg import MASKED_INPUT, STAGES, SecAggConfig, run_in_memory
+from fedkd.secagg.crypto import expand_mask
+from fedkd.secagg.quantize import packed_size, ring_dtype
+
+
+class _OnDemandVectors(Mapping):
+    """client id -> (dim,) float32 in [-1, 1), generated when read; keeps the plain integer sum
+    of everything read and the time spent making it (not protocol time)."""
+
+    def __init__(self, ids: list[int], dim: int, seed: int, config: SecAggConfig) -> None:
+        self._ids, self._dim, self._seed, self._codec = ids, dim, seed, config.fixed_point
+        self.plain_sum = np.zeros(dim, dtype=ring_dtype(config.bit_width))  # wraps like the ring
+        self.seconds = 0.0
+
+    def __getitem__(self, cid: int) -> np.ndarray:
+        began = time.perf_counter()
+        vector = np.random.default_rng([self._seed, cid]).uniform(-1, 1, self._dim).astype(np.float32)
+        self.plain_sum += self._codec.encode(vector)[0]
+        self.seconds += time.perf_counter() - began
+        return vector
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def mask_expansion_rate(dim: int, bit_width: int = 32, repeats: int = 20) -> float:
+    """GB/s of mask expansion (AES-256-CTR keystream viewed as ring words) on one core."""
+    dtype = ring_dtype(bit_width)
+    seed = bytes(range(32))
+    expand_mask(seed, dim, dtype)  # warm-up
+    began = time.perf_counter()
+    for _ in range(repeats):
+        expand_mask(seed, dim, dtype)
+    return repeats * dim * dtype.itemsize / (time.perf_counter() - began) / 1e9
+
+
+def run_bench(
+    clients: int,
+    dim: int,
+    dropout: float,
+    neighbors: int | None = None,
+    seed: int = 0,
+    threshold: int | None = None,
+    bit_width: int = 32,
+    consistency_check: bool = False,
+) -> dict:
+    """Run one round of `clients` clients with `dim`-long vectors, `dropout` of them silent at
+    the masked-input stage; return the measurements as a flat JSON-ready dict."""
+    if not (isinstance(clients, int) and clients >= 2):
+        raise ValueError(f"--clients must be an integer >= 2, got {clients!r}")
+    if not (isinstance(dim, int) and dim >= 1):
+        raise ValueError(f"--dim must be an integer >= 1, got {dim!r}")
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ValueError(f"--dropout must be a fraction in [0, 1), got {dropout!r}")
+    config = SecAggConfig(neighbors=neighbors, threshold=threshold, bit_width=bit_width,
+                          consistency_check=consistency_check)
+    ids = list(range(clients))
+    config.resolve(clients, dim)  # ValueError for parameters that do not fit, before any work
+    n_drop = round(dropout * clients)
+    gone = set(np.random.default_rng(seed).choice(clients, n_drop, replace=False).tolist())
+    vectors = _OnDemandVectors(ids, dim, seed, config)
+
+    client_seconds: dict[str, float] = {}
+    upload = dict.fromkeys(ids, 0)
+    masked_bytes = 0
+
+    def observe(stage: str, cid: int, seconds: float, nbytes: int) -> None:
+        nonlocal masked_bytes
+        client_seconds[stage] = client_seconds.get(stage, 0.0) + seconds
+        upload[cid] += nbytes
+        if stage == MASKED_INPUT:
+            masked_bytes = nbytes
+
+    began = time.perf_counter()
+    result = run_in_memory(vectors, config, session_id=f"bench/{seed}".encode(), drop={MASKED_INPUT: gone},
+                           dim=dim, observer=observe)
+    wall = time.perf_counter() - began
+
+    k, t = config.resolve(clients, dim)
+    packed = packed_size(dim, bit_width)
+    mean_upload = sum(upload[c] for c in result.survivors) / result.count  # clients that sent everything
+    stages = [s for s in STAGES if s in result.seconds_per_stage]
+    exact = bool(np.array_equal(result.integer_sum, vectors.plain_sum & ring_dtype(bit_width).type((1 << bit_width) - 1)))
+    return {
+        "clients": clients,
+        "dim": dim,
+        "dropout": dropout,
+        "neighbors": k,
+        "threshold": t,
+        "bit_width": bit_width,
+        "dropped": n_drop,
+        "survivors": result.count,
+        "total_s": wall - vectors.seconds,  # protocol only: input generation and reference sum excluded
+        "wall_s": wall,
+        "client_mean_s": sum(client_seconds.values()) / clients,
+        "client_mean_per_stage_s": {s: client_seconds.get(s, 0.0) / clients for s in stages},
+        "server_s": sum(result.seconds_per_stage.values()),
+        "server_per_stage_s": {s: result.seconds_per_stage[s] for s in stages},
+        "upload_bytes_per_client": mean_upload,
+        "masked_input_bytes": masked_bytes,
+        "upload_expansion_vs_float32": mean_upload / (4 * dim),
+        "upload_expansion_vs_packed": mean_upload / packed,
+        "masked_input_expansion_vs_packed": masked_bytes / packed,
+        "mask_expansion_gbps": mask_expansion_rate(dim, bit_width),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "exact": exact,
+    }
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    """An integer count, also written like 1e5."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=_count, default=100, help="number of clients (default 100)")
+    parser.add_argument("--dim", type=_count, default=100_000, help="vector length, e.g. 1e5 (default 1e5)")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="fraction dropping before masked input (default 0.1)")
+    parser.add_argument("--neighbors", type=_count, default=None,
+                        help="neighbours per client, k (default 2*ceil(log2 n); n-1 = classic SecAgg)")
+    parser.add_argument("--threshold", type=_count, default=None, help="shares needed, t (default k//2+1)")
+    parser.add_argument("--bit-width", type=_count, default=32, help="ring Z_2^b (default 32)")
+    parser.add_argument("--consistency-check", action="store_true", help="run the signed consistency check")
+    parser.add_argument("--seed", type=_count, default=0, help="seed of inputs and drop-outs (default 0)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        report = run_bench(args.clients, args.dim, args.dropout, neighbors=args.neighbors, seed=args.seed,
+                           threshold=args.threshold, bit_width=args.bit_width,
+                           consistency_check=args.consistency_check)
+    except ValueError as err:
+        sys.stderr.write(f"fedkd bench secagg: error: {err}\n")
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        _print_table(report)
+    return 0 if report["exact"] else 1
+
+
+def _print_table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (f"SecAgg+ in memory: {r['clients']} clients, dim {r['dim']:,}, {r['dropped']} dropped before "
+             f"masked input, k={r['neighbors']}, t={r['threshold']}, b={r['bit_width']}")
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("total wall (protocol)", f"{r['total_s']:.3f} s"),
+        ("wall incl. input generation", f"{r['wall_s']:.3f} s"),
+        ("client compute, mean", f"{r['client_mean_s'] * 1e3:.2f} ms"),
+        *((f"  client: {s}", f"{v * 1e3:.2f} ms") for s, v in r["client_mean_per_stage_s"].items()),
+        ("server compute", f"{r['server_s']:.3f} s"),
+        *((f"  server: {s}", f"{v * 1e3:.1f} ms") for s, v in r["server_per_stage_s"].items()),
+        ("upload per surviving client", f"{r['upload_bytes_per_client'] / 1e3:,.1f} kB"),
+        ("  expansion vs float32", f"{r['upload_expansion_vs_float32']:.3f}x"),
+        ("  expansion vs packed b-bit", f"{r['upload_expansion_vs_packed']:.3f}x"),
+        ("mask expansion (1 core)", f"{r['mask_expansion_gbps']:.2f} GB/s"),
+        ("peak RSS", f"{r['peak_rss_mib']:.0f} MiB"),
+        ("exact (integer sum)", "yes" if r["exact"] else "NO"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="fedkd bench secagg", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))
