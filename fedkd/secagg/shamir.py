@@ -58,15 +58,29 @@ def lagrange_at_zero(xs: Sequence[int]) -> tuple[int, ...]:
     """
     if len(set(xs)) != len(xs):
         raise ValueError(f"x coordinates must be distinct, got {list(xs)}")
-    coefficients = []
+    numerators, denominators = [], []
     for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
         for j, xj in enumerate(xs):
             if j != i:
                 numerator = numerator * xj % PRIME
                 denominator = denominator * (xj - xi) % PRIME
-        coefficients.append(numerator * pow(denominator, -1, PRIME) % PRIME)
-    return tuple(coefficients)
+        numerators.append(numerator)
+        denominators.append(denominator)
+    return tuple(n * inverse % PRIME for n, inverse in zip(numerators, _batch_inverse(denominators)))
+
+
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """Inverses of all `values` mod PRIME with one modular inversion (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    running = pow(prefix[-1], -1, PRIME)  # 1 / (v_0 * ... * v_{m-1})
+    inverses = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        inverses[i] = running * prefix[i] % PRIME
+        running = running * values[i] % PRIME
+    return inverses
 
 
 def combine(ys: Sequence[int], coefficients: Sequence[int], secret_bytes: int) -> bytes:
