@@ -101,8 +101,8 @@ class UnmaskRequest:
 class UnmaskReply:
     session_id: bytes
     sender: int
-    seed_shares: dict[int, bytes]  # survivor -> share of its self-mask seed (66 bytes)
-    key_shares: dict[int, bytes]  # dropped client -> share of its mask private key (66 bytes)
+    seed_shares: dict[int, bytes]  # survivor -> share of its self-mask seed (33 bytes)
+    key_shares: dict[int, bytes]  # dropped client -> share of its mask private key (33 bytes)
 
 
 Message = (

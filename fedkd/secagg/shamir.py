@@ -1,11 +1,12 @@
-"""Shamir secret sharing over the prime field GF(2^521 - 1).
+"""Shamir secret sharing over the prime field GF(2^257 - 93).
 
-Owns: splitting a secret of up to 65 bytes into shares, Lagrange coefficients at zero, and
-reconstruction. A whole 32-byte key fits in one field element, so one polynomial per secret.
+Owns: splitting a secret of up to 32 bytes into shares, Lagrange coefficients at zero, and
+reconstruction. A whole 32-byte key fits in one field element (the smallest prime above 2^256
+of this form keeps each share at 33 bytes), so one polynomial per secret.
 Must not touch: networking of shares, encryption, which client holds which x coordinate.
 
-Randomness: each of the t-1 random coefficients is read as 66 bytes from `random_bytes`,
-taken big-endian and masked to 521 bits; the single value equal to the prime is redrawn.
+Randomness: each of the t-1 random coefficients is read as 33 bytes from `random_bytes`,
+taken big-endian and masked to 257 bits; values >= PRIME (probability 93 / 2^257) are redrawn.
 (Documented so tests can feed chosen coefficients.)
 """
 
@@ -13,17 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-PRIME = 2**521 - 1  # Mersenne prime
-SHARE_BYTES = 66  # ceil(521 / 8): a share value, big-endian
-MAX_SECRET_BYTES = 65  # 520 bits < PRIME
+PRIME = 2**257 - 93  # prime (checked in the tests); the largest 32-byte value is below it
+SHARE_BYTES = 33  # ceil(257 / 8): a share value, big-endian
+MAX_SECRET_BYTES = 32
 
 RandomBytes = Callable[[int], bytes]
 
 
 def _random_element(random_bytes: RandomBytes) -> int:
     while True:
-        value = int.from_bytes(random_bytes(SHARE_BYTES), "big") & PRIME  # PRIME is 521 one-bits
-        if value != PRIME:
+        value = int.from_bytes(random_bytes(SHARE_BYTES), "big") & (2**257 - 1)
+        if value < PRIME:
             return value
 
 
