@@ -225,9 +225,10 @@ class SecAggClient:
 
         codes, clipped = encoded
         dtype = codes.dtype
-        y = np.empty(self._dim + 1, dtype=dtype)  # (dim + 1,) last slot: number of clipped entries
-        y[:-1] = codes
-        y[-1] = clipped
+        count = self.config.fixed_point.encode_count(clipped, self._dim)
+        y = np.empty(self._dim + count.size, dtype=dtype)  # (dim + slots,) codes, then the clipped count
+        y[: self._dim] = codes
+        y[self._dim :] = count
         y += crypto.expand_mask(self._secrets["seed"], y.size, dtype)
         private = crypto.x25519_private(self._secrets["mask"])
         for j in sorted(senders):

@@ -66,7 +66,7 @@ class SecAggConfig:
         if self.max_clients is not None:
             if not (isinstance(self.max_clients, int) and self.max_clients >= 2):
                 raise ValueError(f"max_clients must be an int >= 2 or None, got {self.max_clients!r}")
-            codec.check_capacity(self.max_clients, dim=1)
+            codec.check_capacity(self.max_clients)
         if self.neighbors is not None:
             if not (isinstance(self.neighbors, int) and self.neighbors >= 1):
                 raise ValueError(f"neighbors must be an int >= 1 or None, got {self.neighbors!r}")
@@ -107,7 +107,7 @@ class SecAggConfig:
                              f"2..{num_clients - 2} for {num_clients} clients, got {k}")
         t = default_threshold(k) if self.threshold is None else self.threshold
         self._check_threshold(k, t)
-        self.fixed_point.check_capacity(num_clients, dim)
+        self.fixed_point.check_capacity(num_clients)
         return k, t
 
     def digest(self, session_id: bytes, client_ids: tuple[int, ...], dim: int) -> bytes:

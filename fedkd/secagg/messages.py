@@ -71,7 +71,7 @@ class MaskedInputRequest:
 class MaskedInputReply:
     session_id: bytes
     sender: int
-    masked: bytes  # (dim + 1) values of bit_width bits, packed (quantize.pack); last = clipped count
+    masked: bytes  # dim codes + FixedPoint.count_slots(dim) clipped-count digits, b bits each, packed
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ Encoding of one value x:  code = floor((clip(x, -clip, clip) + clip) * scale + u
     u = 1/2 (round to nearest) or u ~ U[0, 1) (stochastic: E[code] = (x + clip) * scale).
     0 <= code <= max_code = ceil(2 * clip * scale).
 Decoding of a sum of n codes S:  S / scale - n * clip.
+Clipped count: each client also sends how many of its entries were clipped (0..dim), as
+`count_slots(dim)` extra words holding base-(max_code + 1) digits, least significant first; no
+word exceeds max_code, so the one overflow check below covers them too, whatever dim is.
 Error bound per coordinate of the decoded sum, against the sum of the *clipped* inputs:
     n / (2 * scale) with nearest rounding, n / scale with stochastic rounding.
 
@@ -63,20 +66,19 @@ class FixedPoint:
     def max_code(self) -> int:
         return math.ceil(2 * self.clip * self.scale)
 
-    def required_bits(self, num_clients: int, dim: int) -> int:
-        """Smallest b for which the sum of `num_clients` vectors (codes up to max_code, plus the
-        clipped-count slot holding up to `dim`) cannot wrap around."""
-        return (num_clients * max(self.max_code, dim)).bit_length()
+    def required_bits(self, num_clients: int) -> int:
+        """Smallest b for which the sum of `num_clients` vectors of codes up to max_code cannot wrap."""
+        return (num_clients * self.max_code).bit_length()
 
-    def check_capacity(self, num_clients: int, dim: int) -> None:
-        need = self.required_bits(num_clients, dim)
+    def check_capacity(self, num_clients: int) -> None:
+        need = self.required_bits(num_clients)
         if need > self.bit_width:
             hint = (f"use bit_width >= {need}" if need <= MAX_BITS
                     else f"no bit_width up to {MAX_BITS} is enough")
             raise ValueError(
                 f"bit_width {self.bit_width} cannot hold the sum of {num_clients} clients "
-                f"(codes up to {self.max_code} from clip={self.clip}, scale={self.scale}; "
-                f"clipped counts up to dim={dim}): {hint}, or lower scale or clip"
+                f"(codes up to {self.max_code} from clip={self.clip}, scale={self.scale}): "
+                f"{hint}, or lower scale or clip"
             )
 
     def encode(
@@ -114,6 +116,26 @@ class FixedPoint:
                 raise ValueError(f"add_noise returned shape {codes.shape}, expected {x.shape}")
         # int64 -> ring words: two's complement wrap is exactly reduction mod 2^64 (and 2^32).
         return codes.astype(ring_dtype(self.bit_width)), clipped
+
+    def count_slots(self, dim: int) -> int:
+        """Number of words carrying a clipped count in 0..dim."""
+        base, slots = self.max_code + 1, 1
+        while base**slots <= dim:
+            slots += 1
+        return slots
+
+    def encode_count(self, count: int, dim: int) -> np.ndarray:
+        """(count_slots(dim),) base-(max_code + 1) digits of `count`, least significant first."""
+        base, digits = self.max_code + 1, []
+        for _ in range(self.count_slots(dim)):
+            count, digit = divmod(count, base)
+            digits.append(digit)
+        return np.array(digits, dtype=ring_dtype(self.bit_width))
+
+    def decode_count(self, digit_sums: np.ndarray) -> int:
+        """The sum of the counts, from the word-wise sums of their digits."""
+        base = self.max_code + 1
+        return sum(int(s) * base**i for i, s in enumerate(digit_sums))
 
     def decode(self, total: np.ndarray, count: int) -> np.ndarray:
         """(d,) float64 sum of `count` clients' vectors from the (d,) ring sum of their codes."""

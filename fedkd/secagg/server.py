@@ -110,7 +110,8 @@ class SecAggServer:
         self._envelopes: dict[int, dict[int, bytes]] = {}  # sender -> recipient -> envelope
         self._relayed: dict[int, frozenset[int]] = {}  # recipient -> senders it got shares of
         self._holders: dict[int, frozenset[int]] = {}  # owner -> clients holding its shares
-        self._sum: np.ndarray | None = None  # (dim + 1,) running sum of masked inputs
+        self._length = dim + config.fixed_point.count_slots(dim)  # codes, then clipped-count digits
+        self._sum: np.ndarray | None = None  # (length,) running sum of masked inputs
         self._survivors: tuple[int, ...] = ()
         self._dropped: dict[str, tuple[int, ...]] = {}
         self._lagrange: dict[tuple[int, ...], tuple[int, ...]] = {}  # x coords -> coefficients
@@ -205,12 +206,12 @@ class SecAggServer:
             raise ProtocolError(f"envelopes from client {reply.sender} must be {ENVELOPE_BYTES} bytes")
 
     def _check_masked_input(self, reply) -> None:
-        want = packed_size(self.dim + 1, self.config.bit_width)
+        want = packed_size(self._length, self.config.bit_width)
         if not isinstance(reply.masked, bytes) or len(reply.masked) != want:
             raise ProtocolError(f"masked input from client {reply.sender} must be {want} bytes")
         if self._sum is None:
-            self._sum = np.zeros(self.dim + 1, dtype=ring_dtype(self.config.bit_width))
-        self._sum += unpack(reply.masked, self.dim + 1, self.config.bit_width)  # wraps mod 2^32/2^64
+            self._sum = np.zeros(self._length, dtype=ring_dtype(self.config.bit_width))
+        self._sum += unpack(reply.masked, self._length, self.config.bit_width)  # wraps mod 2^32/2^64
 
     def _check_consistency_check(self, reply) -> None:
         statement = crypto.survivors_statement(self.session_id, self._survivors)
@@ -310,12 +311,12 @@ class SecAggServer:
         count = len(self._survivors)
         codec = self.config.fixed_point
         return SecAggResult(
-            sum=codec.decode(total[:-1], count),
-            integer_sum=total[:-1],
+            sum=codec.decode(total[: self.dim], count),
+            integer_sum=total[: self.dim],
             count=count,
             survivors=self._survivors,
             dropped={stage: self._dropped.get(stage, ()) for stage in self._stages},
-            clipped=int(total[-1]),
+            clipped=codec.decode_count(total[self.dim :]),
             bytes_in=dict(self.bytes_in),
         )
 

@@ -365,3 +365,11 @@ def test_messages_hold_only_codec_friendly_fields():
 
 def test_unmask_request_type_is_registered_by_name():
     assert MESSAGE_TYPES["UnmaskRequest"] is UnmaskRequest
+
+
+def test_clipped_count_survives_masking_when_it_needs_several_words():
+    vectors = _vectors(5, 100, seed=7, spread=3.0)
+    config = SecAggConfig(clip=1.0, scale=4.0, bit_width=16)  # digits in base 9: 3 words for 0..100
+    assert config.fixed_point.count_slots(100) == 3
+    result = run_in_memory(vectors, config, SESSION, random_bytes=seeded_random(7))
+    assert result.clipped == sum(int(np.count_nonzero(np.abs(v) > 1.0)) for v in vectors.values()) > 81

@@ -43,14 +43,22 @@ def test_non_finite_or_non_vector_input_is_refused(bad):
 
 def test_bit_width_is_checked_against_the_real_client_count_and_names_the_smallest_that_works():
     codec = FixedPoint(clip=1.0, scale=2.0**16, bit_width=24)  # codes up to 2^17
-    codec.check_capacity(100, dim=10)  # 100 * 2^17 < 2^24
+    codec.check_capacity(100)  # 100 * 2^17 < 2^24
     with pytest.raises(ValueError, match=r"bit_width 24 cannot hold the sum of 200 clients.*bit_width >= 25"):
-        codec.check_capacity(200, dim=10)
-    assert codec.required_bits(200, 10) == 25
-    codec.check_capacity(127, dim=10)  # 127 * 2^17 < 2^24, while 128 * 2^17 = 2^24 would wrap
-    assert codec.required_bits(128, 10) == 25
-    with pytest.raises(ValueError, match="bit_width >= 27"):
-        codec.check_capacity(2, dim=2**25)  # the clipped-count slot needs room too
+        codec.check_capacity(200)
+    assert codec.required_bits(200) == 25
+    codec.check_capacity(127)  # 127 * 2^17 < 2^24, while 128 * 2^17 = 2^24 would wrap
+    assert codec.required_bits(128) == 25
+
+
+@pytest.mark.parametrize("dim, slots", [(1, 1), (16, 1), (17, 2), (289, 3)])
+def test_clipped_counts_travel_as_digits_no_larger_than_a_code(dim, slots):
+    codec = FixedPoint(clip=1.0, scale=8.0, bit_width=16)  # max_code 16: base-17 digits
+    assert codec.count_slots(dim) == slots
+    counts = [0, dim, dim // 2, dim]
+    digits = [codec.encode_count(c, dim) for c in counts]
+    assert all(d.size == slots and d.max() <= codec.max_code for d in digits)
+    assert codec.decode_count(sum(d.astype(np.int64) for d in digits)) == sum(counts)
 
 
 def test_noise_hook_sees_int64_codes_before_masking():
