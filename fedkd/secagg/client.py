@@ -28,8 +28,9 @@ the one it signed, or a bad neighbour signature. Fewer than t neighbours left ra
 
 from __future__ import annotations
 
+import bisect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -91,8 +92,20 @@ class SecAggClient:
         self._random_bytes = random_bytes
         self._add_noise = add_noise  # quantize.FixedPoint.encode's noise hook
         self.state = ADVERTISE_KEYS
-        # Filled in as the round goes; secrets are wiped on DONE and FAILED.
+        # The round's state, filled in stage by stage; all of it is listed in to_state().
+        self._digest = b""  # config digest agreed at set-up
+        self._ids: tuple[int, ...] = ()  # sorted; a client's Shamir x coordinate is its index + 1
+        self._dim = 0
+        self._threshold = 0
+        self._neighbours: frozenset[int] = frozenset()
         self._secrets: dict[str, bytes] = {}  # cipher, mask, signing private keys; self-mask seed
+        self._cipher_pks: dict[int, bytes] = {}  # neighbours' public keys, as the server relayed them
+        self._mask_pks: dict[int, bytes] = {}
+        self._signing_pks: dict[int, bytes] = {}
+        self._open_keys: dict[int, bytes] = {}  # neighbour -> key of the envelope it sends here
+        self._held: dict[int, tuple[int, int]] = {}  # neighbour -> (its seed share, its key share)
+        self._masked_with: frozenset[int] = frozenset()  # neighbours whose shares arrived
+        self._signed: tuple[int, ...] = ()  # the survivor set this client signed
         self._revealed: dict[int, str] = {}  # peer -> "seed" or "key": never both for one peer
 
     # --- public ---------------------------------------------------------------------------
@@ -130,6 +143,51 @@ class SecAggClient:
             self._fail()
             raise
 
+    def to_state(self) -> dict[str, object]:
+        """Everything the client remembers between stages, as the plain values messages use
+        (int, str, bytes, tuples, dicts with int or str keys), for transports that do not keep
+        this object alive between messages (a Flower ClientApp can keep it in context.state).
+        It holds private keys: store it only where the client's own secrets may live."""
+        return {
+            "client_id": self.client_id, "session_id": self.session_id, "state": self.state,
+            "config_digest": self._digest, "ids": self._ids, "dim": self._dim, "threshold": self._threshold,
+            "neighbours": tuple(sorted(self._neighbours)), "secrets": dict(self._secrets),
+            "cipher_pks": dict(self._cipher_pks), "mask_pks": dict(self._mask_pks),
+            "signing_pks": dict(self._signing_pks), "open_keys": dict(self._open_keys),
+            "held": {j: shamir.encode_share(s) + shamir.encode_share(k) for j, (s, k) in self._held.items()},
+            "masked_with": tuple(sorted(self._masked_with)), "signed": self._signed,
+            "revealed": dict(self._revealed),
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        state: Mapping[str, object],
+        config: SecAggConfig,
+        random_bytes: RandomBytes = os.urandom,
+        add_noise: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> SecAggClient:
+        """Rebuild a client from `to_state()`; refuses a state made under another config."""
+        client = cls(state["client_id"], config, state["session_id"], random_bytes, add_noise)
+        if state["state"] not in (*ACCEPTS, DONE, FAILED):
+            raise ValueError(f"unknown client state {state['state']!r}")
+        ids = tuple(state["ids"])
+        if ids and config.digest(client.session_id, ids, state["dim"]) != state["config_digest"]:
+            raise ValueError("the saved client state was made under a different config")
+        client.state = state["state"]
+        client._digest, client._ids = state["config_digest"], ids
+        client._dim, client._threshold = state["dim"], state["threshold"]
+        client._neighbours = frozenset(state["neighbours"])
+        client._secrets = dict(state["secrets"])
+        client._cipher_pks, client._mask_pks = dict(state["cipher_pks"]), dict(state["mask_pks"])
+        client._signing_pks, client._open_keys = dict(state["signing_pks"]), dict(state["open_keys"])
+        n = shamir.SHARE_BYTES
+        client._held = {j: (shamir.decode_share(v[:n]), shamir.decode_share(v[n:])) for j, v in state["held"].items()}
+        client._masked_with = frozenset(state["masked_with"])
+        client._signed = tuple(state["signed"])
+        client._revealed = dict(state["revealed"])
+        return client
+
     # --- stages ---------------------------------------------------------------------------
 
     def _advertise_keys(self, req: AdvertiseKeysRequest) -> AdvertiseKeysReply:
@@ -147,9 +205,7 @@ class SecAggClient:
             raise ProtocolError(f"server runs k={req.neighbors}, t={req.threshold} and digest "
                                 f"{req.config_digest.hex()[:16]}; this client has k={k}, t={t}, "
                                 f"digest {digest.hex()[:16]}")
-        self._ids = frozenset(ids)
-        self._x = {cid: pos + 1 for pos, cid in enumerate(ids)}  # Shamir x coordinate of each holder
-        self._dim, self._threshold = req.dim, t
+        self._digest, self._ids, self._dim, self._threshold = digest, ids, req.dim, t
         self._neighbours = neighbours_of(self.session_id, ids, k, self.client_id)
         rb = self._random_bytes
         self._secrets["cipher"], cipher_pk = crypto.x25519_keypair(rb)
@@ -183,7 +239,7 @@ class SecAggClient:
         rb = self._random_bytes
         seed = self._secrets["seed"] = rb(crypto.KEY_BYTES)  # b_i, the self-mask seed
         holders = sorted(peers)
-        xs = [self._x[j] for j in holders]
+        xs = [bisect.bisect_left(self._ids, j) + 1 for j in holders]
         seed_shares = shamir.split(seed, self._threshold, xs, rb)
         key_shares = shamir.split(self._secrets["mask"], self._threshold, xs, rb)
         cipher = crypto.x25519_private(self._secrets["cipher"])
@@ -220,7 +276,7 @@ class SecAggClient:
                            shamir.decode_share(plaintext[shamir.SHARE_BYTES:]))
             except ValueError as err:
                 raise ProtocolError(f"envelope from {j}: {err}") from err
-        self._held = held  # sender -> (seed share, key share), both at x = self._x[self.client_id]
+        self._held = held
         self._masked_with = frozenset(senders)
 
         codes, clipped = encoded
@@ -243,7 +299,7 @@ class SecAggClient:
         return MaskedInputReply(self.session_id, self.client_id, pack(y, self.config.bit_width))
 
     def _consistency_check(self, req: ConsistencyCheckRequest) -> ConsistencyCheckReply:
-        survivors = _check_ids(req.survivors, self._ids, "survivors")
+        survivors = _check_ids(req.survivors, frozenset(self._ids), "survivors")
         self._check_survivors(set(survivors))
         self._signed = survivors
         statement = crypto.survivors_statement(self.session_id, survivors)
@@ -251,8 +307,9 @@ class SecAggClient:
         return ConsistencyCheckReply(self.session_id, self.client_id, crypto.sign(self._secrets["signing"], statement))
 
     def _unmask(self, req: UnmaskRequest) -> UnmaskReply:
-        survivors = _check_ids(req.survivors, self._ids, "survivors")
-        dropped = _check_ids(req.dropped, self._ids, "dropped")
+        known = frozenset(self._ids)
+        survivors = _check_ids(req.survivors, known, "survivors")
+        dropped = _check_ids(req.dropped, known, "dropped")
         both = set(survivors) & set(dropped)
         if both:
             raise ProtocolError(f"server asks for both secrets of clients {sorted(both)[:5]}")

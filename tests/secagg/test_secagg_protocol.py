@@ -373,3 +373,44 @@ def test_clipped_count_survives_masking_when_it_needs_several_words():
     assert config.fixed_point.count_slots(100) == 3
     result = run_in_memory(vectors, config, SESSION, random_bytes=seeded_random(7))
     assert result.clipped == sum(int(np.count_nonzero(np.abs(v) > 1.0)) for v in vectors.values()) > 81
+
+
+def test_a_client_rebuilt_from_its_state_at_every_stage_gives_the_same_round():
+    """Transports that keep no objects between messages (Flower ClientApps) save to_state()."""
+    config = SecAggConfig(consistency_check=True)
+    vectors = _vectors(6, 20, seed=8)
+
+    def run(rebuild):
+        server = SecAggServer(config, SESSION, sorted(vectors), dim=20)
+        states = {c: SecAggClient(c, config, SESSION).to_state() for c in vectors}
+        objects = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in vectors}
+        requests = server.start()
+        while True:
+            stage, replies = server.stage, []
+            for c, request in requests.items():
+                client = SecAggClient.from_state(states[c], config, seeded_random(bytes([c, len(stage)]))) \
+                    if rebuild else objects[c]
+                replies.append(client.handle(request, vectors[c] if stage == MASKED_INPUT else None))
+                states[c] = client.to_state()
+                _assert_plain(states[c])
+            if stage == UNMASK:
+                return server.finish(replies)
+            requests = server.step(replies)
+
+    assert np.array_equal(run(rebuild=True).integer_sum, run(rebuild=False).integer_sum)
+    client = SecAggClient(10, config, SESSION)
+    client.handle(SecAggServer(config, SESSION, sorted(vectors), dim=20).start()[10])
+    with pytest.raises(ValueError, match="different config"):
+        SecAggClient.from_state(client.to_state(), SecAggConfig(), seeded_random(0))
+
+
+def _assert_plain(value):
+    if isinstance(value, dict):
+        assert all(isinstance(k, (int, str)) for k in value)
+        for v in value.values():
+            _assert_plain(v)
+    elif isinstance(value, tuple):
+        for v in value:
+            _assert_plain(v)
+    else:
+        assert isinstance(value, (int, float, str, bytes, bool)), type(value)
