@@ -50,6 +50,7 @@ from fedkd.secagg.stages import (
     stages_for,
 )
 
+DONE, FAILED = "done", "failed"  # terminal values of SecAggServer.stage
 ENVELOPE_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16  # nonce, two shares, GCM tag
 
 
@@ -133,10 +134,10 @@ class SecAggServer:
 
     def receive(self, reply: object) -> None:
         """Validate one reply of the current stage and take it in (masked inputs are summed now)."""
-        began = self._clock()
+        began, stage = self._clock(), self.stage
         try:
-            if self.stage is None:
-                raise ProtocolError("the round has not started")
+            if self.stage not in STAGE_MESSAGES:
+                raise ProtocolError(f"no replies are taken now: the round is {self.stage or 'not started'}")
             expected = STAGE_MESSAGES[self.stage][1]
             if type(reply) is not expected:
                 raise ProtocolError(f"stage {self.stage!r} takes {expected.__name__}, got {type(reply).__name__}")
@@ -151,13 +152,13 @@ class SecAggServer:
             self._replies[sender] = reply if self.stage != MASKED_INPUT else None  # the sum keeps it
             self.bytes_in[self.stage] = self.bytes_in.get(self.stage, 0) + wire_size(reply)
         finally:
-            self._tick(began)
+            self._tick(stage, began)
 
     def advance(self) -> dict[int, object]:
         """Close the current stage and return the next stage's requests by client id."""
-        if self.stage is None or self.stage == UNMASK:
+        if self.stage not in STAGE_MESSAGES or self.stage == UNMASK:
             raise ProtocolError(f"advance() is not valid at stage {self.stage!r} (use start() / finish())")
-        began = self._clock()
+        began, stage = self._clock(), self.stage
         try:
             answered = set(self._replies)
             self._dropped[self.stage] = tuple(sorted(self._asked - answered))
@@ -165,8 +166,11 @@ class SecAggServer:
             self.stage = self._stages[self._stages.index(self.stage) + 1]
             self._replies = {}
             return self._ask(requests)
+        except RoundFailed:
+            self.stage = FAILED
+            raise
         finally:
-            self._tick(began)
+            self._tick(stage, began)
 
     def step(self, replies: Iterable[object]) -> dict[int, object]:
         for reply in replies:  # may be a generator: each reply is folded in and can be freed
@@ -182,9 +186,12 @@ class SecAggServer:
         began = self._clock()
         try:
             result = self._close_unmask(set(self._replies))
+        except (RoundFailed, ProtocolError):
+            self.stage = FAILED
+            raise
         finally:
-            self._tick(began)
-        self.stage = "done"
+            self._tick(UNMASK, began)
+        self.stage = DONE
         return dataclasses.replace(result, seconds_per_stage=dict(self.seconds_per_stage))  # incl. this
 
     # --- per-stage checks on one reply ----------------------------------------------------
@@ -369,6 +376,6 @@ class SecAggServer:
         self._asked = set(requests)
         return requests
 
-    def _tick(self, began: float) -> None:
-        stage = self.stage or ADVERTISE_KEYS
-        self.seconds_per_stage[stage] = self.seconds_per_stage.get(stage, 0.0) + self._clock() - began
+    def _tick(self, stage: str | None, began: float) -> None:
+        if stage in STAGE_MESSAGES:
+            self.seconds_per_stage[stage] = self.seconds_per_stage.get(stage, 0.0) + self._clock() - began

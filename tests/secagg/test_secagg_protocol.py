@@ -414,3 +414,19 @@ def _assert_plain(value):
             _assert_plain(v)
     else:
         assert isinstance(value, (int, float, str, bytes, bool)), type(value)
+
+
+def test_a_failed_or_finished_server_takes_nothing_more():
+    vectors = _vectors(4, 3)
+    config = SecAggConfig()
+    server = SecAggServer(config, SESSION, sorted(vectors), dim=3)
+    clients = {c: SecAggClient(c, config, SESSION) for c in vectors}
+    requests = server.start()
+    replies = [clients[c].handle(r) for c, r in requests.items()]
+    with pytest.raises(RoundFailed):
+        server.advance()  # nobody answered
+    assert server.stage == "failed"
+    with pytest.raises(ProtocolError, match="failed"):
+        server.receive(replies[0])
+    with pytest.raises(ProtocolError):
+        server.advance()
