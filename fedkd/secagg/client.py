@@ -84,11 +84,9 @@ class SecAggClient:
     ) -> None:
         if not (isinstance(client_id, int) and 0 <= client_id <= crypto.MAX_ID):
             raise ValueError(f"client_id must be an int in 0..2^64-1, got {client_id!r}")
-        if not (isinstance(session_id, bytes) and 1 <= len(session_id) <= 256):
-            raise ValueError(f"session_id must be 1..256 bytes, got {session_id!r}")
         self.client_id = client_id
         self.config = config
-        self.session_id = session_id
+        self.session_id = crypto.check_session_id(session_id)
         self._random_bytes = random_bytes
         self._add_noise = add_noise  # quantize.FixedPoint.encode's noise hook
         self.state = ADVERTISE_KEYS

@@ -49,6 +49,13 @@ SIGNATURE_BYTES = 64
 MAX_ID = 2**64 - 1
 
 
+def check_session_id(session_id: object) -> bytes:
+    """Session ids bind every key and message to one round: 1..256 bytes, unique per round."""
+    if not (isinstance(session_id, bytes) and 1 <= len(session_id) <= 256):
+        raise ValueError(f"session_id must be 1..256 bytes, got {session_id!r}")
+    return session_id
+
+
 def _id_bytes(client_id: int) -> bytes:
     return client_id.to_bytes(8, "big")
 

@@ -92,10 +92,8 @@ class SecAggServer:
         ids = tuple(sorted(client_ids))
         if len(set(ids)) != len(ids) or any(not (isinstance(i, int) and 0 <= i <= crypto.MAX_ID) for i in ids):
             raise ValueError("client_ids must be distinct ints in 0..2^64-1")
-        if not (isinstance(session_id, bytes) and 1 <= len(session_id) <= 256):
-            raise ValueError(f"session_id must be 1..256 bytes, got {session_id!r}")
         self.config = config
-        self.session_id = session_id
+        self.session_id = crypto.check_session_id(session_id)
         self.client_ids = ids
         self.dim = dim
         self.neighbors, self.threshold = config.resolve(len(ids), dim)  # ValueError if they do not fit

@@ -19,6 +19,17 @@ def seeded_random(seed: bytes | int) -> Callable[[int], bytes]:
     return random_bytes
 
 
+def drive(server, clients, requests, vectors, until):
+    """Carry requests to clients and replies to the server until the server awaits `until`
+    replies; returns that stage's requests. Vectors go with the masked-input requests."""
+    while server.stage != until:
+        stage = server.stage
+        requests = server.step(
+            clients[c].handle(r, vectors[c] if stage == "masked_input" else None) for c, r in requests.items()
+        )
+    return requests
+
+
 class Recorder:
     """Wraps a random_bytes function and keeps every draw, in order."""
 

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from secagg_testkit import seeded_random
+from secagg_testkit import drive, seeded_random
 
 from fedkd.secagg import crypto
 from fedkd.secagg.stages import ProtocolError
@@ -97,10 +97,7 @@ def test_a_clients_masked_input_is_the_documented_sum_of_streams():
     clients = {c: SecAggClient(c, config, SESSION, recorders[c]) for c in ids}
     server = SecAggServer(config, SESSION, ids, dim)
     x = np.array([-2.0, -1.0, -0.25, 0.0, 0.5, 1.0], dtype=np.float32)
-    requests = server.start()
-    for _ in range(2):
-        requests = server.step(clients[c].handle(r) for c, r in requests.items())
-    assert server.stage == MASKED_INPUT
+    requests = drive(server, clients, server.start(), {}, MASKED_INPUT)
     masked = np.frombuffer(clients[8].handle(requests[8], x).masked, "<u4")
 
     def stream(key, n):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
-from secagg_testkit import seeded_random
+from secagg_testkit import drive, seeded_random
 
 from fedkd.secagg import (
     ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT, SHARE_KEYS, UNMASK, ProtocolError, RoundFailed,
@@ -151,13 +151,7 @@ def _round_until_unmask(consistency=False, n=5):
     rb = seeded_random(5)
     server = SecAggServer(config, SESSION, sorted(vectors), dim=3)
     clients = {c: SecAggClient(c, config, SESSION, rb) for c in vectors}
-    requests = server.start()
-    while server.stage != UNMASK:
-        stage = server.stage
-        requests = server.step(
-            clients[c].handle(r, vectors[c] if stage == MASKED_INPUT else None) for c, r in requests.items()
-        )
-    return server, clients, requests
+    return server, clients, drive(server, clients, server.start(), vectors, UNMASK)
 
 
 def test_client_refuses_to_reveal_both_secrets_of_one_peer():
@@ -263,12 +257,7 @@ def test_server_refuses_replays_strangers_and_wrong_stage_without_losing_its_sta
     requests = server.advance()
     with pytest.raises(ProtocolError, match="takes ShareKeysReply"):
         server.receive(replies[2])  # an advertise reply, replayed one stage late
-    # The round still completes.
-    while server.stage != UNMASK:
-        stage = server.stage
-        requests = server.step(
-            clients[c].handle(r, vectors[c] if stage == MASKED_INPUT else None) for c, r in requests.items()
-        )
+    requests = drive(server, clients, requests, vectors, UNMASK)  # the round still completes
     result = server.finish(clients[c].handle(r) for c, r in requests.items())
     integer_sum, _ = _plain(vectors, sorted(vectors), config)
     assert np.array_equal(result.integer_sum.astype(np.uint64), integer_sum)
@@ -279,9 +268,7 @@ def test_bad_vectors_are_refused_before_masking_and_the_client_can_retry():
     vectors = _vectors(3, 4)
     server = SecAggServer(config, SESSION, sorted(vectors), dim=4)
     clients = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in vectors}
-    requests = server.start()
-    for _ in range(2):
-        requests = server.step(clients[c].handle(r) for c, r in requests.items())
+    requests = drive(server, clients, server.start(), vectors, MASKED_INPUT)
     me = next(iter(requests))
     for bad in (np.array([0.0, np.nan, 0.0, 0.0]), np.zeros(5), None):
         with pytest.raises(ValueError):
@@ -299,9 +286,7 @@ def test_a_lone_masked_vector_looks_uniform_and_hides_the_input():
     ids = [1, 2, 3]
     server = SecAggServer(config, SESSION, ids, dim=dim)
     clients = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in ids}
-    requests = server.start()
-    for _ in range(2):
-        requests = server.step(clients[c].handle(r) for c, r in requests.items())
+    requests = drive(server, clients, server.start(), {}, MASKED_INPUT)
     zeros = np.zeros(dim, dtype=np.float32)  # a maximally structured input: every code is 2^16
     reply = clients[1].handle(requests[1], zeros)
     masked = unpack(reply.masked, dim + 1, config.bit_width)[:-1].astype(np.uint64)
