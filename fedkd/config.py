@@ -17,6 +17,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("auto", "mlp", "cnn", "resnet8")
 ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
 AGGREGATIONS = ("plain",)
+VOTE_WEIGHTINGS = ("none", "class-share")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -49,18 +50,19 @@ class Config:
     local_epochs: int = 20
     lr: float = 0.05
     batch_size: int = 32
-    digest_epochs: int = 0  # FedMD/DS-FL digest: epochs on last round's consensus before local training
+    digest_epochs: int = 3  # FedMD/DS-FL digest: epochs on last round's consensus before local training
     # Knowledge transfer
     temperature: float = 3.0
     ensemble: str = "mean"
     era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
+    vote_weighting: str = "class-share"  # "class-share": scale each client's class votes by its share of that class
     public_sample: int = 0  # public examples released per round (0: the whole public set)
     aggregation: str = "plain"
     # Server (student) distillation
     distill_epochs: int = 60
     distill_lr: float = 0.05
     distill_batch_size: int = 64
-    patience: int = 8  # early-stopping patience, in epochs, on the public validation slice
+    patience: int = 20  # early-stopping patience, in epochs, on the public validation slice
     val_fraction: float = 0.1
     hard_label_weight: float = 0.0  # weight of cross-entropy on public labels (needs public_labels)
     # Runtime
@@ -107,6 +109,11 @@ class Config:
             )
         _choice("ensemble", self.ensemble, ENSEMBLE_RULES)
         _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("vote-weighting", self.vote_weighting, VOTE_WEIGHTINGS)
+        if self.vote_weighting != "none" and self.ensemble not in ("mean", "dsfl"):
+            raise ConfigError(
+                f"vote-weighting '{self.vote_weighting}' works with ensemble mean or dsfl, not '{self.ensemble}'"
+            )
         _choice("device", self.device, DEVICES)
         _choice("student-model", self.student_model, MODELS)
         if not self.teacher_model_list:

@@ -73,14 +73,22 @@ class Teacher:
         return self.values.argmax(axis=1)
 
 
-def client_payload(logits: np.ndarray, rule: str, temperature: float) -> np.ndarray:
+def client_payload(
+    logits: np.ndarray, rule: str, temperature: float, class_weights: np.ndarray | None = None
+) -> np.ndarray:
     """What one client uploads for `rule`, from its teacher's logits (N, K) -> (N, K) float32.
 
     mean, dsfl: softmax(z/T); geometric: log softmax(z/T) floored at LOG_PROB_FLOOR; logits: z.
+    `class_weights` (K,), for mean and dsfl only, scales the client's vote for each class
+    (w_c * p_c); the server renormalises each row after the sum, so the rule stays sum-compatible.
     """
+    if class_weights is not None and rule not in ("mean", "dsfl"):
+        raise ValueError(f"class weights apply to the mean and dsfl rules, not '{rule}'")
     z = torch.as_tensor(logits, dtype=torch.float64)
     if rule in ("mean", "dsfl"):
         out = softmax_t(z, temperature)
+        if class_weights is not None:
+            out = out * torch.as_tensor(class_weights, dtype=torch.float64)
     elif rule == "geometric":
         out = torch.clamp(F.log_softmax(z / temperature, dim=-1), min=LOG_PROB_FLOOR)
     elif rule == "logits":
@@ -109,6 +117,7 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
     elif rule == "logits":
         values, kind, t = mean, "logits", temperature
     elif rule == "dsfl":
+        mean = mean / mean.sum(dim=1, keepdim=True)
         values, kind, t = torch.softmax(mean / era_temperature, dim=1), "probs", 1.0
     else:
         raise ValueError(f"ensemble rule '{rule}' is unknown; choose one of mean, geometric, logits, dsfl")

@@ -69,6 +69,12 @@ def vector_layout(config: Config, splits: Splits, server_round: int) -> tuple[in
     return len(public_sample(config, server_round)), len(splits.test_y), splits.num_classes
 
 
+def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K,) K * share of each class in a client's data: 1 everywhere for a balanced client,
+    0 for classes it never saw. Its votes for a class are scaled by how much of it it has seen."""
+    return (num_classes * np.bincount(y, minlength=num_classes) / len(y)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Consensus:
     """Last round's ensemble teacher on its public sample, sent back to clients for the digest step."""
@@ -132,9 +138,10 @@ def teacher_round(
     if with_predictions:
         public_idx = public_sample(config, server_round)
         public_logits = distill.predict_logits(model, splits.public_x[public_idx], device)
+        weights = class_weights(y, splits.num_classes) if config.vote_weighting == "class-share" else None
         vector = np.concatenate([
-            distill.client_payload(public_logits, config.ensemble, config.temperature).ravel(),
-            distill.client_payload(test_logits, config.ensemble, config.temperature).ravel(),
+            distill.client_payload(public_logits, config.ensemble, config.temperature, weights).ravel(),
+            distill.client_payload(test_logits, config.ensemble, config.temperature, weights).ravel(),
         ])
         metrics["upload-bytes"] = float(len(public_idx) * splits.num_classes * 4)
     metrics["predict-seconds"] = time.perf_counter() - t0
