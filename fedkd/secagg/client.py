@@ -283,15 +283,12 @@ class SecAggClient:
         y = np.empty(self._dim + count.size, dtype=dtype)  # (dim + slots,) codes, then the clipped count
         y[: self._dim] = codes
         y[self._dim :] = count
-        y += crypto.expand_mask(self._secrets["seed"], y.size, dtype)
         private = crypto.x25519_private(self._secrets["mask"])
-        for j in sorted(senders):
+        masks = [(self._secrets["seed"], +1)]  # the self mask
+        for j in sorted(senders):  # the lower id adds a pair's mask, the higher subtracts it
             seed = crypto.pair_mask_seed(private, self._mask_pks[j], self.session_id, self.client_id, j)
-            mask = crypto.expand_mask(seed, y.size, dtype)
-            if self.client_id < j:  # the lower id adds, the higher subtracts: they cancel in the sum
-                y += mask
-            else:
-                y -= mask
+            masks.append((seed, +1 if self.client_id < j else -1))
+        crypto.apply_masks(y, masks)
         y &= dtype.type(ring_mask(self.config.bit_width))
         self.state = CONSISTENCY_CHECK if self.config.consistency_check else UNMASK
         return MaskedInputReply(self.session_id, self.client_id, pack(y, self.config.bit_width))

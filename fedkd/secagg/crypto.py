@@ -26,7 +26,7 @@ Byte layouts (fixed, so tests can recompute them straight from the primitives):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -163,6 +163,23 @@ def expand_mask(seed: bytes, length: int, dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype).newbyteorder("<")
     return np.frombuffer(keystream(seed, length * dtype.itemsize), dtype=dtype)
+
+
+def apply_masks(acc: np.ndarray, masks: Iterable[tuple[bytes, int]]) -> None:
+    """acc += sign * mask(seed) for each (seed, sign), sign +1 or -1, in place (wrapping).
+
+    Same streams as `expand_mask`, but each is written into one reused buffer: at D = 1e6 this
+    is several times faster than a fresh array per mask (no page faults, no allocations).
+    """
+    zeros = bytes(acc.nbytes)
+    buffer = bytearray(acc.nbytes + 15)  # update_into wants room for one block more
+    words = np.frombuffer(buffer, dtype=acc.dtype.newbyteorder("<"), count=acc.size)
+    for seed, sign in masks:
+        Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(zeros, buffer)
+        if sign > 0:
+            acc += words
+        else:
+            acc -= words
 
 
 # --- consistency-check signatures ---------------------------------------------------------

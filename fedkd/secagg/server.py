@@ -291,12 +291,12 @@ class SecAggServer:
         survivors = set(self._survivors)
         dtype = ring_dtype(self.config.bit_width)
         total = self._sum
+        removals = []  # (seed, sign) of every mask left in the sum, with the sign that removes it
         for owner, holders in sorted(self._holders.items()):
             responders = sorted(holders & answered)
             if owner in survivors:
                 shares = [self._replies[r].seed_shares[owner] for r in responders]
-                seed = self._reconstruct(responders, shares, owner)
-                total -= crypto.expand_mask(seed, total.size, dtype)
+                removals.append((self._reconstruct(responders, shares, owner), -1))
                 continue
             masked_with = sorted(holders & survivors)  # survivors whose input carries a mask with owner
             if not masked_with:
@@ -305,13 +305,10 @@ class SecAggServer:
             private = self._reconstruct(responders, shares, owner)
             if crypto.x25519_public(private) != self._keys[owner].mask_public_key:
                 raise ProtocolError(f"shares of client {owner}'s mask key rebuild the wrong key")
-            for r in masked_with:
+            for r in masked_with:  # r added the pair's mask if r < owner; the cancelling half never came
                 seed = crypto.pair_mask_seed(private, self._keys[r].mask_public_key, self.session_id, owner, r)
-                mask = crypto.expand_mask(seed, total.size, dtype)
-                if r < owner:  # r added this mask, owner's subtraction never arrived
-                    total -= mask
-                else:
-                    total += mask
+                removals.append((seed, -1 if r < owner else +1))
+        crypto.apply_masks(total, removals)
         total &= dtype.type(ring_mask(self.config.bit_width))
         count = len(self._survivors)
         codec = self.config.fixed_point

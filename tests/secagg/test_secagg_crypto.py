@@ -113,3 +113,15 @@ def test_a_clients_masked_input_is_the_documented_sum_of_streams():
         seed = HKDF(hashes.SHA256(), 32, salt=None, info=_info(b"mask", min(8, peer), max(8, peer))).derive(shared)
         expected += stream(seed, dim + 1) if 8 < peer else (2**32 - stream(seed, dim + 1).astype(np.uint64))
     assert np.array_equal(masked, (expected % 2**32).astype(np.uint32))
+
+
+def test_apply_masks_adds_and_subtracts_the_same_streams_in_place():
+    seeds = [bytes([1] * 32), bytes([2] * 32), bytes([3] * 32)]
+    acc = np.arange(1001, dtype=np.uint32)
+    expected = acc.copy() + crypto.expand_mask(seeds[0], 1001, np.uint32) - crypto.expand_mask(seeds[1], 1001, np.uint32)
+    expected += crypto.expand_mask(seeds[2], 1001, np.uint32)
+    crypto.apply_masks(acc, [(seeds[0], +1), (seeds[1], -1), (seeds[2], +1)])
+    assert np.array_equal(acc, expected)
+    wide = np.zeros(7, dtype=np.uint64)
+    crypto.apply_masks(wide, [(seeds[0], -1)])
+    assert np.array_equal(wide, np.zeros(7, np.uint64) - crypto.expand_mask(seeds[0], 7, np.uint64))
