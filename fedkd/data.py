@@ -132,13 +132,13 @@ def load_splits(
     if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha > 0):
         raise DataError(f"alpha={alpha!r} must be a finite number > 0 (smaller = more skewed)")
     if num_clients < 2:
-        raise DataError(f"num_clients={num_clients} must be at least 2")
+        raise DataError(f"num-clients={num_clients} must be at least 2")
     if num_public <= 0:
-        raise DataError(f"num_public={num_public} must be at least 1")
+        raise DataError(f"num-public={num_public} must be at least 1")
     if not 0 < test_fraction < 1:
-        raise DataError(f"test_fraction={test_fraction} must lie strictly between 0 and 1")
+        raise DataError(f"test-fraction={test_fraction} must lie strictly between 0 and 1")
     if min_partition_size < 1:
-        raise DataError(f"min_partition_size={min_partition_size} must be at least 1")
+        raise DataError(f"min-partition-size={min_partition_size} must be at least 1")
     if not (isinstance(seed, numbers.Integral) and seed >= 0):
         raise DataError(f"seed={seed!r} must be a non-negative integer")
 
@@ -168,7 +168,7 @@ def _build_splits(
     name = Path(dataset).stem if is_npz else dataset
     if partition == "pathological" and not 1 <= classes_per_client <= num_classes:
         raise DataError(
-            f"classes_per_client={classes_per_client} must lie in [1, {num_classes}] "
+            f"classes-per-client={classes_per_client} must lie in [1, {num_classes}] "
             f"for {name} ({num_classes} classes)"
         )
 
@@ -180,7 +180,7 @@ def _build_splits(
         n_test = round(test_fraction * len(y))
         if not 1 <= n_test < len(y):
             raise DataError(
-                f"test_fraction={test_fraction} of {len(y)} examples gives {n_test} test "
+                f"test-fraction={test_fraction} of {len(y)} examples gives {n_test} test "
                 f"examples; choose a fraction that leaves between 1 and {len(y) - 1}"
             )
         test_idx, train = _stratified_take(y, np.arange(len(y)), n_test, rng)
@@ -193,14 +193,14 @@ def _build_splits(
     needed = num_clients * min_partition_size
     if needed >= len(train):
         raise DataError(
-            f"num_clients={num_clients} x min_partition_size={min_partition_size} = {needed} "
+            f"num-clients={num_clients} x min-partition-size={min_partition_size} = {needed} "
             f"private examples, but {name} has only {len(train)} training examples and the "
-            "public set needs at least 1; use fewer clients or a smaller min_partition_size"
+            "public set needs at least 1; use fewer clients or a smaller min-partition-size"
         )
     available = len(train) - needed
     if num_public > available:
         raise DataError(
-            f"num_public={num_public} is more than the {available} available ({len(train)} "
+            f"num-public={num_public} is more than the {available} available ({len(train)} "
             f"training examples, keeping {min_partition_size} for each of {num_clients} clients)"
         )
     public_idx, private_idx = _stratified_take(y, train, num_public, rng)
@@ -289,9 +289,9 @@ def _partition(
         present = len(np.unique(labels))
         if num_clients + classes_per_client - 1 < present:
             raise DataError(
-                f"pathological with num_clients={num_clients} and classes_per_client="
+                f"pathological with num-clients={num_clients} and classes-per-client="
                 f"{classes_per_client} reaches only {num_clients + classes_per_client - 1} of "
-                f"{present} labels; need num_clients + classes_per_client - 1 >= {present}"
+                f"{present} labels; need num-clients + classes-per-client - 1 >= {present}"
             )
         partitioner = PathologicalPartitioner(
             num_partitions=num_clients, partition_by="label",
@@ -313,12 +313,12 @@ def _partition(
             )
     except ValueError as exc:
         hint = {
-            "dirichlet": "use a larger alpha, fewer clients or a smaller min_partition_size",
-            "pathological": "use fewer clients or a smaller classes_per_client",
+            "dirichlet": "use a larger alpha, fewer clients or a smaller min-partition-size",
+            "pathological": "use fewer clients or a smaller classes-per-client",
         }.get(scheme, "use fewer clients")
         raise DataError(
-            f"{scheme} partition of {n} examples into num_clients={num_clients} (alpha={alpha}, "
-            f"classes_per_client={classes_per_client}, min_partition_size={min_partition_size}) "
+            f"{scheme} partition of {n} examples into num-clients={num_clients} (alpha={alpha}, "
+            f"classes-per-client={classes_per_client}, min-partition-size={min_partition_size}) "
             f"failed: {hint} ({exc})"
         ) from exc
     _check_partitions(parts, n, min_partition_size, scheme)
@@ -341,14 +341,14 @@ def _check_partitions(
     sizes = [len(p) for p in parts]
     smallest = int(np.argmin(sizes))
     if sizes[smallest] < min_partition_size:
-        fixes = [f"fewer clients (the private pool has {n} examples)", "a smaller num_public"]
+        fixes = [f"fewer clients (the private pool has {n} examples)", "a smaller num-public"]
         if scheme == "dirichlet":
             fixes.append("a larger alpha")
         if min_partition_size > 1:
-            fixes.append("a smaller min_partition_size")
+            fixes.append("a smaller min-partition-size")
         raise DataError(
             f"{scheme} partition gives client {smallest} only {sizes[smallest]} examples "
-            f"(min_partition_size={min_partition_size}); use {', or '.join(fixes)}"
+            f"(min-partition-size={min_partition_size}); use {', or '.join(fixes)}"
         )
 
 
@@ -462,7 +462,7 @@ def _load_cifar10(data_dir: Path, download: bool) -> _Source:
 
 
 def _find_cifar_folder(data_dir: Path) -> Path | None:
-    """The folder holding all six batches: torchvision's cifar-10-batches-py/, or data_dir."""
+    """The folder holding all six batches: torchvision's cifar-10-batches-py/, or data-dir."""
     for folder in (data_dir / _CIFAR_FOLDER, data_dir):
         if all((folder / b).is_file() for b in (*_CIFAR_TRAIN, _CIFAR_TEST)):
             return folder
@@ -510,7 +510,7 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _download_or_explain(dataset: str, data_dir: Path, download: bool, expected: str) -> None:
-    """Fetch ``dataset`` into ``data_dir`` with torchvision, or raise DataError saying how."""
+    """Fetch ``dataset`` into ``data-dir`` with torchvision, or raise DataError saying how."""
     if not download:
         raise DataError(
             f"{dataset} files not found: expected {expected}; put them there, or pass "

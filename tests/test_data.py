@@ -189,22 +189,22 @@ def test_digits_needs_no_network(monkeypatch):
         ({"alpha": 0}, ["alpha=0", "> 0"]),
         ({"alpha": -1.5}, ["alpha=-1.5"]),
         ({"alpha": float("nan")}, ["alpha=nan"]),
-        ({"num_clients": 1}, ["num_clients=1", "at least 2"]),
-        ({"num_clients": 2000}, ["num_clients=2000", "only 1438 training"]),
-        ({"num_public": 0}, ["num_public=0"]),
-        ({"num_public": 5000}, ["num_public=5000", "1428 available"]),
-        ({"test_fraction": 0.0}, ["test_fraction=0.0", "between 0 and 1"]),
-        ({"test_fraction": 1.0}, ["test_fraction=1.0"]),
-        ({"test_fraction": 1e-6}, ["test_fraction=1e-06", "0 test"]),
-        ({"partition": "pathological", "classes_per_client": 0}, ["classes_per_client=0",
+        ({"num_clients": 1}, ["num-clients=1", "at least 2"]),
+        ({"num_clients": 2000}, ["num-clients=2000", "only 1438 training"]),
+        ({"num_public": 0}, ["num-public=0"]),
+        ({"num_public": 5000}, ["num-public=5000", "1428 available"]),
+        ({"test_fraction": 0.0}, ["test-fraction=0.0", "between 0 and 1"]),
+        ({"test_fraction": 1.0}, ["test-fraction=1.0"]),
+        ({"test_fraction": 1e-6}, ["test-fraction=1e-06", "0 test"]),
+        ({"partition": "pathological", "classes_per_client": 0}, ["classes-per-client=0",
                                                                   "[1, 10]"]),
-        ({"partition": "pathological", "classes_per_client": 11}, ["classes_per_client=11"]),
+        ({"partition": "pathological", "classes_per_client": 11}, ["classes-per-client=11"]),
         ({"partition": "pathological", "num_clients": 3, "classes_per_client": 2},
-         ["reaches only 4 of 10 labels", "num_clients + classes_per_client - 1 >= 10"]),
-        ({"min_partition_size": 0}, ["min_partition_size=0"]),
+         ["reaches only 4 of 10 labels", "num-clients + classes-per-client - 1 >= 10"]),
+        ({"min_partition_size": 0}, ["min-partition-size=0"]),
         ({"seed": -1}, ["seed=-1"]),
         ({"partition": "dirichlet", "alpha": 0.01, "num_clients": 10, "min_partition_size": 60,
-          "num_public": 100}, ["alpha=0.01", "larger alpha", "min_partition_size"]),
+          "num_public": 100}, ["alpha=0.01", "larger alpha", "min-partition-size"]),
     ],
 )
 def test_bad_request_raises_data_error_naming_the_value(kwargs, expected):
@@ -228,7 +228,7 @@ def test_client_too_small_names_the_client(tmp_path):
     x = np.random.default_rng(0).normal(size=(len(y), 4))
     path = tmp_path / "rare.npz"
     np.savez(path, x=x, y=y)
-    with pytest.raises(DataError, match=r"client 0 only \d+ examples.*min_partition_size=10"):
+    with pytest.raises(DataError, match=r"client 0 only \d+ examples.*min-partition-size=10"):
         load_splits(str(path), partition="pathological", classes_per_client=1, num_clients=3,
                     num_public=10, min_partition_size=10)
 

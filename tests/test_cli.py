@@ -1,0 +1,43 @@
+"""`fedkd run` refuses bad input before anything starts: one line on stderr, exit 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fedkd.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--alpha", "0"], "alpha=0.0 must be > 0"),
+        (["--temperature", "-1"], "temperature=-1.0 must be > 0"),
+        (["--clients", "1"], "num-clients=1 is too small"),
+        (["--num-public", "5000"], "num-public=5000"),
+        (["--method", "magic"], "method 'magic' is unknown"),
+        (["--dataset", "imagenet"], "dataset 'imagenet' is unknown"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist"),
+        (["--student-model", "cnn", "--dataset", "nothere.npz"], "nothere.npz"),
+    ],
+)
+def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):
+    assert main(["run", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedkd: error: ") and fragment in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_empty_partition_is_refused(capsys, tmp_path):
+    # 200 clients cannot each get an example of 938 with pathological 1-class splits of digits
+    code = main(["run", "--out", str(tmp_path), "--clients", "200", "--partition", "iid", "--num-public", "1500"])
+    assert code == 2
+    assert "num-public=1500" in capsys.readouterr().err
+
+
+def test_console_script_reports_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fedkd.cli", "run", "--alpha", "-2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "alpha=-2.0 must be > 0" in proc.stderr and "Traceback" not in proc.stderr
