@@ -74,13 +74,11 @@ def _context(purpose: bytes, session_id: bytes, a: int, b: int) -> bytes:
 def x25519_keypair(random_bytes: RandomBytes) -> tuple[bytes, bytes]:
     """(private, public) raw 32-byte X25519 keys, the private one drawn from `random_bytes`."""
     private = random_bytes(KEY_BYTES)
-    public = X25519PrivateKey.from_private_bytes(private).public_key()
-    return private, public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private, public_bytes(X25519PrivateKey.from_private_bytes(private))
 
 
-def x25519_public(private: bytes) -> bytes:
-    public = X25519PrivateKey.from_private_bytes(private).public_key()
-    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+def public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def ed25519_keypair(random_bytes: RandomBytes) -> tuple[bytes, bytes]:

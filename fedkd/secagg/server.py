@@ -302,8 +302,8 @@ class SecAggServer:
             if not masked_with:
                 continue
             shares = [self._replies[r].key_shares[owner] for r in responders]
-            private = self._reconstruct(responders, shares, owner)
-            if crypto.x25519_public(private) != self._keys[owner].mask_public_key:
+            private = crypto.x25519_private(self._reconstruct(responders, shares, owner))
+            if crypto.public_bytes(private) != self._keys[owner].mask_public_key:
                 raise ProtocolError(f"shares of client {owner}'s mask key rebuild the wrong key")
             for r in masked_with:  # r added the pair's mask if r < owner; the cancelling half never came
                 seed = crypto.pair_mask_seed(private, self._keys[r].mask_public_key, self.session_id, owner, r)
