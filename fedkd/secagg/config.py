@@ -113,7 +113,7 @@ class SecAggConfig:
     def digest(self, session_id: bytes, client_ids: tuple[int, ...], dim: int) -> bytes:
         """SHA-256 over everything both sides must agree on for a session."""
         k, t = self.resolve(len(client_ids), dim)
-        text = (f"k={k};t={t};b={self.bit_width};clip={self.clip!r};scale={self.scale!r};"
+        text = (f"k={k};t={t};b={self.bit_width};clip={float(self.clip)!r};scale={float(self.scale)!r};"
                 f"sr={self.stochastic_rounding};cc={self.consistency_check};dim={dim};"
                 f"ids={','.join(map(str, client_ids))}")
         return hashlib.sha256(session_id + b"\x00" + text.encode()).digest()
