@@ -46,7 +46,7 @@ def table(rows: list[dict], dropout: float) -> str:
         )
     lines += [
         "",
-        "total: protocol wall time for the whole round (input generation excluded); client mean: one client's "
+        "total: protocol wall time for the whole round (input generation excluded); client mean: one surviving client's "
         "compute over all stages; server: server compute, mostly rebuilding dropped clients' masks; "
         "upload: everything one surviving client sends; vs packed: that over the D x 32-bit vector alone.",
         "",
