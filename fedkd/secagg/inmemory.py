@@ -36,7 +36,7 @@ def run_in_memory(
     random_bytes: RandomBytes = os.urandom,
     dim: int | None = None,
     observer: Observer | None = None,
-    clock: Callable[[], float] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> SecAggResult:
     """Sum `vectors` (client id -> (dim,) float vector) under secure aggregation.
 
@@ -52,10 +52,8 @@ def run_in_memory(
     ids = sorted(vectors)
     if dim is None:
         dim = int(np.asarray(vectors[ids[0]]).shape[0])
-    timing = {} if clock is None else {"clock": clock}
-    server = SecAggServer(config, session_id, ids, dim, **timing)
+    server = SecAggServer(config, session_id, ids, dim, clock=clock)
     clients = {cid: SecAggClient(cid, config, session_id, random_bytes) for cid in ids}
-    tick = clock or time.perf_counter
 
     def replies(requests: dict[int, object], stage: str) -> Iterator[object]:
         for cid, request in requests.items():
@@ -63,10 +61,10 @@ def run_in_memory(
                 clients.pop(cid, None)
                 continue
             vector = vectors[cid] if stage == MASKED_INPUT else None
-            began = tick()
+            began = clock()
             reply = clients[cid].handle(request, vector)
             if observer is not None:
-                observer(stage, cid, tick() - began, wire_size(reply))
+                observer(stage, cid, clock() - began, wire_size(reply))
             yield reply
 
     requests = server.start()
