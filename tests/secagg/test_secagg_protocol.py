@@ -415,3 +415,35 @@ def test_a_failed_or_finished_server_takes_nothing_more():
         server.receive(replies[0])
     with pytest.raises(ProtocolError):
         server.advance()
+
+
+def test_memory_does_not_grow_with_the_number_of_clients():
+    """Inputs made on demand and masked inputs folded into the sum as they come: the peak is a
+    few vectors whatever n is, never n vectors."""
+    import tracemalloc
+    from collections.abc import Mapping
+
+    dim = 50_000
+
+    class OnDemand(Mapping):
+        def __init__(self, n):
+            self.n = n
+
+        def __getitem__(self, cid):
+            return np.random.default_rng(cid).uniform(-1, 1, dim).astype(np.float32)
+
+        def __iter__(self):
+            return iter(range(self.n))
+
+        def __len__(self):
+            return self.n
+
+    peaks = {}
+    for n in (30, 120):
+        tracemalloc.start()
+        run_in_memory(OnDemand(n), SecAggConfig(), SESSION, drop={MASKED_INPUT: {1, 2, 3}}, dim=dim)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    per_extra_client = (peaks[120] - peaks[30]) / 90  # keys, shares, envelopes: a few kB each
+    assert per_extra_client < 0.05 * 4 * dim  # not a vector (200 kB) per client
+    assert peaks[120] < 120 * 4 * dim / 4  # far below holding every input
