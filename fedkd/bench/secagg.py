@@ -137,36 +137,47 @@ def run_bench(
 # --- command line --------------------------------------------------------------------------
 
 
-def _count(text: str) -> int:
-    """An integer count, also written like 1e5."""
+def _count(name: str, value: object) -> int:
+    """A whole number given as an int or as text such as "1e5"."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not value.is_integer():
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(value)
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} expects a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise ValueError(f"--{name} expects a whole number, got {value!r}")
+    return int(number)
+
+
+def _fraction(name: str, value: object) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} expects a number, got {value!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clients", type=_count, default=100, help="number of clients (default 100)")
-    parser.add_argument("--dim", type=_count, default=100_000, help="vector length, e.g. 1e5 (default 1e5)")
-    parser.add_argument("--dropout", type=float, default=0.1,
-                        help="fraction dropping before masked input (default 0.1)")
-    parser.add_argument("--neighbors", type=_count, default=None,
+    # Values stay text here and are checked in main(), so a bad one is a single error line.
+    parser.add_argument("--clients", default=100, help="number of clients (default 100)")
+    parser.add_argument("--dim", default=100_000, help="vector length, e.g. 1e5 (default 1e5)")
+    parser.add_argument("--dropout", default=0.1, help="fraction dropping before masked input (default 0.1)")
+    parser.add_argument("--neighbors", default=None,
                         help="neighbours per client, k (default 2*ceil(log2 n); n-1 = classic SecAgg)")
-    parser.add_argument("--threshold", type=_count, default=None, help="shares needed, t (default k//2+1)")
-    parser.add_argument("--bit-width", type=_count, default=32, help="ring Z_2^b (default 32)")
+    parser.add_argument("--threshold", default=None, help="shares needed, t (default k//2+1)")
+    parser.add_argument("--bit-width", default=32, help="ring Z_2^b (default 32)")
     parser.add_argument("--consistency-check", action="store_true", help="run the signed consistency check")
-    parser.add_argument("--seed", type=_count, default=0, help="seed of inputs and drop-outs (default 0)")
+    parser.add_argument("--seed", default=0, help="seed of inputs and drop-outs (default 0)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        report = run_bench(args.clients, args.dim, args.dropout, neighbors=args.neighbors, seed=args.seed,
-                           threshold=args.threshold, bit_width=args.bit_width,
-                           consistency_check=args.consistency_check)
+        optional = {name: None if getattr(args, name) is None else _count(name, getattr(args, name))
+                    for name in ("neighbors", "threshold")}
+        report = run_bench(
+            _count("clients", args.clients), _count("dim", args.dim), _fraction("dropout", args.dropout),
+            seed=_count("seed", args.seed), bit_width=_count("bit-width", args.bit_width),
+            consistency_check=args.consistency_check, **optional,
+        )
     except ValueError as err:
         sys.stderr.write(f"fedkd bench secagg: error: {err}\n")
         return 2

@@ -27,7 +27,8 @@ def test_json_output(capsys):
 
 
 def test_bad_arguments_give_one_line_and_exit_code_2(capsys):
-    for argv in (["--clients", "1"], ["--dropout", "1.5"], ["--clients", "10", "--neighbors", "3"]):
+    for argv in (["--clients", "1"], ["--dropout", "1.5"], ["--clients", "10", "--neighbors", "3"],
+                 ["--clients", "abc"], ["--dropout", "x"], ["--bit-width", "1"], ["--seed", "0.5"]):
         assert bench.main(_parse(argv + ["--dim", "10"])) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("fedkd bench secagg: error:") and "Traceback" not in err
