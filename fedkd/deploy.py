@@ -318,8 +318,13 @@ class Process:
         return "\n".join(self.tail)
 
     def last_line(self) -> str:
+        """The most telling recent line: Flower's exit report (`Exit Code: N` and the two lines after
+        it), else the last line that mentions an error, else the last line."""
         lines = [line.strip() for line in self.tail if line.strip()]
-        errors = [line for line in lines if "error" in line.lower() or "exit code" in line.lower()]
+        exits = [i for i, line in enumerate(lines) if "Exit Code:" in line]
+        if exits:
+            return " ".join(lines[exits[-1]:exits[-1] + 3])
+        errors = [line for line in lines if "error" in line.lower()]
         return (errors or lines or ["(no output)"])[-1]
 
 
@@ -397,7 +402,10 @@ class Deployment:
     # -- starting --
     def start(self, name: str, argv: list[str]) -> Process:
         self.say(f"starting {name}: {shlex.join(argv)}")
-        process = Process(name, argv, self.env, self.cwd, self.echo)
+        try:
+            process = Process(name, argv, self.env, self.cwd, self.echo)
+        except OSError as exc:
+            raise DeployError(f"cannot start {name} ({argv[0]}): {exc.strerror or exc}") from None
         self.processes.append(process)
         return process
 
@@ -476,10 +484,10 @@ class Deployment:
             answer = json.loads(done.stdout[start:]) if start >= 0 else {}
         except json.JSONDecodeError:
             answer = {}
-        if done.returncode != 0 or not answer.get("success", False):
-            detail = answer.get("error-message") or (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            detail = detail if isinstance(detail, str) else detail[0]
-            raise DeployError(f"'flwr {' '.join(args[:2])}' failed: {ANSI.sub('', detail).strip()}")
+        if done.returncode != 0 or not answer.get("success", False):  # flwr may exit 0 with success=false
+            text = ANSI.sub("", str(answer.get("error-message") or done.stderr or done.stdout))
+            detail = ([line.strip() for line in text.splitlines() if line.strip()] or ["no output"])[-1]
+            raise DeployError(f"'flwr {' '.join(args[:2])}' failed: {detail}")
         return answer
 
     def enroll(self, key: NodeKey) -> str:
@@ -613,7 +621,7 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
     try:
         with Deployment(workdir, bins, tls, echo=echo, cwd=cwd, grace=opts.grace) as dep:
             ports = free_ports(opts.num_nodes + 2)
-            dep.start_superlink(ports[0], ready_within=min(60.0, deadline - time.monotonic()))
+            dep.start_superlink(ports[0], ready_within=max(1.0, min(60.0, deadline - time.monotonic())))
             for key in keys:
                 dep.say(f"enrolled {key.public.name} as node {dep.enroll(key)}")
             nodes = [dep.start_supernode(f"node-{i}", f"partition-id={i} num-partitions={opts.num_nodes}",
@@ -621,7 +629,7 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
                      for i in range(opts.num_nodes)]
             if opts.probe_unenrolled:
                 _probe_unenrolled(dep, workdir, ports[-1], opts.num_nodes, deadline)
-            dep.wait_nodes(opts.num_nodes, nodes, within=min(120.0, deadline - time.monotonic()))
+            dep.wait_nodes(opts.num_nodes, nodes, within=max(1.0, min(120.0, deadline - time.monotonic())))
             dep.say(f"{opts.num_nodes} SuperNodes connected; submitting the run")
             run_id = dep.submit(app_dir, run_config)
             dep.say(f"run {run_id} submitted (results in {run_config['out']})")

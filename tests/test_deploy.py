@@ -2,9 +2,9 @@
 
 The end-to-end tests start real Flower processes on 127.0.0.1. Each has a hard time limit, and
 whatever happens, every process it caused is found through an environment tag and killed, so a
-failing test leaves nothing running. `-m "not slow"` keeps the plain 2-node round, the secure
-refusal and the Ctrl-C teardown (about 80 s on 2 cores); the full secure round and the failed run
-are marked slow.
+failing test leaves nothing running. The default run keeps the plain 2-node round, the secure
+refusal, Ctrl-C and a SuperNode dying mid-run (about 90 s on 2 cores); the full secure round and
+the failing run are marked slow (`pytest -m slow tests/test_deploy.py`).
 """
 
 from __future__ import annotations
@@ -357,4 +357,19 @@ def test_a_run_that_fails_exits_1_with_its_reason_in_one_line(run_deploy, tmp_pa
     last = proc.text().strip().splitlines()[-1]
     assert last.startswith("fedkd deploy: run failed: ") and "missing.npz" in last
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
+    assert wait_untagged(proc.tag) == set()
+
+
+@LINUX_PROC
+def test_a_supernode_dying_mid_run_fails_the_deployment_and_stops_the_rest(run_deploy, tmp_path):
+    proc = run_deploy("2", "--quiet", "--timeout", "110", "--run-config", f'rounds=20 out="{tmp_path / "out"}"')
+    proc.wait_for("submitted", within=60)
+    victims = [pid for pid in deploy.marked_pids(proc.tag, name=TAG)
+               if b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
+               and b"partition-id=1 " in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(victims) == 1
+    os.kill(victims[0], signal.SIGKILL)
+    assert proc.wait(within=60) == 1, proc.text()
+    last = proc.text().strip().splitlines()[-1]
+    assert last.startswith("fedkd deploy: run failed: node-1 exited with code -9 during run"), last
     assert wait_untagged(proc.tag) == set()
