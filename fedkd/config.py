@@ -17,7 +17,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("auto", "mlp", "cnn", "resnet8")
 ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
 AGGREGATIONS = ("plain",)
-VOTE_WEIGHTINGS = ("none", "class-share")
+VOTE_WEIGHTINGS = ("none", "class-share", "seen-classes")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -55,7 +55,7 @@ class Config:
     temperature: float = 3.0
     ensemble: str = "mean"
     era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
-    vote_weighting: str = "class-share"  # "class-share": scale each client's class votes by its share of that class
+    vote_weighting: str = "none"  # "class-share" or "seen-classes": scale each client's class votes (see task.class_weights)
     public_sample: int = 0  # public examples released per round (0: the whole public set)
     aggregation: str = "plain"
     # Server (student) distillation

@@ -229,7 +229,8 @@ def find_binaries() -> dict[str, str]:
 
 
 def find_app(app: str | None) -> Path:
-    """The folder of the Flower app to run: `app`, or the fedkd project this module belongs to."""
+    """The fedkd project folder to submit as the Flower app: `app` (another checkout), or the one this
+    module belongs to. Its run settings are checked against `fedkd.config.Config`."""
     folder = Path(app).expanduser().resolve() if app else Path(__file__).resolve().parent.parent
     pyproject = folder / "pyproject.toml"
     if not pyproject.is_file() or "[tool.flwr.app" not in pyproject.read_text(encoding="utf-8"):
@@ -529,7 +530,7 @@ class Deployment:
         """Stream the run's log and wait for its final status ('finished:completed', ...). Any watched
         process exiting first, or the deadline passing, is a DeployError."""
         stream = self.start("run", [self.bins["flwr"], "log", str(run_id), CONNECTION, "--stream"])
-        next_poll = time.monotonic() + poll_every
+        stream_ended, next_poll = False, time.monotonic() + poll_every
         while True:
             if time.monotonic() > deadline:
                 raise DeployError(f"run {run_id} did not finish within the deployment's timeout (--timeout)")
@@ -537,13 +538,13 @@ class Deployment:
                 if process.poll() is not None:
                     raise DeployError(f"{process.name} exited with code {process.poll()} during run {run_id}: "
                                       f"{process.last_line()}")
-            if stream.poll() is not None or time.monotonic() >= next_poll:
+            if not stream_ended and stream.poll() is not None:  # the log ends with the run: ask now,
+                stream_ended, next_poll, poll_every = True, time.monotonic(), 2.0  # then more often
+            if time.monotonic() >= next_poll:
                 status = self.run_status(run_id)
                 if status.startswith(FINISHED):
                     return status
                 next_poll = time.monotonic() + poll_every
-                if stream.poll() is not None:  # the stream ended early: keep polling on its own
-                    poll_every = min(poll_every, 2.0)
             time.sleep(0.25)
 
     # -- stopping --
@@ -678,7 +679,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run settings as for `flwr run --run-config`; num-clients is set to N")
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S",
                         help="seconds for the whole deployment before it is stopped (default: 3600)")
-    parser.add_argument("--app", default=None, metavar="DIR", help="Flower app folder (default: the fedkd project)")
+    parser.add_argument("--app", default=None, metavar="DIR",
+                        help="folder of the fedkd project to submit (default: the one this module comes from)")
     parser.add_argument("--probe-unenrolled", action="store_true",
                         help="with --secure: also start a SuperNode with an unenrolled key and require its refusal")
     parser.add_argument("--quiet", action="store_true", help="show only this command's own lines, not the processes' logs")

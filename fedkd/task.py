@@ -69,10 +69,18 @@ def vector_layout(config: Config, splits: Splits, server_round: int) -> tuple[in
     return len(public_sample(config, server_round)), len(splits.test_y), splits.num_classes
 
 
-def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K,) K * share of each class in a client's data: 1 everywhere for a balanced client,
-    0 for classes it never saw. Its votes for a class are scaled by how much of it it has seen."""
-    return (num_classes * np.bincount(y, minlength=num_classes) / len(y)).astype(np.float32)
+def class_weights(y: np.ndarray, num_classes: int, scheme: str) -> np.ndarray | None:
+    """(K,) scale of a client's vote for each class, or None for "none".
+
+    class-share: K * the class's share of the client's data (1 everywhere for a balanced client);
+    seen-classes: 1 for classes the client has examples of, 0 for the others.
+    """
+    counts = np.bincount(y, minlength=num_classes)
+    if scheme == "class-share":
+        return (num_classes * counts / len(y)).astype(np.float32)
+    if scheme == "seen-classes":
+        return (counts > 0).astype(np.float32)
+    return None
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ def teacher_round(
     if with_predictions:
         public_idx = public_sample(config, server_round)
         public_logits = distill.predict_logits(model, splits.public_x[public_idx], device)
-        weights = class_weights(y, splits.num_classes) if config.vote_weighting == "class-share" else None
+        weights = class_weights(y, splits.num_classes, config.vote_weighting)
         vector = np.concatenate([
             distill.client_payload(public_logits, config.ensemble, config.temperature, weights).ravel(),
             distill.client_payload(test_logits, config.ensemble, config.temperature, weights).ravel(),
