@@ -228,15 +228,20 @@ def find_binaries() -> dict[str, str]:
     return found
 
 
-def find_app(app: str | None) -> Path:
-    """The fedkd project folder to submit as the Flower app: `app` (another checkout), or the one this
-    module belongs to. Its run settings are checked against `fedkd.config.Config`."""
-    folder = Path(app).expanduser().resolve() if app else Path(__file__).resolve().parent.parent
-    pyproject = folder / "pyproject.toml"
-    if not pyproject.is_file() or "[tool.flwr.app" not in pyproject.read_text(encoding="utf-8"):
-        where = f"'{folder}'" if app else f"beside the installed fedkd package ({folder})"
-        raise UsageError(f"no Flower app (a pyproject.toml with [tool.flwr.app]) {where}; pass --app DIR")
-    return folder
+def find_app(app: str | None, cwd: Path) -> Path:
+    """The fedkd project folder to submit as the Flower app: `app` (another checkout); else the one
+    this module belongs to (an editable install); else `cwd` (a regular install, run from the
+    project). Its run settings are checked against `fedkd.config.Config`."""
+    if app:
+        candidates = [Path(app).expanduser().resolve()]
+    else:
+        candidates = [Path(__file__).resolve().parent.parent, cwd.resolve()]
+    for folder in candidates:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "[tool.flwr.app" in pyproject.read_text(encoding="utf-8"):
+            return folder
+    where = f"'{candidates[0]}'" if app else f"beside the fedkd package nor in '{cwd}'"
+    raise UsageError(f"no Flower app (a pyproject.toml with [tool.flwr.app]) {where}; pass --app DIR")
 
 
 def app_defaults(app_dir: Path) -> dict[str, Any]:
@@ -607,8 +612,8 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
     if opts.probe_unenrolled and not opts.secure:
         raise UsageError("--probe-unenrolled needs --secure (without it every SuperNode is accepted)")
     bins = find_binaries()
-    app_dir = find_app(opts.app)
     cwd = Path.cwd()
+    app_dir = find_app(opts.app, cwd)
     run_config = build_run_config(opts.run_config, opts.num_nodes, app_defaults(app_dir), cwd)
 
     tls, keys = None, []
@@ -680,7 +685,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S",
                         help="seconds for the whole deployment before it is stopped (default: 3600)")
     parser.add_argument("--app", default=None, metavar="DIR",
-                        help="folder of the fedkd project to submit (default: the one this module comes from)")
+                        help="folder of the fedkd project to submit (default: the one this module comes from, "
+                             "else the current folder)")
     parser.add_argument("--probe-unenrolled", action="store_true",
                         help="with --secure: also start a SuperNode with an unenrolled key and require its refusal")
     parser.add_argument("--quiet", action="store_true", help="show only this command's own lines, not the processes' logs")

@@ -32,6 +32,7 @@ from fedkd import deploy
 LINUX_PROC = pytest.mark.skipif(not Path("/proc").is_dir(), reason="orphan checks read /proc")
 TINY = "rounds=1 local-epochs=1 distill-epochs=2 num-public=100"
 TAG = "FEDKD_TEST_TAG"
+PROJECT = Path(__file__).resolve().parent.parent  # the app to submit, whether or not fedkd is installed editable
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -76,7 +77,8 @@ class DeployProcess:
         self.tag = uuid.uuid4().hex
         self.lines: list[str] = []
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "fedkd.deploy", *args], cwd=cwd, env={**os.environ, TAG: self.tag},
+            [sys.executable, "-m", "fedkd.deploy", "--app", str(PROJECT), *args], cwd=cwd,
+            env={**os.environ, TAG: self.tag},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.popen.stdout), daemon=True)
