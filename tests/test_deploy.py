@@ -206,6 +206,14 @@ def test_run_config_gets_num_clients_and_an_absolute_out(tmp_path):
     assert deploy.build_run_config("", 2, {"out": "runs/latest"}, tmp_path)["out"] == str(tmp_path / "runs/latest")
 
 
+def test_the_app_is_found_beside_the_package_or_else_in_the_current_folder(tmp_path, monkeypatch):
+    assert deploy.find_app(None, tmp_path) == PROJECT  # this checkout (editable install or pythonpath)
+    monkeypatch.setattr(deploy, "__file__", str(tmp_path / "site-packages" / "fedkd" / "deploy.py"))
+    assert deploy.find_app(None, PROJECT) == PROJECT  # a regular install, run from the project
+    with pytest.raises(deploy.UsageError, match="pass --app DIR"):
+        deploy.find_app(None, tmp_path)
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [
