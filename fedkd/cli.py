@@ -119,14 +119,15 @@ def run_command(config: Config, verbose: bool = False) -> int:
         except Exception as exc:  # a run that stops: one line, files kept
             progress.stop()
             console.print(f"[red]fedkd: run failed:[/red] {_root_cause(exc)}")
-            console.print(f"Rounds completed so far are saved in {config.out}/results.json")
+            if os.path.exists(os.path.join(config.out, "results.json")):
+                console.print(f"Rounds completed so far are saved in {config.out}/results.json")
             return 1
     console.print(summary_table(results, time.perf_counter() - started))
     console.print(f"Saved {config.out}/config.json, results.json, curves.png")
     return 0
 
 
-def simulate(config: Config, on_round=None, verbose: bool = False) -> dict:
+def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=None) -> dict:
     """Run `config` end to end (a Flower simulation unless method is central) and return results.json's dict."""
     from fedkd.apps.driver import run_federation
     from fedkd.results import RunRecorder
@@ -147,7 +148,8 @@ def simulate(config: Config, on_round=None, verbose: bool = False) -> dict:
         "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},
         "init_args": {"logging_level": logging.ERROR if not verbose else logging.INFO, "log_to_driver": verbose},
     }
-    run_simulation(make_server_app(config, on_round=on_round, results=holder), client_app,
+    server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid)
+    run_simulation(server_app, client_app,
                    num_supernodes=config.num_clients, backend_config=backend, verbose_logging=verbose)
     if "value" not in holder:
         raise RuntimeError("the simulation ended without results (see the log above)")

@@ -16,7 +16,8 @@ PARTITIONS = ("iid", "dirichlet", "pathological")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("auto", "mlp", "cnn", "resnet8")
 ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
-AGGREGATIONS = ("plain",)
+AGGREGATIONS = ("secagg", "plain")
+SECAGG_STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
 VOTE_WEIGHTINGS = ("none", "class-share", "seen-classes")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -57,7 +58,15 @@ class Config:
     era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
     vote_weighting: str = "none"  # "class-share" or "seen-classes": scale each client's class votes (see task.class_weights)
     public_sample: int = 0  # public examples released per round (0: the whole public set)
-    aggregation: str = "plain"
+    aggregation: str = "secagg"  # "secagg": the server sees only the masked sum; "plain": every vector
+    secagg_clip: float = 0.0  # fixed-point clip range; 0: chosen from the ensemble rule (see apps.secure)
+    secagg_scale: float = 65536.0  # fixed-point steps per unit: quantisation error <= n / (2 * scale)
+    secagg_bit_width: int = 32
+    secagg_neighbors: int = 0  # k; 0: 2*ceil(log2 n) capped at n-1 (SecAgg+); n-1: classic SecAgg
+    secagg_threshold: int = 0  # t; 0: k // 2 + 1
+    secagg_consistency_check: bool = False  # clients sign the survivor set (Ed25519)
+    secagg_timeout: float = 120.0  # seconds to wait for each stage's replies
+    drop: str = ""  # experiments: "stage:id,id;stage:id" makes those clients fail at that stage
     # Server (student) distillation
     distill_epochs: int = 60
     distill_lr: float = 0.05
@@ -94,6 +103,28 @@ class Config:
     @property
     def teacher_model_list(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.teacher_models.split(",") if m.strip())
+
+    @property
+    def drop_plan(self) -> dict[str, frozenset[int]]:
+        """`drop` parsed: secure-aggregation stage -> client (partition) ids that fail there."""
+        plan: dict[str, frozenset[int]] = {}
+        for part in filter(None, (p.strip() for p in self.drop.split(";"))):
+            stage, _, ids = part.partition(":")
+            stage = stage.strip()
+            if stage not in SECAGG_STAGES:
+                raise ConfigError(f"drop stage '{stage}' is unknown; choose one of {', '.join(SECAGG_STAGES)} "
+                                  "(format 'stage:id,id;stage:id')")
+            try:
+                members = frozenset(int(i) for i in ids.split(",") if i.strip())
+            except ValueError:
+                raise ConfigError(f"drop '{part}': client ids must be integers (format 'stage:id,id')") from None
+            bad = [i for i in members if not 0 <= i < self.num_clients]
+            if bad:
+                raise ConfigError(f"drop '{part}': client ids must lie in 0..{self.num_clients - 1}")
+            plan[stage] = plan.get(stage, frozenset()) | members
+        if plan and self.aggregation != "secagg":
+            raise ConfigError("drop simulates secure-aggregation drop-outs; it needs aggregation=secagg")
+        return plan
 
     def teacher_model_for(self, partition_id: int) -> str:
         models = self.teacher_model_list
@@ -142,6 +173,15 @@ class Config:
         _positive("distill-lr", self.distill_lr)
         _positive("client-cpus", self.client_cpus)
         _positive("timeout", self.timeout)
+        _positive("secagg-timeout", self.secagg_timeout)
+        _positive("secagg-scale", self.secagg_scale)
+        if self.secagg_clip < 0:
+            raise ConfigError(f"secagg-clip={self.secagg_clip} must be >= 0 (0: automatic)")
+        if not 2 <= self.secagg_bit_width <= 64:
+            raise ConfigError(f"secagg-bit-width={self.secagg_bit_width} must lie in 2..64")
+        _at_least("secagg-neighbors", self.secagg_neighbors, 0)
+        _at_least("secagg-threshold", self.secagg_threshold, 0)
+        self.drop_plan  # parses, or raises ConfigError
         if not 0 < self.era_temperature < 1:
             raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")
         if not 0 < self.test_fraction < 1:

@@ -26,7 +26,7 @@ ROUND_KEYS = (
     "round", "student_accuracy", "student_nll", "student_ece", "ensemble_accuracy",
     "teacher_accuracy_mean", "teacher_accuracy_std", "contributors", "upload_bytes_per_client",
     "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
-    "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
+    "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max", "secagg",
 )
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
@@ -58,8 +58,14 @@ class DistillationServer:
         self.consensus: Consensus | None = None
 
     # ---- fd and local -----------------------------------------------------------------------
-    def finish_round(self, server_round: int, replies: list[ClientReply], seconds_clients: float) -> dict:
-        """Turn one round's client replies into the round record (and a better student for fd)."""
+    def finish_round(
+        self, server_round: int, replies: list[ClientReply], seconds_clients: float, aggregate: Aggregate | None = None
+    ) -> dict:
+        """Turn one round's client replies into the round record (and a better student for fd).
+
+        `aggregate`: the sum already computed elsewhere (secure aggregation); None: sum the
+        replies' vectors with `self.aggregate`.
+        """
         cfg, record = self.config, empty_record(server_round)
         if not replies:
             raise ContributionError(f"round {server_round}: no client replied")
@@ -75,8 +81,8 @@ class DistillationServer:
 
         m, n_test, k = vector_layout(cfg, self.splits, server_round)
         t0 = time.perf_counter()
-        agg = self.aggregate({r.partition_id: r.vector for r in replies})
-        record["seconds_aggregate"] = time.perf_counter() - t0
+        agg = aggregate if aggregate is not None else self.aggregate({r.partition_id: r.vector for r in replies})
+        record["seconds_aggregate"] = agg.details.get("seconds_total", time.perf_counter() - t0)
         if len(agg.total) != (m + n_test) * k:
             raise ContributionError(f"aggregate has {len(agg.total)} values; expected {(m + n_test) * k}")
         public_total = agg.total[: m * k].reshape(m, k)  # (m, K)
@@ -89,6 +95,10 @@ class DistillationServer:
             upload_bytes_per_client=m * k * 4,
             eval_upload_bytes_per_client=n_test * k * 4,
         )
+        if aggregate is not None:  # secure: what each client really sent, all stages, masked
+            record["secagg"] = agg.details
+            record["upload_bytes_per_client"] = agg.details["upload_bytes_per_client"]
+            record["eval_upload_bytes_per_client"] = None  # the test part travels inside the masked vector
 
         idx = public_sample(cfg, server_round)
         t0 = time.perf_counter()

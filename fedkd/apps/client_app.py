@@ -1,6 +1,6 @@
 """fedkd's ClientApp: read the round's config from the message, call one function of
-`fedkd.task`, wrap the reply. The teacher's weights persist across rounds in the node's
-`context.state`.
+`fedkd.task` (or `fedkd.apps.secure` for a secure-aggregation stage), wrap the reply. The
+teacher's weights persist across rounds in the node's `context.state`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedkd.apps.records import config_from_message, consensus_from_message, vector_record
-from fedkd.task import fedavg_round, teacher_round
+from fedkd.apps.secure import client_step, keep_vector
+from fedkd.task import fedavg_round, splits_for, teacher_round
 
 app = ClientApp()
 
@@ -31,5 +32,17 @@ def train(msg: Message, context: Context) -> Message:
         consensus=consensus_from_message(msg), with_predictions=config.method == "fd",
     )
     context.state["teacher"] = ArrayRecord(update.state)
-    content = RecordDict({"payload": vector_record(update.vector), "metrics": MetricRecord(update.metrics)})
+    content = RecordDict({"metrics": MetricRecord(update.metrics)})
+    if config.method == "fd" and config.aggregation == "secagg":
+        keep_vector(context, update.vector)  # leaves the node only masked, in the secagg stages
+    elif config.method == "fd":
+        content["payload"] = vector_record(update.vector)
     return Message(content, reply_to=msg)
+
+
+@app.query("secagg")
+def secagg(msg: Message, context: Context) -> Message:
+    config, _ = config_from_message(msg)
+    partition_id = int(context.node_config["partition-id"])
+    num_classes = splits_for(config).num_classes
+    return Message(client_step(msg, context, config, partition_id, num_classes), reply_to=msg)

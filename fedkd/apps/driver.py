@@ -15,9 +15,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedkd.apps.records import train_content, vector_from_message
+from fedkd.apps.secure import secure_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder
 from fedkd.server import ClientReply, DistillationServer
+from fedkd.task import vector_layout
 
 
 class RunError(RuntimeError):
@@ -72,8 +74,15 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         t0 = time.perf_counter()
         content = train_content(config, r, server.consensus)
         messages = [Message(content, node, MessageType.TRAIN, group_id=str(r)) for node in nodes]
-        replies = _collect(list(grid.send_and_receive(messages, timeout=config.timeout)), r, config)
-        record = server.finish_round(r, replies, seconds_clients=time.perf_counter() - t0)
+        raw = list(grid.send_and_receive(messages, timeout=config.timeout))
+        replies = _collect(raw, r, config)
+        seconds_clients = time.perf_counter() - t0
+        aggregate = None
+        if config.method == "fd" and config.aggregation == "secagg":
+            node_of = {int(m.content["metrics"]["partition-id"]): m.metadata.src_node_id for m in raw}
+            m, n_test, k = vector_layout(config, server.splits, r)
+            aggregate = secure_sum(grid, node_of, (m + n_test) * k, config, k, r)
+        record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         record["seconds"] = time.perf_counter() - t0
         recorder.add_round(record)
 
@@ -82,13 +91,20 @@ def _collect(replies: list[Message], server_round: int, config: Config) -> list[
     out = []
     for msg in replies:
         if msg.has_error():
-            raise RunError(f"round {server_round}: a client failed: {msg.error.reason}")
+            raise RunError(f"round {server_round}: a client failed: {last_line(msg.error.reason)}")
         metrics = dict(msg.content["metrics"])
-        vector = vector_from_message(msg) if config.method == "fd" else np.zeros(0, np.float32)
+        in_clear = config.method == "fd" and config.aggregation == "plain"
+        vector = vector_from_message(msg) if in_clear else np.zeros(0, np.float32)
         out.append(ClientReply(int(metrics["partition-id"]), vector, metrics))
     if not out:
         raise RunError(f"round {server_round}: no client replied within timeout={config.timeout}s")
     return sorted(out, key=lambda reply: reply.partition_id)
+
+
+def last_line(reason: str | None) -> str:
+    """The informative end of a client's error (Ray wraps it in a long traceback)."""
+    lines = [ln.strip() for ln in (reason or "unknown error").strip().splitlines() if ln.strip()]
+    return lines[-1].rstrip("'>") if lines else "unknown error"
 
 
 def _run_fedavg(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:

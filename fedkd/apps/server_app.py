@@ -17,14 +17,17 @@ from fedkd.results import RunRecorder
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
-                    results: dict | None = None) -> ServerApp:
+                    results: dict | None = None, observe_grid: Callable[[Grid], Grid] | None = None) -> ServerApp:
     """A ServerApp bound to `config` (None: read `context.run_config`); the final results dict is
-    stored in `results["value"]` when given."""
+    stored in `results["value"]` when given. `observe_grid` may wrap the Grid, e.g. to record
+    everything the server receives (an audit of what crosses the privacy boundary)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else Config.from_run_config(context.run_config)
+        if observe_grid is not None:
+            grid = observe_grid(grid)
         final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round))
         if results is not None:
             results["value"] = final

@@ -1,0 +1,180 @@
+"""Secure aggregation over Flower: the server drives `fedkd.secagg`'s state machines with one
+`query.secagg` message exchange per stage, and gets back only the sum.
+
+Owns: the fedkd -> SecAggConfig mapping (the clip range chosen per ensemble rule), the stage
+loop on the server (`secure_sum`), and the client's handler body (`client_step`), which keeps
+its protocol state and pending vector in the node's `context.state` between stages.
+Must not touch: protocol maths (`fedkd.secagg`), distillation, files.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedkd.aggregate import Aggregate, check_contribution
+from fedkd.apps import codec
+from fedkd.apps.records import config_record
+from fedkd.config import Config
+from fedkd.distill import LOG_PROB_FLOOR
+from fedkd.secagg import UNMASK, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer
+from fedkd.secagg.messages import AdvertiseKeysRequest, MaskedInputRequest
+
+SECAGG_MESSAGE = f"{MessageType.QUERY}.secagg"
+VECTOR_KEY = "secagg-vector"  # context.state: this round's vector, waiting for the masked-input stage
+STATE_KEY = "secagg-client"  # context.state: the protocol client's saved state (private keys: node only)
+
+
+class SecureAggregationError(RuntimeError):
+    """The secure sum could not be completed; the message names the stage and the shortfall."""
+
+
+def auto_clip(config: Config, num_classes: int) -> float:
+    """The smallest clip range that holds every value the ensemble rule uploads."""
+    if config.secagg_clip > 0:
+        return config.secagg_clip
+    if config.ensemble == "geometric":
+        return -LOG_PROB_FLOOR  # log-probabilities in [LOG_PROB_FLOOR, 0]
+    if config.ensemble == "logits":
+        return 50.0  # logits are unbounded: clipped values are counted and reported
+    return float(num_classes) if config.vote_weighting == "class-share" else 1.0  # weights <= K
+
+
+def secagg_config(config: Config, num_classes: int) -> SecAggConfig:
+    return SecAggConfig(
+        neighbors=config.secagg_neighbors or None,
+        threshold=config.secagg_threshold or None,
+        bit_width=config.secagg_bit_width,
+        clip=auto_clip(config, num_classes),
+        scale=config.secagg_scale,
+        consistency_check=config.secagg_consistency_check,
+    )
+
+
+# ---- server ----------------------------------------------------------------------------------
+
+def secure_sum(
+    grid: Grid, nodes: dict[int, int], dim: int, config: Config, num_classes: int, server_round: int
+) -> Aggregate:
+    """Run one secure-aggregation round with the clients `nodes` (client id -> node id) over
+    vectors of length `dim` they already hold; returns the sum, the count and per-stage figures."""
+    sa_config = secagg_config(config, num_classes)
+    session = f"fedkd/run-{grid.run.run_id}/round-{server_round}".encode()
+    try:
+        server = SecAggServer(sa_config, session, sorted(nodes), dim)
+    except ValueError as exc:
+        raise SecureAggregationError(f"secure aggregation cannot start: {exc}") from None
+    uploaded = dict.fromkeys(nodes, 0)  # client id -> bytes it sent in protocol replies
+    refused: dict[str, list[int]] = {}
+    wall: dict[str, float] = {}
+    started = time.perf_counter()
+    requests = server.start()
+    try:
+        while True:
+            stage, t0 = server.stage, time.perf_counter()
+            replies = _exchange(grid, requests, nodes, config, server_round)
+            for client_id, reply in replies:
+                try:
+                    if stage != UNMASK:
+                        server.receive(reply)
+                    uploaded[client_id] += sum(len(v) for v in _bytes_of(reply))
+                except ProtocolError:
+                    refused.setdefault(stage, []).append(client_id)
+            if stage == UNMASK:
+                result = server.finish(reply for _, reply in replies)
+                wall[stage] = time.perf_counter() - t0
+                break
+            requests = server.advance()
+            wall[stage] = time.perf_counter() - t0
+    except RoundFailed as exc:
+        raise SecureAggregationError(f"round {server_round}: secure aggregation failed at stage '{exc.stage}': {exc}") from None
+    except ProtocolError as exc:
+        raise SecureAggregationError(f"round {server_round}: secure aggregation aborted: {exc}") from None
+    details = {
+        "survivors": list(result.survivors),
+        "dropped": {stage: list(ids) for stage, ids in result.dropped.items() if ids},
+        "refused": refused,
+        "clipped": int(result.clipped),
+        "upload_bytes_per_client": float(np.mean([uploaded[c] for c in result.survivors])),
+        "seconds_per_stage": {stage: round(s, 4) for stage, s in wall.items()},
+        "seconds_total": time.perf_counter() - started,
+        "server_compute_seconds": {stage: round(s, 4) for stage, s in result.seconds_per_stage.items()},
+        "neighbors": server.neighbors,
+        "threshold": server.threshold,
+        "clip": sa_config.clip,
+        "error_bound": result.count / (2 * sa_config.scale),
+    }
+    return Aggregate(total=result.sum, count=result.count, contributors=tuple(result.survivors), details=details)
+
+
+def _exchange(grid: Grid, requests: dict[int, object], nodes: dict[int, int], config: Config,
+              server_round: int) -> list[tuple[int, object]]:
+    """Send each request to its client's node; return (client id, decoded reply) for the clients
+    that answered in time with a well-formed reply. Failures and malformed replies are drop-outs."""
+    messages, client_of = [], {}
+    for client_id, request in requests.items():
+        content = codec.encode(request)
+        content["config"] = config_record(config, server_round)
+        msg = Message(content, nodes[client_id], SECAGG_MESSAGE, group_id=str(server_round))
+        messages.append(msg)
+        client_of[nodes[client_id]] = client_id
+    out = []
+    for reply in grid.send_and_receive(messages, timeout=config.secagg_timeout):
+        client_id = client_of.get(reply.metadata.src_node_id)
+        if client_id is None or reply.has_error():
+            continue
+        try:
+            out.append((client_id, codec.decode(reply.content)))
+        except ProtocolError:
+            continue
+    return sorted(out, key=lambda pair: pair[0])
+
+
+def _bytes_of(reply: object) -> Iterable[bytes]:
+    for value in vars(reply).values():
+        if isinstance(value, bytes):
+            yield value
+        elif isinstance(value, dict):
+            yield from (v for v in value.values() if isinstance(v, bytes))
+
+
+# ---- client ----------------------------------------------------------------------------------
+
+def keep_vector(context: Context, vector: np.ndarray) -> None:
+    """Hold this round's vector on the node until the masked-input stage asks for it."""
+    check_contribution(-1, vector)  # NaN/inf never reach the encoder
+    context.state[VECTOR_KEY] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float32))})
+
+
+def client_step(msg: Message, context: Context, config: Config, client_id: int, num_classes: int) -> RecordDict:
+    """Answer one protocol request; raises on a refused request (Flower sends an error reply)."""
+    request = codec.decode(msg.content)
+    stage = type(request).__name__
+    for dropped_stage, ids in config.drop_plan.items():
+        if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
+            raise RuntimeError(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
+    sa_config = secagg_config(config, num_classes)
+    if isinstance(request, AdvertiseKeysRequest):
+        client = SecAggClient(client_id, sa_config, request.session_id)
+    elif STATE_KEY in context.state:
+        client = SecAggClient.from_state(codec.unpack_state(context.state[STATE_KEY]["state"]), sa_config)
+    else:
+        raise ProtocolError(f"client {client_id} has no secure-aggregation session for {stage}")
+    vector = None
+    if isinstance(request, MaskedInputRequest):
+        if VECTOR_KEY not in context.state:
+            raise ProtocolError(f"client {client_id} holds no vector for this round")
+        vector = context.state[VECTOR_KEY]["vector"].numpy()
+    reply = client.handle(request, vector)
+    if vector is not None:
+        del context.state[VECTOR_KEY]  # masked and sent: nothing in the clear stays behind
+    if client.state in ("done", "failed"):
+        if STATE_KEY in context.state:
+            del context.state[STATE_KEY]
+    else:
+        context.state[STATE_KEY] = ConfigRecord({"state": codec.pack_state(client.to_state())})
+    return codec.encode(reply)

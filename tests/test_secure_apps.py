@@ -1,0 +1,184 @@
+"""Secure aggregation over Flower: the codec, the client's saved state, and end-to-end simulations
+in which the server is shown to receive no client's plain vector."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, RecordDict
+
+from fedkd.apps import codec
+from fedkd.apps.secure import auto_clip
+from fedkd.cli import simulate
+from fedkd.config import Config, ConfigError
+from fedkd.secagg import ProtocolError, SecAggClient, SecAggConfig, SecAggServer, UNMASK
+from fedkd.secagg.messages import MESSAGE_TYPES, MaskedInputReply
+from fedkd.task import teacher_round
+
+
+def _all_messages():
+    """Every message of one in-memory round (with the consistency check: all ten types)."""
+    cfg = SecAggConfig(consistency_check=True)
+    ids = [0, 1, 2, 3]
+    server = SecAggServer(cfg, b"s", ids, 5)
+    clients = {i: SecAggClient(i, cfg, b"s") for i in ids}
+    seen, requests = [], server.start()
+    while True:
+        seen += requests.values()
+        stage = server.stage
+        replies = [clients[i].handle(r, np.full(5, 0.1 * i) if type(r).__name__ == "MaskedInputRequest" else None)
+                   for i, r in requests.items()]
+        seen += replies
+        if stage == UNMASK:
+            return seen, server.finish(replies)
+        requests = server.step(replies)
+
+
+def test_codec_round_trips_every_message_type():
+    seen, result = _all_messages()
+    assert {type(m).__name__ for m in seen} == set(MESSAGE_TYPES)
+    for message in seen:
+        assert codec.decode(codec.encode(message)) == message
+    np.testing.assert_allclose(result.sum, np.full(5, 0.6), atol=1e-4)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda rec: rec.__setitem__("type", "Pickle"),
+    lambda rec: rec.__setitem__("sender", "zero"),
+    lambda rec: rec.__delitem__("masked"),
+    lambda rec: rec.__setitem__("session_id", True),
+])
+def test_malformed_records_are_protocol_errors(mutate):
+    content = codec.encode(MaskedInputReply(b"s", 3, b"\x00" * 8))
+    mutate(content["secagg"])
+    with pytest.raises(ProtocolError):
+        codec.decode(content)
+
+
+def test_missing_record_is_protocol_error():
+    with pytest.raises(ProtocolError, match="no 'secagg' record"):
+        codec.decode(RecordDict({"other": ConfigRecord({"a": 1})}))
+
+
+def test_client_state_survives_packing():
+    cfg = SecAggConfig()
+    server = SecAggServer(cfg, b"s", [0, 1, 2], 4)
+    client = SecAggClient(0, cfg, b"s")
+    client.handle(server.start()[0])
+    state = client.to_state()
+    assert codec.unpack_state(codec.pack_state(state)) == state
+
+
+def test_clip_follows_the_ensemble_rule():
+    assert auto_clip(Config(), 10) == 1.0
+    assert auto_clip(Config(vote_weighting="class-share"), 10) == 10.0
+    assert auto_clip(Config(ensemble="geometric"), 10) == 30.0
+    assert auto_clip(Config(secagg_clip=7.0), 10) == 7.0
+
+
+def test_drop_plan_is_validated():
+    assert Config(drop="unmask:1,2;share_keys:0").drop_plan == {"unmask": {1, 2}, "share_keys": {0}}
+    with pytest.raises(ConfigError, match="drop stage 'later' is unknown"):
+        Config.from_run_config({"drop": "later:1"})
+    with pytest.raises(ConfigError, match="needs aggregation=secagg"):
+        Config.from_run_config({"drop": "unmask:1", "aggregation": "plain"})
+    with pytest.raises(ConfigError, match=r"0\.\.9"):
+        Config.from_run_config({"drop": "unmask:12"})
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+SMALL = dict(num_clients=4, rounds=1, local_epochs=5, digest_epochs=0, distill_epochs=15, num_public=150)
+
+
+class RecordingGrid:
+    """Wraps the server's Grid and keeps every message it receives."""
+
+    def __init__(self, grid, received):
+        self._grid, self.received = grid, received
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self.received.extend(replies)
+        return replies
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def _payload_bytes(msg):
+    """Every bytes value and array buffer in a received message."""
+    if msg.has_error():
+        return []
+    out = []
+    for record in msg.content.values():
+        for value in record.values():
+            if isinstance(value, (bytes, bytearray)):
+                out.append(bytes(value))
+            elif isinstance(value, list):
+                out += [bytes(v) for v in value if isinstance(v, (bytes, bytearray))]
+            elif hasattr(value, "numpy"):
+                out.append(value.numpy().tobytes())
+    return out
+
+
+def _expected_vectors(cfg):
+    torch.set_num_threads(1)  # as in the ClientApp, so floats match bit for bit
+    return [teacher_round(cfg, pid, 1, None).vector for pid in range(cfg.num_clients)]
+
+
+def _leaks(received, vectors, fixed_point):
+    """Which clients' vectors appear in what the server received, as float32 or as fixed-point codes."""
+    blobs = [b for msg in received for b in _payload_bytes(msg)]
+    found = set()
+    for pid, vec in enumerate(vectors):
+        probes = [vec[:64].astype(np.float32).tobytes()]
+        codes, _ = fixed_point.encode(vec[:64])
+        probes.append(codes.astype(np.uint32).tobytes())
+        if any(p in blob for p in probes for blob in blobs):
+            found.add(pid)
+    return found
+
+
+def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path):
+    from fedkd.apps.secure import secagg_config
+
+    plain_cfg = Config(**SMALL, aggregation="plain", out=str(tmp_path / "plain"))
+    secure_cfg = Config(**SMALL, aggregation="secagg", out=str(tmp_path / "secure"))
+    vectors = _expected_vectors(plain_cfg)
+    fixed_point = secagg_config(secure_cfg, 10).fixed_point
+
+    seen_plain, seen_secure = [], []
+    plain = simulate(plain_cfg, observe_grid=lambda g: RecordingGrid(g, seen_plain))
+    secure = simulate(secure_cfg, observe_grid=lambda g: RecordingGrid(g, seen_secure))
+
+    # the probe can fail: under plain aggregation it finds every client's vector
+    assert _leaks(seen_plain, vectors, fixed_point) == {0, 1, 2, 3}
+    # under secure aggregation it finds none, and no reply carries a payload record
+    assert _leaks(seen_secure, vectors, fixed_point) == set()
+    assert all("payload" not in m.content for m in seen_secure if not m.has_error())
+    assert any("secagg" in m.content for m in seen_secure)
+
+    p, s = plain["final"]["student_accuracy"], secure["final"]["student_accuracy"]
+    assert abs(p - s) <= 0.002
+    assert abs(plain["final"]["ensemble_accuracy"] - secure["final"]["ensemble_accuracy"]) <= 0.002
+    info = secure["rounds"][0]["secagg"]
+    assert info["survivors"] == [0, 1, 2, 3] and info["clipped"] == 0
+    assert set(info["seconds_per_stage"]) == {"advertise_keys", "share_keys", "masked_input", "unmask"}
+
+
+def test_round_survives_a_client_dropping_after_masked_input(tmp_path):
+    cfg = Config(**SMALL, drop="unmask:2", out=str(tmp_path))
+    results = simulate(cfg)
+    info = results["rounds"][0]["secagg"]
+    assert results["status"] == "completed"
+    assert info["survivors"] == [0, 1, 2, 3]  # its masked input was in; neighbours' shares unmask it
+    assert info["dropped"] == {"unmask": [2]}
+    assert results["final"]["student_accuracy"] > 0.5
+
+
+def test_too_many_drop_outs_stop_the_run_with_the_stage(tmp_path):
+    cfg = Config(**SMALL, drop="share_keys:0,1,2", out=str(tmp_path))
+    with pytest.raises(Exception) as err:
+        simulate(cfg)
+    text = str(err.value) + str(err.value.__cause__ or "")
+    assert "secure aggregation failed at stage" in text
