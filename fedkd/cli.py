@@ -1,4 +1,5 @@
-"""The `fedkd` command: `fedkd run ...` (a Flower simulation in this process) and `fedkd bench ...`.
+"""The `fedkd` command: `fedkd run ...` (a Flower simulation in this process), `fedkd deploy N`
+(a multi-process local deployment) and `fedkd bench ...`.
 
 Owns: argument parsing (one option per config field, generated from `Config`), early validation
 (config and data, before Ray starts), the live progress display and the final summary table.
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a Flower simulation in this process and save its results")
     _add_config_options(run)
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    deploy = sub.add_parser("deploy", help="a SuperLink and N SuperNodes on loopback (no Ray), optionally with TLS and node auth")
+    from fedkd import deploy as deploy_module
+
+    deploy_module.add_arguments(deploy)
+    deploy.set_defaults(deploy_main=deploy_module.main)
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     secagg = bench_sub.add_parser("secagg", help="secure aggregation in memory: time, bytes, memory, exactness")
@@ -71,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "deploy":
+        return int(args.deploy_main(args) or 0)
     if args.command == "bench":
         if args.bench_main is None:
             parser.error(f"bench '{args.bench}' is not available in this installation")
