@@ -60,7 +60,7 @@ class Config:
     public_sample: int = 0  # public examples released per round (0: the whole public set)
     aggregation: str = "secagg"  # "secagg": the server sees only the masked sum; "plain": every vector
     secagg_clip: float = 0.0  # fixed-point clip range; 0: chosen from the ensemble rule (see apps.secure)
-    secagg_scale: float = 65536.0  # fixed-point steps per unit: quantisation error <= n / (2 * scale)
+    secagg_scale: float = 0.0  # fixed-point steps per unit; 0: the finest that fits (<= 2^24). Error <= n / (2 * scale)
     secagg_bit_width: int = 32
     secagg_neighbors: int = 0  # k; 0: 2*ceil(log2 n) capped at n-1 (SecAgg+); n-1: classic SecAgg
     secagg_threshold: int = 0  # t; 0: k // 2 + 1
@@ -174,7 +174,8 @@ class Config:
         _positive("client-cpus", self.client_cpus)
         _positive("timeout", self.timeout)
         _positive("secagg-timeout", self.secagg_timeout)
-        _positive("secagg-scale", self.secagg_scale)
+        if self.secagg_scale < 0:
+            raise ConfigError(f"secagg-scale={self.secagg_scale} must be >= 0 (0: automatic)")
         if self.secagg_clip < 0:
             raise ConfigError(f"secagg-clip={self.secagg_clip} must be >= 0 (0: automatic)")
         if not 2 <= self.secagg_bit_width <= 64:

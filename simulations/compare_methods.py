@@ -40,7 +40,11 @@ def run_grid(alphas: list[float], rounds: int, seed: int, out: Path) -> list[dic
 
 
 def _cell(v, digits=3):
-    return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else f"{v:,}")
+    if v is None:
+        return "–"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:.{digits}f}"
+    return f"{int(v):,}"
 
 
 def markdown_table(rows: list[dict]) -> str:

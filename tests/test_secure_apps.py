@@ -1,6 +1,8 @@
 """Secure aggregation over Flower: the codec, the client's saved state, and end-to-end simulations
 in which the server is shown to receive no client's plain vector."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -73,6 +75,17 @@ def test_clip_follows_the_ensemble_rule():
     assert auto_clip(Config(vote_weighting="class-share"), 10) == 10.0
     assert auto_clip(Config(ensemble="geometric"), 10) == 30.0
     assert auto_clip(Config(secagg_clip=7.0), 10) == 7.0
+
+
+def test_auto_scale_is_finest_that_fits():
+    from fedkd.apps.secure import MAX_AUTO_SCALE, auto_scale, secagg_config
+
+    assert auto_scale(Config(), 1.0) == MAX_AUTO_SCALE  # 10 clients in 32 bits: capped at 2^24
+    big = Config(num_clients=5000)
+    scale = auto_scale(big, 1.0)
+    assert 5000 * math.ceil(2 * scale) < 2**32 <= 5000 * math.ceil(2 * 4 * scale)  # fits, and not 2 bits coarser
+    assert secagg_config(big, 10).fixed_point.required_bits(5000) <= 32
+    assert auto_scale(Config(secagg_scale=1024.0), 1.0) == 1024.0
 
 
 def test_drop_plan_is_validated():
@@ -167,12 +180,13 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path):
 
 
 def test_round_survives_a_client_dropping_after_masked_input(tmp_path):
-    cfg = Config(**SMALL, drop="unmask:2", out=str(tmp_path))
+    cfg = Config(**SMALL, drop="unmask:2", secagg_consistency_check=True, out=str(tmp_path))
     results = simulate(cfg)
     info = results["rounds"][0]["secagg"]
     assert results["status"] == "completed"
     assert info["survivors"] == [0, 1, 2, 3]  # its masked input was in; neighbours' shares unmask it
     assert info["dropped"] == {"unmask": [2]}
+    assert "consistency_check" in info["seconds_per_stage"]  # signed survivor sets, over Flower too
     assert results["final"]["student_accuracy"] > 0.5
 
 

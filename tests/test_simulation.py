@@ -49,3 +49,17 @@ def test_local_baseline_through_flower(tmp_path):
     saved = _check_files(tmp_path, simulate(cfg))
     assert saved["final"]["student_accuracy"] is None
     assert saved["final"]["teacher_accuracy_mean"] > 0.2
+
+
+def test_diverged_client_is_named_and_saved_files_stay_valid(tmp_path, capsys):
+    from fedkd.cli import main
+
+    code = main(["run", "--clients", "3", "--rounds", "2", "--lr", "1000", "--local-epochs", "2",
+                 "--num-public", "100", "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "non-finite prediction values" in err and "client " in err and "Traceback" not in err
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "failed" and "non-finite" in saved["error"]
+    assert saved["rounds"] == []
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1000.0

@@ -34,7 +34,7 @@ def train(msg: Message, context: Context) -> Message:
     context.state["teacher"] = ArrayRecord(update.state)
     content = RecordDict({"metrics": MetricRecord(update.metrics)})
     if config.method == "fd" and config.aggregation == "secagg":
-        keep_vector(context, update.vector)  # leaves the node only masked, in the secagg stages
+        keep_vector(context, partition_id, update.vector)  # leaves the node only masked, in the secagg stages
     elif config.method == "fd":
         content["payload"] = vector_record(update.vector)
     return Message(content, reply_to=msg)

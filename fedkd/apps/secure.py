@@ -9,6 +9,7 @@ Must not touch: protocol maths (`fedkd.secagg`), distillation, files.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Iterable
 
@@ -44,15 +45,33 @@ def auto_clip(config: Config, num_classes: int) -> float:
     return float(num_classes) if config.vote_weighting == "class-share" else 1.0  # weights <= K
 
 
+MAX_AUTO_SCALE = 2.0**24  # float32 carries 24 significant bits: finer steps add nothing
+
+
+def auto_scale(config: Config, clip: float) -> float:
+    """The finest power-of-two scale whose codes, summed over `num-clients` clients, fit the bit
+    width: n * ceil(2 * clip * scale) < 2^b. The quantisation error of a summed value is then at
+    most n / (2 * scale)."""
+    if config.secagg_scale > 0:
+        return config.secagg_scale
+    room = (2**config.secagg_bit_width - 1) / (config.num_clients * 2 * clip)
+    exponent = math.floor(math.log2(room)) - 1  # one bit spare for the ceiling
+    return float(min(2.0**exponent, MAX_AUTO_SCALE))
+
+
 def secagg_config(config: Config, num_classes: int) -> SecAggConfig:
-    return SecAggConfig(
-        neighbors=config.secagg_neighbors or None,
-        threshold=config.secagg_threshold or None,
-        bit_width=config.secagg_bit_width,
-        clip=auto_clip(config, num_classes),
-        scale=config.secagg_scale,
-        consistency_check=config.secagg_consistency_check,
-    )
+    clip = auto_clip(config, num_classes)
+    try:
+        return SecAggConfig(
+            neighbors=config.secagg_neighbors or None,
+            threshold=config.secagg_threshold or None,
+            bit_width=config.secagg_bit_width,
+            clip=clip,
+            scale=auto_scale(config, clip),
+            consistency_check=config.secagg_consistency_check,
+        )
+    except ValueError as exc:
+        raise SecureAggregationError(f"secure-aggregation settings do not fit: {exc}") from None
 
 
 # ---- server ----------------------------------------------------------------------------------
@@ -144,9 +163,9 @@ def _bytes_of(reply: object) -> Iterable[bytes]:
 
 # ---- client ----------------------------------------------------------------------------------
 
-def keep_vector(context: Context, vector: np.ndarray) -> None:
+def keep_vector(context: Context, client_id: int, vector: np.ndarray) -> None:
     """Hold this round's vector on the node until the masked-input stage asks for it."""
-    check_contribution(-1, vector)  # NaN/inf never reach the encoder
+    check_contribution(client_id, vector)  # NaN/inf stop the run here, naming the client
     context.state[VECTOR_KEY] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float32))})
 
 
