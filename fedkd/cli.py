@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         secagg.set_defaults(bench_main=secagg_bench.main)
     except ImportError:  # the secure-aggregation library is optional at import time
         secagg.set_defaults(bench_main=None)
+    from fedkd.bench import round as round_bench
+
+    rnd = bench_sub.add_parser("round", help="time one full fd round by phase in a Flower simulation")
+    round_bench.add_arguments(rnd)
+    rnd.set_defaults(bench_main=round_bench.main)
     return parser
 
 

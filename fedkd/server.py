@@ -26,7 +26,8 @@ ROUND_KEYS = (
     "round", "student_accuracy", "student_nll", "student_ece", "ensemble_accuracy",
     "teacher_accuracy_mean", "teacher_accuracy_std", "contributors", "upload_bytes_per_client",
     "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
-    "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max", "secagg",
+    "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
+    "client_predict_seconds_max", "secagg",
 )
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
@@ -74,6 +75,7 @@ class DistillationServer:
             teacher_accuracy_mean=float(accs.mean()), teacher_accuracy_std=float(accs.std()),
             seconds_clients=seconds_clients, contributors=len(replies),
             client_train_seconds_max=max(float(r.metrics["train-seconds"]) for r in replies),
+            client_predict_seconds_max=max(float(r.metrics.get("predict-seconds", 0.0)) for r in replies),
             upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
         )
         if cfg.method == "local":

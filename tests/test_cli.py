@@ -41,3 +41,21 @@ def test_console_script_reports_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "alpha=-2.0 must be > 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_round_phases_split_the_client_wall_time():
+    from fedkd.bench.round import phases
+
+    record = {"client_train_seconds_max": 1.0, "client_predict_seconds_max": 0.25, "seconds_clients": 2.0,
+              "seconds_aggregate": 0.5, "seconds_distill": 3.0, "seconds_evaluate": 0.1, "seconds": 5.7,
+              "secagg": {"server_compute_seconds": {"unmask": 0.02, "masked_input": 0.01}}}
+    p = phases(record)
+    assert p["messaging and scheduling"] == pytest.approx(0.75)
+    assert p["  of which secagg server compute"] == pytest.approx(0.03)
+    assert p["round total"] == 5.7
+
+
+def test_bench_round_bad_setting_is_one_line(capsys):
+    assert main(["bench", "round", "--set", "alpha=-1"]) == 2
+    assert "alpha=-1.0 must be > 0" in capsys.readouterr().err
+    assert main(["bench", "round", "--set", "alpha"]) == 2

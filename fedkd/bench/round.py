@@ -1,0 +1,93 @@
+"""`fedkd bench round`: time full fd rounds by phase in a real Flower simulation.
+
+Owns: running a short simulation and splitting one steady-state round (the last; the first also
+pays for starting Ray) into local training, prediction, Flower/Ray messaging, aggregation,
+distillation and evaluation. Prints a table, or JSON with --json. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+
+from fedkd.config import Config, ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (clients and server)")
+    parser.add_argument("--aggregation", default="secagg", help="secagg | plain")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds to run; the last one is reported")
+    parser.add_argument("--client-gpus", type=float, default=None, help="GPU share per simulated client")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
+    parser.add_argument("--json", action="store_true")
+
+
+def phases(record: dict) -> dict[str, float]:
+    """Seconds per phase of one round record; 'messaging' is the clients' wall time not spent
+    in the slowest client's own training and prediction (Flower, Ray, serialisation, waiting)."""
+    train = record["client_train_seconds_max"] or 0.0
+    predict = record["client_predict_seconds_max"] or 0.0
+    secagg = record.get("secagg") or {}
+    return {
+        "local training (slowest client)": train,
+        "prediction (slowest client)": predict,
+        "messaging and scheduling": max(record["seconds_clients"] - train - predict, 0.0),
+        "aggregation": record["seconds_aggregate"] or 0.0,
+        "  of which secagg server compute": sum(secagg.get("server_compute_seconds", {}).values()),
+        "distillation": record["seconds_distill"] or 0.0,
+        "evaluation": record["seconds_evaluate"] or 0.0,
+        "round total": record["seconds"],
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    from fedkd.cli import simulate
+
+    settings = {"num-clients": args.clients, "dataset": args.dataset, "device": args.device,
+                "aggregation": args.aggregation, "rounds": args.rounds, "out": tempfile.mkdtemp(prefix="fedkd-bench-")}
+    if args.client_gpus is not None:
+        settings["client-gpus"] = args.client_gpus
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            print(f"fedkd bench round: error: --set {item!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        settings[key] = value
+    try:
+        config = Config.from_run_config(settings)
+    except ConfigError as exc:
+        print(f"fedkd bench round: error: {exc}", file=sys.stderr)
+        return 2
+    results = simulate(config)
+    first, last = results["rounds"][0], results["rounds"][-1]
+    report = {"config": {k: settings[k] for k in settings if k != "out"}, "round": last["round"],
+              "phases_seconds": phases(last), "first_round_seconds": first["seconds"],
+              "student_accuracy": last["student_accuracy"]}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            report["server_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+    except ImportError:
+        pass
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"one fd round (round {last['round']} of {len(results['rounds'])}): {args.clients} clients, "
+                        f"{args.dataset}, {args.aggregation}, device {args.device}")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    total = last["seconds"] or 1.0
+    for name, secs in report["phases_seconds"].items():
+        table.add_row(name, f"{secs:.3f}", "" if name == "round total" else f"{100 * secs / total:.0f}%")
+    table.caption = f"first round (with Ray start-up): {first['seconds']:.1f} s"
+    Console().print(table)
+    return 0
