@@ -15,15 +15,22 @@ from fedkd.cli import simulate
 from fedkd.config import Config
 from fedkd.results import write_json_atomic
 
-METHODS = ("fd", "fedavg", "central", "local")
+# (label, settings): fd as configured by default, fd with class-share vote weighting, the baselines
+VARIANTS = (
+    ("fd", {"method": "fd"}),
+    ("fd class-share", {"method": "fd", "vote_weighting": "class-share"}),
+    ("fedavg", {"method": "fedavg"}),
+    ("central", {"method": "central"}),
+    ("local", {"method": "local"}),
+)
 
 
 def run_grid(alphas: list[float], rounds: int, seed: int, out: Path) -> list[dict]:
     rows = []
     for alpha in alphas:
-        for method in METHODS:
-            cfg = Config(method=method, alpha=alpha, rounds=rounds, seed=seed,
-                         out=str(out / "runs" / f"{method}-alpha{alpha}")).validated()
+        for method, settings in VARIANTS:
+            cfg = Config(**settings, alpha=alpha, rounds=rounds, seed=seed,
+                         out=str(out / "runs" / f"{method.replace(' ', '-')}-alpha{alpha}")).validated()
             results = simulate(cfg)
             final, last = results["final"], results["rounds"][-1]
             rows.append({
@@ -65,8 +72,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     alphas = sorted({r["alpha"] for r in rows})
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    width = 0.8 / len(METHODS)
-    for i, method in enumerate(METHODS):
+    width = 0.8 / len(VARIANTS)
+    for i, (method, _) in enumerate(VARIANTS):
         accs = []
         for a in alphas:
             r = next(r for r in rows if r["alpha"] == a and r["method"] == method)

@@ -196,3 +196,43 @@ def test_too_many_drop_outs_stop_the_run_with_the_stage(tmp_path):
         simulate(cfg)
     text = str(err.value) + str(err.value.__cause__ or "")
     assert "secure aggregation failed at stage" in text
+
+
+def test_a_node_cannot_reply_in_another_clients_name():
+    from fedkd.apps.secure import take_replies
+
+    cfg = SecAggConfig()
+    server = SecAggServer(cfg, b"s", [0, 1, 2, 3], 3)
+    requests = server.start()
+    replies = {i: SecAggClient(i, cfg, b"s").handle(requests[i]) for i in range(4)}
+    uploaded, refused = dict.fromkeys(range(4), 0), []
+    # node of client 0 forwards client 3's reply first; then every client's own reply arrives
+    take_replies(server, [(0, replies[3])] + [(i, replies[i]) for i in range(4)], uploaded, refused)
+    assert refused == [0]  # the forgery is refused; client 3's own reply was then accepted
+    assert uploaded[3] > 0 and set(server.advance()) == {0, 1, 2, 3}
+
+
+def test_refused_request_wipes_the_saved_secrets_and_vector():
+    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, client_step, keep_vector, secagg_config
+    from fedkd.secagg.messages import ShareKeysRequest
+
+    config = Config(num_clients=3)
+    sa_config = secagg_config(config, 10)
+    server = SecAggServer(sa_config, b"s", [0, 1, 2], 4)
+    state = RecordDict()
+    keep_vector(state, 0, np.zeros(4, np.float32))
+    client_step(codec.encode(server.start()[0]), state, config, 0, 10)  # advertise keys: state saved
+    assert STATE_KEY in state and VECTOR_KEY in state
+    forged = ShareKeysRequest(b"other-session", 0, {}, {}, {})
+    with pytest.raises(ProtocolError):
+        client_step(codec.encode(forged), state, config, 0, 10)
+    assert STATE_KEY not in state and VECTOR_KEY not in state  # nothing left to retry against
+    with pytest.raises(ProtocolError, match="no secure-aggregation session"):
+        client_step(codec.encode(ShareKeysRequest(b"s", 0, {}, {}, {})), state, config, 0, 10)
+
+
+def test_non_finite_vector_is_refused_before_masking():
+    from fedkd.apps.secure import keep_vector
+
+    with pytest.raises(ValueError, match="client 2 produced 1 non-finite"):
+        keep_vector(RecordDict(), 2, np.array([0.0, np.nan], np.float32))

@@ -34,7 +34,7 @@ def train(msg: Message, context: Context) -> Message:
     context.state["teacher"] = ArrayRecord(update.state)
     content = RecordDict({"metrics": MetricRecord(update.metrics)})
     if config.method == "fd" and config.aggregation == "secagg":
-        keep_vector(context, partition_id, update.vector)  # leaves the node only masked, in the secagg stages
+        keep_vector(context.state, partition_id, update.vector)  # leaves the node only masked, in the secagg stages
     elif config.method == "fd":
         content["payload"] = vector_record(update.vector)
     return Message(content, reply_to=msg)
@@ -45,4 +45,4 @@ def secagg(msg: Message, context: Context) -> Message:
     config, _ = config_from_message(msg)
     partition_id = int(context.node_config["partition-id"])
     num_classes = splits_for(config).num_classes
-    return Message(client_step(msg, context, config, partition_id, num_classes), reply_to=msg)
+    return Message(client_step(msg.content, context.state, config, partition_id, num_classes), reply_to=msg)

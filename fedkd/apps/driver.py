@@ -79,12 +79,24 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         seconds_clients = time.perf_counter() - t0
         aggregate = None
         if config.method == "fd" and config.aggregation == "secagg":
-            node_of = {int(m.content["metrics"]["partition-id"]): m.metadata.src_node_id for m in raw}
+            node_of = _client_nodes(raw, r)
             m, n_test, k = vector_layout(config, server.splits, r)
             aggregate = secure_sum(grid, node_of, (m + n_test) * k, config, k, r)
         record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         record["seconds"] = time.perf_counter() - t0
         recorder.add_round(record)
+
+
+def _client_nodes(replies: list[Message], server_round: int) -> dict[int, int]:
+    """Client (partition) id -> node id from the train replies; two nodes claiming one id stop the run."""
+    node_of: dict[int, int] = {}
+    for msg in replies:
+        pid = int(msg.content["metrics"]["partition-id"])
+        if pid in node_of:
+            raise RunError(f"round {server_round}: nodes {node_of[pid]} and {msg.metadata.src_node_id} "
+                           f"both claim partition-id {pid}")
+        node_of[pid] = msg.metadata.src_node_id
+    return node_of
 
 
 def _collect(replies: list[Message], server_round: int, config: Config) -> list[ClientReply]:

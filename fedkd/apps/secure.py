@@ -14,7 +14,7 @@ import time
 from typing import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedkd.aggregate import Aggregate, check_contribution
@@ -95,16 +95,11 @@ def secure_sum(
     try:
         while True:
             stage, t0 = server.stage, time.perf_counter()
-            replies = _exchange(grid, requests, nodes, config, server_round)
-            for client_id, reply in replies:
-                try:
-                    if stage != UNMASK:
-                        server.receive(reply)
-                    uploaded[client_id] += sum(len(v) for v in _bytes_of(reply))
-                except ProtocolError:
-                    refused.setdefault(stage, []).append(client_id)
+            replies, malformed = _exchange(grid, requests, nodes, config, server_round)
+            refused.setdefault(stage, []).extend(malformed)
+            take_replies(server, replies, uploaded, refused.setdefault(stage, []))
             if stage == UNMASK:
-                result = server.finish(reply for _, reply in replies)
+                result = server.finish()
                 wall[stage] = time.perf_counter() - t0
                 break
             requests = server.advance()
@@ -116,7 +111,7 @@ def secure_sum(
     details = {
         "survivors": list(result.survivors),
         "dropped": {stage: list(ids) for stage, ids in result.dropped.items() if ids},
-        "refused": refused,
+        "refused": {stage: ids for stage, ids in refused.items() if ids},
         "clipped": int(result.clipped),
         "upload_bytes_per_client": float(np.mean([uploaded[c] for c in result.survivors])),
         "seconds_per_stage": {stage: round(s, 4) for stage, s in wall.items()},
@@ -130,10 +125,26 @@ def secure_sum(
     return Aggregate(total=result.sum, count=result.count, contributors=tuple(result.survivors), details=details)
 
 
+def take_replies(server: SecAggServer, replies: list[tuple[int, object]], uploaded: dict[int, int],
+                 refused: list[int]) -> None:
+    """Feed one stage's (client id, reply) pairs to the server. A reply that breaks the protocol,
+    or that a node sends in another client's name, is refused and its client treated as dropped;
+    the round goes on without it."""
+    for client_id, reply in replies:
+        try:
+            if getattr(reply, "sender", None) != client_id:
+                raise ProtocolError(f"the node of client {client_id} replied as client {getattr(reply, 'sender', None)}")
+            server.receive(reply)
+            uploaded[client_id] += sum(len(v) for v in _bytes_of(reply))
+        except ProtocolError:
+            refused.append(client_id)
+
+
 def _exchange(grid: Grid, requests: dict[int, object], nodes: dict[int, int], config: Config,
-              server_round: int) -> list[tuple[int, object]]:
+              server_round: int) -> tuple[list[tuple[int, object]], list[int]]:
     """Send each request to its client's node; return (client id, decoded reply) for the clients
-    that answered in time with a well-formed reply. Failures and malformed replies are drop-outs."""
+    that answered in time with a well-formed reply, and the ids whose reply was malformed.
+    A client that failed (error reply) or did not answer in time is a drop-out."""
     messages, client_of = [], {}
     for client_id, request in requests.items():
         content = codec.encode(request)
@@ -141,7 +152,7 @@ def _exchange(grid: Grid, requests: dict[int, object], nodes: dict[int, int], co
         msg = Message(content, nodes[client_id], SECAGG_MESSAGE, group_id=str(server_round))
         messages.append(msg)
         client_of[nodes[client_id]] = client_id
-    out = []
+    out, malformed = [], []
     for reply in grid.send_and_receive(messages, timeout=config.secagg_timeout):
         client_id = client_of.get(reply.metadata.src_node_id)
         if client_id is None or reply.has_error():
@@ -149,8 +160,8 @@ def _exchange(grid: Grid, requests: dict[int, object], nodes: dict[int, int], co
         try:
             out.append((client_id, codec.decode(reply.content)))
         except ProtocolError:
-            continue
-    return sorted(out, key=lambda pair: pair[0])
+            malformed.append(client_id)
+    return sorted(out, key=lambda pair: pair[0]), sorted(malformed)
 
 
 def _bytes_of(reply: object) -> Iterable[bytes]:
@@ -163,15 +174,16 @@ def _bytes_of(reply: object) -> Iterable[bytes]:
 
 # ---- client ----------------------------------------------------------------------------------
 
-def keep_vector(context: Context, client_id: int, vector: np.ndarray) -> None:
-    """Hold this round's vector on the node until the masked-input stage asks for it."""
+def keep_vector(state: RecordDict, client_id: int, vector: np.ndarray) -> None:
+    """Hold this round's vector in the node's state until the masked-input stage asks for it."""
     check_contribution(client_id, vector)  # NaN/inf stop the run here, naming the client
-    context.state[VECTOR_KEY] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float32))})
+    state[VECTOR_KEY] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float32))})
 
 
-def client_step(msg: Message, context: Context, config: Config, client_id: int, num_classes: int) -> RecordDict:
-    """Answer one protocol request; raises on a refused request (Flower sends an error reply)."""
-    request = codec.decode(msg.content)
+def client_step(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int) -> RecordDict:
+    """Answer one protocol request (`content`), keeping the client between stages in the node's
+    `state`; raises on a refused request (Flower then sends an error reply)."""
+    request = codec.decode(content)
     stage = type(request).__name__
     for dropped_stage, ids in config.drop_plan.items():
         if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
@@ -179,21 +191,29 @@ def client_step(msg: Message, context: Context, config: Config, client_id: int, 
     sa_config = secagg_config(config, num_classes)
     if isinstance(request, AdvertiseKeysRequest):
         client = SecAggClient(client_id, sa_config, request.session_id)
-    elif STATE_KEY in context.state:
-        client = SecAggClient.from_state(codec.unpack_state(context.state[STATE_KEY]["state"]), sa_config)
+    elif STATE_KEY in state:
+        client = SecAggClient.from_state(codec.unpack_state(state[STATE_KEY]["state"]), sa_config)
     else:
         raise ProtocolError(f"client {client_id} has no secure-aggregation session for {stage}")
     vector = None
     if isinstance(request, MaskedInputRequest):
-        if VECTOR_KEY not in context.state:
+        if VECTOR_KEY not in state:
             raise ProtocolError(f"client {client_id} holds no vector for this round")
-        vector = context.state[VECTOR_KEY]["vector"].numpy()
-    reply = client.handle(request, vector)
+        vector = state[VECTOR_KEY]["vector"].numpy()
+    try:
+        reply = client.handle(request, vector)
+    except (ProtocolError, RoundFailed):
+        # the client has refused and wiped itself: its saved secrets and vector go too, so a
+        # server cannot retry the stage against the old state
+        for key in (STATE_KEY, VECTOR_KEY):
+            if key in state:
+                del state[key]
+        raise
     if vector is not None:
-        del context.state[VECTOR_KEY]  # masked and sent: nothing in the clear stays behind
+        del state[VECTOR_KEY]  # masked and sent: nothing in the clear stays behind
     if client.state in ("done", "failed"):
-        if STATE_KEY in context.state:
-            del context.state[STATE_KEY]
+        if STATE_KEY in state:
+            del state[STATE_KEY]
     else:
-        context.state[STATE_KEY] = ConfigRecord({"state": codec.pack_state(client.to_state())})
+        state[STATE_KEY] = ConfigRecord({"state": codec.pack_state(client.to_state())})
     return codec.encode(reply)

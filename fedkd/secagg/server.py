@@ -78,6 +78,11 @@ class SecAggResult:
     seconds_per_stage: dict[str, float] = field(default_factory=dict)
 
 
+# A fixed scalar for checking advertised keys: X25519 with a low-order point gives the all-zero
+# secret, which `crypto.agree` refuses whatever the scalar is.
+_PROBE_KEY = bytes(range(1, 33))
+
+
 class SecAggServer:
     """The server's side of one round (one session id) over a fixed set of clients."""
 
@@ -201,6 +206,13 @@ class SecAggServer:
         want = crypto.KEY_BYTES if self.config.consistency_check else 0
         if not isinstance(reply.signing_public_key, bytes) or len(reply.signing_public_key) != want:
             raise ProtocolError(f"signing_public_key from client {reply.sender} must be {want} bytes")
+        # A low-order or copied key would make every honest neighbour refuse at share_keys and could
+        # sink the round: refuse it here, so only its sender drops out.
+        for name in ("cipher_public_key", "mask_public_key"):
+            crypto.agree(_PROBE_KEY, getattr(reply, name))  # ProtocolError for a low-order point
+        mine = {reply.cipher_public_key, reply.mask_public_key}
+        if len(mine) != 2 or any(mine & {k.cipher_public_key, k.mask_public_key} for k in self._replies.values()):
+            raise ProtocolError(f"client {reply.sender} advertised a public key that is not its own")
 
     def _check_share_keys(self, reply) -> None:
         sent_keys = set(self._sent[reply.sender].cipher_public_keys)
