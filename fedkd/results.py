@@ -27,6 +27,7 @@ def write_json_atomic(path: Path, data: object) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(_finite(data), f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

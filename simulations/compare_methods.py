@@ -83,7 +83,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(alphas))], [f"alpha={a}" for a in alphas])
     ax.set_ylabel("test accuracy (digits, 10 clients)")
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
