@@ -192,12 +192,22 @@ def summary_table(results: dict, wall: float):
     cfg = results["config"]
     table = Table(title=f"fedkd {cfg['method']} on {cfg['dataset']}: {cfg['num-clients']} clients, "
                         f"{cfg['partition']} alpha={cfg['alpha']}, T={cfg['temperature']}")
-    for col in ("round", "student acc", "NLL", "ECE", "ensemble acc", "teacher acc (mean±sd)", "upload B/client", "s"):
+    secure = any(r.get("secagg") for r in results["rounds"])
+    columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "teacher acc (mean±sd)", "upload B/client", "s"]
+    if secure:
+        columns += ["secagg s", "survivors", "dropped (stage: ids)"]
+    for col in columns:
         table.add_column(col, justify="right")
     for r in results["rounds"]:
         teacher = "-" if r["teacher_accuracy_mean"] is None else f"{r['teacher_accuracy_mean']:.4f}±{r['teacher_accuracy_std']:.3f}"
-        table.add_row(str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["student_nll"], 3), _fmt(r["student_ece"], 3),
-                      _fmt(r["ensemble_accuracy"]), teacher, _fmt(r["upload_bytes_per_client"]), _fmt(r["seconds"], 1))
+        upload = "-" if r["upload_bytes_per_client"] is None else f"{r['upload_bytes_per_client']:,.0f}"
+        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["student_nll"], 3), _fmt(r["student_ece"], 3),
+               _fmt(r["ensemble_accuracy"]), teacher, upload, _fmt(r["seconds"], 1)]
+        if secure:
+            sa = r.get("secagg") or {}
+            dropped = "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in sa.get("dropped", {}).items())
+            row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), dropped or "-"]
+        table.add_row(*row)
     table.caption = f"total {wall:.1f} s"
     return table
 
