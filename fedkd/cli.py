@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 from typing import Sequence
 
 from fedkd.config import Config, ConfigError
@@ -129,6 +130,14 @@ def run_command(config: Config, verbose: bool = False) -> int:
     with progress:
         try:
             results = simulate(config, on_round=on_round, verbose=verbose)
+        except KeyboardInterrupt:
+            progress.stop()
+            from fedkd.results import halt_saving
+
+            halt_saving()  # the ServerApp thread may still finish a round: it must not overwrite this
+            _mark_interrupted(config.out)
+            console.print(f"[yellow]fedkd: interrupted[/yellow]; rounds completed so far are in {config.out}/results.json")
+            _exit_now(130)
         except Exception as exc:  # a run that stops: one line, files kept
             progress.stop()
             console.print(f"[red]fedkd: run failed:[/red] {_root_cause(exc)}")
@@ -138,6 +147,37 @@ def run_command(config: Config, verbose: bool = False) -> int:
     console.print(summary_table(results, time.perf_counter() - started))
     console.print(f"Saved {config.out}/config.json, results.json, curves.png")
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """Leave at once: Flower's ServerApp thread would otherwise wait out its reply timeout for
+    clients that Ray has already stopped. Ray is shut down first so no worker is left behind."""
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:  # best effort: we are leaving anyway
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _mark_interrupted(out: str) -> None:
+    """Record in results.json that the run was stopped by the user (its rounds stay as saved)."""
+    import json
+
+    from fedkd.results import write_json_atomic
+
+    path = os.path.join(out, "results.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return
+    if saved.get("status") == "running":
+        saved["status"] = "interrupted"
+        write_json_atomic(Path(path), saved)
 
 
 def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=None) -> dict:

@@ -10,10 +10,21 @@ import json
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
 from fedkd.config import Config
+
+# Set when the user interrupts a run: from then on no recorder in this process rewrites its files,
+# so the interrupted state written by the CLI is the last word (the ServerApp thread may still be
+# finishing a round in the background).
+_HALTED = threading.Event()
+
+
+def halt_saving() -> None:
+    _HALTED.set()
+
 
 FINAL_KEYS = ("student_accuracy", "ensemble_accuracy", "teacher_accuracy_mean", "seconds_total")
 
@@ -71,6 +82,8 @@ class RunRecorder:
     def finish(self, seconds_total: float) -> dict:
         final = self.final(seconds_total)
         self._save("completed", final)
+        if _HALTED.is_set():
+            return self.results("interrupted", final)
         plot_curves(self.rounds, self.out / "curves.png", title=self._title())
         return self.results("completed", final)
 
@@ -93,6 +106,8 @@ class RunRecorder:
                 "final": final, **self.extra}
 
     def _save(self, status: str, final: dict | None = None) -> None:
+        if _HALTED.is_set():
+            return
         write_json_atomic(self.out / "results.json", self.results(status, final))
 
     def _title(self) -> str:

@@ -59,3 +59,18 @@ def test_bench_round_bad_setting_is_one_line(capsys):
     assert main(["bench", "round", "--set", "alpha=-1"]) == 2
     assert "alpha=-1.0 must be > 0" in capsys.readouterr().err
     assert main(["bench", "round", "--set", "alpha"]) == 2
+
+
+def test_interrupted_run_is_marked_and_keeps_its_rounds(tmp_path):
+    import json
+
+    from fedkd.cli import _mark_interrupted
+    from fedkd.config import Config
+    from fedkd.results import RunRecorder
+
+    rec = RunRecorder(Config(out=str(tmp_path)))
+    rec.start()
+    rec.add_round({"round": 1, "student_accuracy": 0.5})
+    _mark_interrupted(str(tmp_path))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "interrupted" and saved["rounds"] == [{"round": 1, "student_accuracy": 0.5}]
