@@ -105,11 +105,15 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
     geometric: softmax((1/n) sum log p_i^T)                      (normalised geometric mean)
     logits:    (1/n) sum z_i                                     (matched by logit regression)
     dsfl:      softmax(((1/n) sum p_i^T) / T_era), T_era < 1     (entropy reduction of DS-FL,
-               Itahara et al. 2021; the student is matched at temperature 1)
+               Itahara et al. 2021; the student is matched at temperature 1). DS-FL averages
+               plain softmax outputs: use temperature 1 to match the paper; with T > 1 the
+               clients' outputs are softened before the sharpening.
     """
     if count <= 0:
         raise ValueError("cannot build an ensemble teacher from zero contributors")
     mean = torch.as_tensor(total, dtype=torch.float64) / count
+    if rule in ("mean", "dsfl"):
+        mean = mean.clamp(min=0.0)  # fixed-point decoding can leave -1e-9 where a probability was 0
     if rule == "mean":
         values, kind, t = mean / mean.sum(dim=1, keepdim=True), "probs", temperature
     elif rule == "geometric":
@@ -196,7 +200,8 @@ def distill(
     """Train `model` (warm: whatever weights it has) to match `teacher` on x: (N, *shape).
 
     A `val_fraction` slice of x is held out, and training stops after `patience` epochs without
-    improvement of the same loss on it; the best weights are restored. The slice is scored against
+    improvement of the distillation loss on it (without the hard-label term); the best weights
+    are restored. "epochs" in the result counts the epochs run, best included. The slice is scored against
     the teacher, not labels: the server has no labels for the public set.
     Returns {"epochs", "train_loss", "val_loss"}.
     """

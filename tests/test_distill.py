@@ -148,3 +148,10 @@ def test_distill_moves_student_towards_teacher_and_restores_best():
     after = distill.kd_loss(model(torch.tensor(x)), torch.tensor(target.values), 2.0).item()
     assert after < before / 5
     assert stats["val_loss"] <= before
+
+
+def test_mean_rule_never_gives_negative_probabilities():
+    total = np.array([[1.0 - 1e-9, -1e-9, 0.0]])  # what fixed-point decoding can return for a 0
+    teacher = distill.combine(total, 1, "mean", 2.0)
+    assert (teacher.values >= 0).all()
+    np.testing.assert_allclose(teacher.values.sum(1), 1.0, rtol=1e-6)
