@@ -25,12 +25,15 @@ Skellam (Agarwal, Kairouz & Liu 2021, Theorem 3.5): the sum of Sk(mu_c, mu_c) ov
 is Sk(mu, mu), mu = h mu_c, and is (alpha, eps(alpha))-RDP with
 
     eps(alpha) = alpha Delta_2^2 / (4 mu) + min( ((2 alpha - 1) Delta_2^2 + 6 Delta_1) / (16 mu^2),
-                                                 3 Delta_1 / (4 mu) ).
+                                                 3 Delta_1 / (4 mu) ),
+
+computed here with 2 alpha in place of 2 alpha - 1: a slightly looser bound, never a tighter one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,7 +119,7 @@ class Ledger:
         return self.epsilon
 
 
-def calibrate(params_for: "callable", rounds: int, honest: int, target_epsilon: float, delta: float) -> float:
+def calibrate(params_for: Callable[[float], DPParams], rounds: int, honest: int, target_epsilon: float, delta: float) -> float:
     """The smallest noise multiplier z (to 0.1%) for which `rounds` rounds with `honest`
     contributors each stay within `target_epsilon` at `delta`. `params_for(z)` builds the
     round's DPParams for a multiplier z."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -308,8 +309,6 @@ class Encoded:
 def encode(probs: np.ndarray, params: DPParams, rng: np.random.Generator) -> Encoded:
     """The client's side: (m, K) or (d,) probabilities -> integer values to hand to secure
     aggregation (as float64, exact below 2^53). `rng` must be secret from the server."""
-    import time
-
     q = np.asarray(probs, dtype=np.float64).ravel() - 1.0 / params.num_classes  # (d,) centred
     if q.size != params.dim:
         raise ValueError(f"expected {params.dim} values, got {q.size}")
