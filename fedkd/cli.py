@@ -20,7 +20,8 @@ from typing import Sequence
 from fedkd.config import Config, ConfigError
 
 # Short spellings for the options people type most; every config field also has its full name.
-ALIASES = {"num_clients": "--clients"}
+ALIASES = {"num_clients": ("--clients",), "dp_delta": ("--delta",), "dp_epsilon_budget": ("--epsilon-budget",),
+           "public_sample": ("--queries-per-round",)}
 HELP = {
     "method": "fd (federated distillation), fedavg, central (upper bound) or local (teachers alone)",
     "dataset": "digits (embedded), mnist, fashion-mnist, cifar10 (from --data-dir) or a path to a .npz",
@@ -31,6 +32,10 @@ HELP = {
     "public_sample": "public examples released per round (0: all of them)",
     "digest_epochs": "FedMD/DS-FL digest epochs on last round's consensus (0: off)",
     "out": "output folder for config.json, results.json, curves.png",
+    "dp_clip": "distributed DP: L2 bound of a client's centred soft labels per round (0: DP off)",
+    "dp_noise_multiplier": "distributed DP: noise std in the sum / the rounded L2 sensitivity",
+    "dp_epsilon_budget": "stop before a round could take epsilon past this (0: no budget)",
+    "dp_mechanism": "ddg (distributed discrete Gaussian) or skellam",
 }
 
 
@@ -38,7 +43,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     defaults = Config()
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        names = [ALIASES[f.name], flag] if f.name in ALIASES else [flag]
+        names = [*ALIASES.get(f.name, ()), flag]
         default = getattr(defaults, f.name)
         parser.add_argument(
             *names, dest=f.name, default=None, metavar=type(default).__name__.upper(),
@@ -145,6 +150,12 @@ def run_command(config: Config, verbose: bool = False) -> int:
                 console.print(f"Rounds completed so far are saved in {config.out}/results.json")
             return 1
     console.print(summary_table(results, time.perf_counter() - started))
+    if results.get("stopped"):
+        console.print(f"[yellow]fedkd: privacy budget reached:[/yellow] {results['stopped']}")
+    if results.get("privacy"):
+        p = results["privacy"]
+        console.print(f"Privacy spent: epsilon {p['epsilon']:.3f} at delta {p['delta']:g} "
+                      f"over {p['rounds_released']} released rounds")
     console.print(f"Saved {config.out}/config.json, results.json, curves.png")
     return 0
 
@@ -222,8 +233,11 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _round_line(r: dict) -> str:
-    return (f"round {r['round']}: student {_fmt(r['student_accuracy'])}  ensemble {_fmt(r['ensemble_accuracy'])}  "
+    line = (f"round {r['round']}: student {_fmt(r['student_accuracy'])}  ensemble {_fmt(r['ensemble_accuracy'])}  "
             f"teachers {_fmt(r['teacher_accuracy_mean'])}  ({_fmt(r['seconds'], 1)} s)")
+    if r.get("privacy"):
+        line += f"  epsilon {r['privacy']['epsilon']:.3f}"
+    return line
 
 
 def summary_table(results: dict, wall: float):
@@ -234,8 +248,11 @@ def summary_table(results: dict, wall: float):
                         f"{cfg['partition']} alpha={cfg['alpha']}, T={cfg['temperature']}")
     secure = any(r.get("secagg") for r in results["rounds"])
     columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "teacher acc (mean±sd)", "upload B/client", "s"]
+    private = any(r.get("privacy") for r in results["rounds"])
     if secure:
         columns += ["secagg s", "survivors", "dropped (stage: ids)"]
+    if private:
+        columns += ["epsilon"]
     for col in columns:
         table.add_column(col, justify="right")
     for r in results["rounds"]:
@@ -247,6 +264,8 @@ def summary_table(results: dict, wall: float):
             sa = r.get("secagg") or {}
             dropped = "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in sa.get("dropped", {}).items())
             row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), dropped or "-"]
+        if private:
+            row += [_fmt((r.get("privacy") or {}).get("epsilon"), 3)]
         table.add_row(*row)
     table.caption = f"total {wall:.1f} s"
     return table

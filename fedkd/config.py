@@ -19,6 +19,7 @@ ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
 AGGREGATIONS = ("secagg", "plain")
 SECAGG_STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
 VOTE_WEIGHTINGS = ("none", "class-share", "seen-classes")
+DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -67,6 +68,15 @@ class Config:
     secagg_consistency_check: bool = False  # clients sign the survivor set (Ed25519)
     secagg_timeout: float = 120.0  # seconds to wait for each stage's replies
     drop: str = ""  # experiments: "stage:id,id;stage:id" makes those clients fail at that stage
+    # Distributed differential privacy inside the secure sum (see fedkd.privacy); dp_clip > 0 turns it on
+    dp_clip: float = 0.0  # L2 bound c on a client's centred soft labels for one round (0: DP off)
+    dp_noise_multiplier: float = 0.0  # z: noise std in the sum = z * the (rounded) sensitivity
+    dp_delta: float = 1e-5
+    dp_epsilon_budget: float = 0.0  # stop before a round could take epsilon past this (0: no budget)
+    dp_mechanism: str = "ddg"  # "ddg" (distributed discrete Gaussian) or "skellam"
+    dp_granularity_bits: int = 10  # c / gamma = 2^g integer steps across the clip norm
+    dp_max_dropouts: int = 0  # noise shares are sized so the target noise survives this many drop-outs
+    dp_colluders: int = 0  # ... and this many clients colluding with the server (their noise is known)
     # Server (student) distillation
     distill_epochs: int = 60
     distill_lr: float = 0.05
@@ -125,6 +135,10 @@ class Config:
         if plan and self.aggregation != "secagg":
             raise ConfigError("drop simulates secure-aggregation drop-outs; it needs aggregation=secagg")
         return plan
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp_clip > 0
 
     def teacher_model_for(self, partition_id: int) -> str:
         models = self.teacher_model_list
@@ -198,7 +212,43 @@ class Config:
                 f"hard-label-weight={self.hard_label_weight} needs public-labels=true "
                 "(the server reads public labels only when they are declared available)"
             )
+        self._validate_dp()
         return self
+
+    def _validate_dp(self) -> None:
+        _choice("dp-mechanism", self.dp_mechanism, DP_MECHANISMS)
+        if self.dp_clip < 0:
+            raise ConfigError(f"dp-clip={self.dp_clip} must be >= 0 (0: differential privacy off)")
+        if self.dp_noise_multiplier < 0:
+            raise ConfigError(f"dp-noise-multiplier={self.dp_noise_multiplier} must be >= 0")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"dp-delta={self.dp_delta} must lie in (0, 1)")
+        if self.dp_epsilon_budget < 0:
+            raise ConfigError(f"dp-epsilon-budget={self.dp_epsilon_budget} must be >= 0 (0: no budget)")
+        if not 0 <= self.dp_granularity_bits <= 20:
+            raise ConfigError(f"dp-granularity-bits={self.dp_granularity_bits} must lie in 0..20")
+        _at_least("dp-max-dropouts", self.dp_max_dropouts, 0)
+        _at_least("dp-colluders", self.dp_colluders, 0)
+        dp_settings = (self.dp_noise_multiplier > 0 or self.dp_epsilon_budget > 0
+                       or self.dp_max_dropouts > 0 or self.dp_colluders > 0)
+        if not self.dp_enabled:
+            if dp_settings:
+                raise ConfigError("differential-privacy settings are given but dp-clip is 0 (off); "
+                                  "set dp-clip > 0, the L2 bound of a client's soft labels")
+            return
+        if self.method != "fd":
+            raise ConfigError(f"dp-clip applies to method fd (it noises the released soft labels), not '{self.method}'")
+        if self.aggregation != "secagg":
+            raise ConfigError("distributed DP needs aggregation=secagg: each client adds only a share of the "
+                              "noise, which protects nothing if the server sees the shares one by one")
+        if self.ensemble not in ("mean", "dsfl") or self.vote_weighting != "none":
+            raise ConfigError("distributed DP works on softened probabilities: use ensemble mean or dsfl "
+                              "with vote-weighting none")
+        if self.dp_max_dropouts + self.dp_colluders >= self.num_clients:
+            raise ConfigError(f"dp-max-dropouts + dp-colluders = {self.dp_max_dropouts + self.dp_colluders} "
+                              f"must be below num-clients={self.num_clients} (someone's noise must remain)")
+        if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0:
+            raise ConfigError("dp-epsilon-budget needs dp-noise-multiplier > 0 (without noise epsilon is infinite)")
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:

@@ -79,13 +79,14 @@ class RunRecorder:
         if self.on_round is not None:
             self.on_round(record)
 
-    def finish(self, seconds_total: float) -> dict:
+    def finish(self, seconds_total: float, status: str = "completed") -> dict:
+        """status: "completed", or "budget-exhausted" when DP's epsilon budget stopped the run early."""
         final = self.final(seconds_total)
-        self._save("completed", final)
+        self._save(status, final)
         if _HALTED.is_set():
             return self.results("interrupted", final)
         plot_curves(self.rounds, self.out / "curves.png", title=self._title())
-        return self.results("completed", final)
+        return self.results(status, final)
 
     def fail(self, error: str) -> None:
         """Mark the run failed, keeping every round saved so far."""

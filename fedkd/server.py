@@ -20,14 +20,22 @@ from fedkd import distill
 from fedkd.aggregate import Aggregate, ContributionError, plain_sum
 from fedkd.config import Config
 from fedkd.models import build_model
-from fedkd.task import Consensus, derive_seed, generator, public_sample, resolve_device, splits_for, vector_layout
+from fedkd.privacy.accounting import Ledger
+from fedkd.privacy.mechanism import decode_sum
+from fedkd.task import (
+    Consensus, derive_seed, dp_params, generator, public_sample, resolve_device, splits_for, vector_layout,
+)
+
+
+class PrivacyBudgetError(RuntimeError):
+    """A DP guarantee would not hold; the message says why. The run stops with its results saved."""
 
 ROUND_KEYS = (
     "round", "student_accuracy", "student_nll", "student_ece", "ensemble_accuracy",
     "teacher_accuracy_mean", "teacher_accuracy_std", "contributors", "upload_bytes_per_client",
     "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
     "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
-    "client_predict_seconds_max", "secagg",
+    "client_predict_seconds_max", "secagg", "privacy",
 )
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
@@ -57,6 +65,19 @@ class DistillationServer:
         torch.manual_seed(derive_seed(config.seed, "student-init"))
         self.student = build_model(config.student_model, self.splits.input_shape, self.splits.num_classes)
         self.consensus: Consensus | None = None
+        self.ledger = Ledger(config.dp_delta, config.dp_epsilon_budget) if config.dp_enabled else None
+
+    def check_budget(self, server_round: int) -> None:
+        """Before a round: refuse it if it could take epsilon past the budget (counting the fewest
+        honest contributors the noise is sized for)."""
+        if self.ledger is None or self.ledger.budget <= 0:
+            return
+        params = dp_params(self.config, self.splits.num_classes, server_round)
+        if self.ledger.would_exceed(params):
+            after = self.ledger.epsilon_after(params, params.min_honest)
+            raise PrivacyBudgetError(
+                f"round {server_round} would raise epsilon from {self.ledger.epsilon:.3f} to {after:.3f}, past the "
+                f"budget {self.ledger.budget:g} (delta {self.ledger.delta:g}); stopped before releasing it")
 
     # ---- fd and local -----------------------------------------------------------------------
     def finish_round(
@@ -70,9 +91,10 @@ class DistillationServer:
         cfg, record = self.config, empty_record(server_round)
         if not replies:
             raise ContributionError(f"round {server_round}: no client replied")
-        accs = np.array([r.metrics["teacher-accuracy"] for r in replies])
-        record.update(
-            teacher_accuracy_mean=float(accs.mean()), teacher_accuracy_std=float(accs.std()),
+        accs = np.array([r.metrics["teacher-accuracy"] for r in replies if "teacher-accuracy" in r.metrics])
+        record.update(  # with DP on, clients keep their accuracies to themselves: None
+            teacher_accuracy_mean=float(accs.mean()) if accs.size else None,
+            teacher_accuracy_std=float(accs.std()) if accs.size else None,
             seconds_clients=seconds_clients, contributors=len(replies),
             client_train_seconds_max=max(float(r.metrics["train-seconds"]) for r in replies),
             client_predict_seconds_max=max(float(r.metrics.get("predict-seconds", 0.0)) for r in replies),
@@ -87,12 +109,16 @@ class DistillationServer:
         record["seconds_aggregate"] = agg.details.get("seconds_total", time.perf_counter() - t0)
         if len(agg.total) != (m + n_test) * k:
             raise ContributionError(f"aggregate has {len(agg.total)} values; expected {(m + n_test) * k}")
-        public_total = agg.total[: m * k].reshape(m, k)  # (m, K)
-        test_total = agg.total[m * k :].reshape(n_test, k)  # (n_test, K)
+        total = agg.total
+        if self.ledger is not None:
+            total = self._release(server_round, agg, record)
+        public_total = total[: m * k].reshape(m, k)  # (m, K)
+        test_total = total[m * k :].reshape(n_test, k)  # (n_test, K); (0, K) with DP
         teacher = distill.combine(public_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
-        ensemble_test = distill.combine(test_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
+        if n_test:
+            ensemble_test = distill.combine(test_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
+            record["ensemble_accuracy"] = distill.accuracy(ensemble_test.values, self.splits.test_y)
         record.update(
-            ensemble_accuracy=distill.accuracy(ensemble_test.values, self.splits.test_y),
             contributors=agg.count,
             upload_bytes_per_client=m * k * 4,
             eval_upload_bytes_per_client=n_test * k * 4,
@@ -117,6 +143,26 @@ class DistillationServer:
         self.consensus = Consensus(idx, teacher)
         self._evaluate_into(record)
         return record
+
+    def _release(self, server_round: int, agg: Aggregate, record: dict) -> np.ndarray:
+        """DP: account for the round with its actual honest contributors, then decode the noisy sum.
+        A sum with fewer survivors than the noise is sized for is accounted (the server has seen
+        it) and then refused: its noise is below the target."""
+        cfg = self.config
+        params = dp_params(cfg, self.splits.num_classes, server_round)
+        honest = agg.count - cfg.dp_colluders
+        epsilon = self.ledger.record(params, honest)
+        record["privacy"] = {
+            "epsilon": epsilon, "delta": cfg.dp_delta, "honest_contributors": honest,
+            "noise_std": params.honest_std(honest) * params.gamma,  # per coordinate, probability units
+            "wrapped_values": int(agg.details.get("clipped", 0)), **params.describe(),
+        }
+        if agg.count < cfg.num_clients - cfg.dp_max_dropouts:
+            raise PrivacyBudgetError(
+                f"round {server_round}: only {agg.count} of {cfg.num_clients} clients survived, fewer than the "
+                f"{cfg.num_clients - cfg.dp_max_dropouts} the noise is sized for (dp-max-dropouts="
+                f"{cfg.dp_max_dropouts}); the sum is discarded (epsilon so far {epsilon:.3f})")
+        return decode_sum(agg.total, agg.count, params)
 
     # ---- central and fedavg -----------------------------------------------------------------
     def central_round(self, server_round: int) -> dict:

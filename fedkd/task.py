@@ -19,6 +19,10 @@ from fedkd import distill
 from fedkd.config import Config
 from fedkd.data import Splits, load_splits
 from fedkd.models import build_model
+from fedkd.privacy import mechanism
+from fedkd.privacy.mechanism import DPParams
+
+WRAP_PROBABILITY = 1e-9  # chance, per round, that any client's noisy value is clipped to the ring range
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,8 +69,21 @@ def public_sample(config: Config, server_round: int) -> np.ndarray:
 
 
 def vector_layout(config: Config, splits: Splits, server_round: int) -> tuple[int, int, int]:
-    """(public rows m, test rows, classes K) of the vector a client uploads: m*K + test*K values."""
-    return len(public_sample(config, server_round)), len(splits.test_y), splits.num_classes
+    """(public rows m, test rows, classes K) of the vector a client uploads: m*K + test*K values.
+    With DP on, no test rows: predictions on the test set would be a release too."""
+    n_test = 0 if config.dp_enabled else len(splits.test_y)
+    return len(public_sample(config, server_round)), n_test, splits.num_classes
+
+
+def dp_params(config: Config, num_classes: int, server_round: int) -> DPParams:
+    """The round's distributed-DP settings, derived alike on client and server from the config."""
+    m = len(public_sample(config, server_round))
+    return DPParams(
+        mechanism=config.dp_mechanism, clip=config.dp_clip, noise_multiplier=config.dp_noise_multiplier,
+        granularity_bits=config.dp_granularity_bits, dim=m * num_classes, num_classes=num_classes,
+        num_clients=config.num_clients, min_honest=config.num_clients - config.dp_max_dropouts - config.dp_colluders,
+        bit_width=config.secagg_bit_width, wrap_probability=WRAP_PROBABILITY,
+    )
 
 
 def class_weights(y: np.ndarray, num_classes: int, scheme: str) -> np.ndarray | None:
@@ -94,7 +111,8 @@ class Consensus:
 @dataclass(frozen=True)
 class TeacherUpdate:
     state: dict[str, torch.Tensor]  # the teacher's weights, to keep on the node for the next round
-    vector: np.ndarray  # (m*K + n_test*K,) float32: public payload then test-set payload
+    vector: np.ndarray  # (m*K + n_test*K,) float32: public payload then test-set payload;
+    # with DP: (m*K,) float64 integers, the rounded centred payload plus this client's noise share
     metrics: dict[str, float]
 
 
@@ -109,7 +127,8 @@ def teacher_round(
     """One client's fd round: (digest) -> local training -> softened predictions.
 
     The vector is `client_payload(logits)` on this round's public sample, then on the test set
-    (the test part only serves to report the ensemble teacher's accuracy).
+    (the test part only serves to report the ensemble teacher's accuracy). With DP on it is the
+    DP encoding of the public part alone (`fedkd.privacy.mechanism.encode`).
     """
     splits = splits_for(config)
     if not 0 <= partition_id < len(splits.partitions):
@@ -134,23 +153,30 @@ def teacher_round(
     )
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    test_logits = distill.predict_logits(model, splits.test_x, device)
-    metrics = {
-        "partition-id": float(partition_id),
-        "num-examples": float(len(y)),
-        "teacher-accuracy": distill.accuracy(test_logits, splits.test_y),
-        "train-loss": loss,
-        "train-seconds": t_train,
-    }
+    metrics = {"partition-id": float(partition_id), "train-seconds": t_train}
+    if not config.dp_enabled:
+        # With DP on, nothing computed from private data leaves the node outside the noisy sum:
+        # no test accuracy, loss or example count (they would sit outside the guarantee).
+        test_logits = distill.predict_logits(model, splits.test_x, device)
+        metrics.update({"num-examples": float(len(y)), "train-loss": loss,
+                        "teacher-accuracy": distill.accuracy(test_logits, splits.test_y)})
     vector = np.zeros(0, dtype=np.float32)
     if with_predictions:
         public_idx = public_sample(config, server_round)
         public_logits = distill.predict_logits(model, splits.public_x[public_idx], device)
         weights = class_weights(y, splits.num_classes, config.vote_weighting)
-        vector = np.concatenate([
-            distill.client_payload(public_logits, config.ensemble, config.temperature, weights).ravel(),
-            distill.client_payload(test_logits, config.ensemble, config.temperature, weights).ravel(),
-        ])
+        public_payload = distill.client_payload(public_logits, config.ensemble, config.temperature, weights)
+        if config.dp_enabled:
+            # noise from the OS's entropy, never from the run seed: the server knows the seed
+            rng = np.random.default_rng(np.random.SeedSequence())
+            encoded = mechanism.encode(public_payload, dp_params(config, splits.num_classes, server_round), rng)
+            vector = encoded.values
+            metrics["dp-noise-seconds"] = encoded.noise_seconds
+        else:
+            vector = np.concatenate([
+                public_payload.ravel(),
+                distill.client_payload(test_logits, config.ensemble, config.temperature, weights).ravel(),
+            ])
         metrics["upload-bytes"] = float(len(public_idx) * splits.num_classes * 4)
     metrics["predict-seconds"] = time.perf_counter() - t0
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

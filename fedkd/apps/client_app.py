@@ -42,7 +42,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.query("secagg")
 def secagg(msg: Message, context: Context) -> Message:
-    config, _ = config_from_message(msg)
+    config, server_round = config_from_message(msg)
     partition_id = int(context.node_config["partition-id"])
     num_classes = splits_for(config).num_classes
-    return Message(client_step(msg.content, context.state, config, partition_id, num_classes), reply_to=msg)
+    reply = client_step(msg.content, context.state, config, partition_id, num_classes, server_round)
+    return Message(reply, reply_to=msg)

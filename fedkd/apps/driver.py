@@ -18,7 +18,7 @@ from fedkd.apps.records import train_content, vector_from_message
 from fedkd.apps.secure import secure_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder
-from fedkd.server import ClientReply, DistillationServer
+from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
 from fedkd.task import vector_layout
 
 
@@ -45,7 +45,8 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
             _run_fedavg(grid, config, server, recorder)
         else:
             _run_rounds(grid, config, server, recorder)
-        return recorder.finish(time.perf_counter() - started)
+        status = "budget-exhausted" if "stopped" in recorder.extra else "completed"
+        return recorder.finish(time.perf_counter() - started, status)
     except Exception as exc:
         recorder.fail(f"{type(exc).__name__}: {exc}")
         raise
@@ -71,6 +72,11 @@ def wait_for_nodes(grid: Grid, config: Config) -> list[int]:
 def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
     nodes = wait_for_nodes(grid, config)
     for r in range(1, config.rounds + 1):
+        try:
+            server.check_budget(r)
+        except PrivacyBudgetError as exc:  # a clean stop: the rounds so far stand
+            recorder.extra["stopped"] = str(exc)
+            break
         t0 = time.perf_counter()
         content = train_content(config, r, server.consensus)
         messages = [Message(content, node, MessageType.TRAIN, group_id=str(r)) for node in nodes]
@@ -82,7 +88,13 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             node_of = _client_nodes(raw, r)
             m, n_test, k = vector_layout(config, server.splits, r)
             aggregate = secure_sum(grid, node_of, (m + n_test) * k, config, k, r)
-        record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
+        try:
+            record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
+        finally:
+            if server.ledger is not None:  # spent privacy is recorded even when the round is refused
+                recorder.extra["privacy"] = {"epsilon": server.ledger.epsilon, "delta": config.dp_delta,
+                                             "budget": config.dp_epsilon_budget or None,
+                                             "rounds_released": len(server.ledger.honest)}
         record["seconds"] = time.perf_counter() - t0
         recorder.add_round(record)
 

@@ -22,6 +22,7 @@ from fedkd.apps import codec
 from fedkd.apps.records import config_record
 from fedkd.config import Config
 from fedkd.distill import LOG_PROB_FLOOR
+from fedkd.task import dp_params
 from fedkd.secagg import UNMASK, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer
 from fedkd.secagg.messages import AdvertiseKeysRequest, MaskedInputRequest
 
@@ -59,15 +60,21 @@ def auto_scale(config: Config, clip: float) -> float:
     return float(min(2.0**exponent, MAX_AUTO_SCALE))
 
 
-def secagg_config(config: Config, num_classes: int) -> SecAggConfig:
-    clip = auto_clip(config, num_classes)
+def secagg_config(config: Config, num_classes: int, server_round: int = 1) -> SecAggConfig:
+    """With DP on, clients send integers (rounded soft labels plus noise shares): scale 1 keeps
+    them exact, and the clip range is the DP value range, so the ring sum cannot wrap."""
+    if config.dp_enabled:
+        clip, scale = float(dp_params(config, num_classes, server_round).value_range), 1.0
+    else:
+        clip = auto_clip(config, num_classes)
+        scale = auto_scale(config, clip)
     try:
         return SecAggConfig(
             neighbors=config.secagg_neighbors or None,
             threshold=config.secagg_threshold or None,
             bit_width=config.secagg_bit_width,
             clip=clip,
-            scale=auto_scale(config, clip),
+            scale=scale,
             consistency_check=config.secagg_consistency_check,
         )
     except ValueError as exc:
@@ -81,7 +88,7 @@ def secure_sum(
 ) -> Aggregate:
     """Run one secure-aggregation round with the clients `nodes` (client id -> node id) over
     vectors of length `dim` they already hold; returns the sum, the count and per-stage figures."""
-    sa_config = secagg_config(config, num_classes)
+    sa_config = secagg_config(config, num_classes, server_round)
     session = f"fedkd/run-{grid.run.run_id}/round-{server_round}".encode()
     try:
         server = SecAggServer(sa_config, session, sorted(nodes), dim)
@@ -177,10 +184,13 @@ def _bytes_of(reply: object) -> Iterable[bytes]:
 def keep_vector(state: RecordDict, client_id: int, vector: np.ndarray) -> None:
     """Hold this round's vector in the node's state until the masked-input stage asks for it."""
     check_contribution(client_id, vector)  # NaN/inf stop the run here, naming the client
-    state[VECTOR_KEY] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float32))})
+    # float64 stays float64: DP vectors hold integers that float32 would round above 2^24
+    dtype = np.float64 if vector.dtype == np.float64 else np.float32
+    state[VECTOR_KEY] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=dtype))})
 
 
-def client_step(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int) -> RecordDict:
+def client_step(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
+                server_round: int = 1) -> RecordDict:
     """Answer one protocol request (`content`), keeping the client between stages in the node's
     `state`; raises on a refused request (Flower then sends an error reply)."""
     request = codec.decode(content)
@@ -188,7 +198,7 @@ def client_step(content: RecordDict, state: RecordDict, config: Config, client_i
     for dropped_stage, ids in config.drop_plan.items():
         if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
             raise RuntimeError(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
-    sa_config = secagg_config(config, num_classes)
+    sa_config = secagg_config(config, num_classes, server_round)
     if isinstance(request, AdvertiseKeysRequest):
         client = SecAggClient(client_id, sa_config, request.session_id)
     elif STATE_KEY in state:
