@@ -1,5 +1,5 @@
 """The `fedkd` command: `fedkd run ...` (a Flower simulation in this process), `fedkd deploy N`
-(a multi-process local deployment) and `fedkd bench ...`.
+(a multi-process local deployment), `fedkd audit` (attacks on what the server sees) and `fedkd bench ...`.
 
 Owns: argument parsing (one option per config field, generated from `Config`), early validation
 (config and data, before Ray starts), the live progress display and the final summary table.
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy_module.add_arguments(deploy)
     deploy.set_defaults(deploy_main=deploy_module.main)
+    audit = sub.add_parser("audit", help="attack what the server receives (plain, secagg, known others, DP) and "
+                                         "compare with the privacy accountant")
+    from fedkd.privacy import audit as audit_module
+
+    audit_module.add_arguments(audit)
+    audit.set_defaults(audit_main=audit_module.main)
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     secagg = bench_sub.add_parser("secagg", help="secure aggregation in memory: time, bytes, memory, exactness")
@@ -90,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "deploy":
         return int(args.deploy_main(args) or 0)
+    if args.command == "audit":
+        return int(args.audit_main(args) or 0)
     if args.command == "bench":
         if args.bench_main is None:
             parser.error(f"bench '{args.bench}' is not available in this installation")
@@ -151,7 +159,8 @@ def run_command(config: Config, verbose: bool = False) -> int:
             return 1
     console.print(summary_table(results, time.perf_counter() - started))
     if results.get("stopped"):
-        console.print(f"[yellow]fedkd: privacy budget reached:[/yellow] {results['stopped']}")
+        label = "privacy budget reached" if results["status"] == "budget-exhausted" else "stopped for privacy"
+        console.print(f"[yellow]fedkd: {label}:[/yellow] {results['stopped']}")
     if results.get("privacy"):
         p = results["privacy"]
         console.print(f"Privacy spent: epsilon {p['epsilon']:.3f} at delta {p['delta']:g} "

@@ -80,7 +80,8 @@ class RunRecorder:
             self.on_round(record)
 
     def finish(self, seconds_total: float, status: str = "completed") -> dict:
-        """status: "completed", or "budget-exhausted" when DP's epsilon budget stopped the run early."""
+        """status: "completed", or "budget-exhausted" when DP's epsilon budget stopped the run early,
+        "too-few-survivors" when a DP round lost more clients than its noise was sized for."""
         final = self.final(seconds_total)
         self._save(status, final)
         if _HALTED.is_set():

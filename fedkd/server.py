@@ -28,7 +28,12 @@ from fedkd.task import (
 
 
 class PrivacyBudgetError(RuntimeError):
-    """A DP guarantee would not hold; the message says why. The run stops with its results saved."""
+    """A DP guarantee would not hold; the message says why. The run stops with its results saved.
+    `status` is what results.json records: "budget-exhausted" or "too-few-survivors"."""
+
+    def __init__(self, message: str, status: str = "budget-exhausted"):
+        super().__init__(message)
+        self.status = status
 
 ROUND_KEYS = (
     "round", "student_accuracy", "student_nll", "student_ece", "ensemble_accuracy",
@@ -161,7 +166,8 @@ class DistillationServer:
             raise PrivacyBudgetError(
                 f"round {server_round}: only {agg.count} of {cfg.num_clients} clients survived, fewer than the "
                 f"{cfg.num_clients - cfg.dp_max_dropouts} the noise is sized for (dp-max-dropouts="
-                f"{cfg.dp_max_dropouts}); the sum is discarded (epsilon so far {epsilon:.3f})")
+                f"{cfg.dp_max_dropouts}); the sum is discarded (epsilon so far {epsilon:.3f})",
+                status="too-few-survivors")
         return decode_sum(agg.total, agg.count, params)
 
     # ---- central and fedavg -----------------------------------------------------------------

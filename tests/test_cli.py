@@ -19,6 +19,10 @@ from fedkd.cli import main
         (["--dataset", "imagenet"], "dataset 'imagenet' is unknown"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist"),
         (["--student-model", "cnn", "--dataset", "nothere.npz"], "nothere.npz"),
+        (["--dp-noise-multiplier", "1"], "dp-clip is 0 (off)"),
+        (["--dp-clip", "1", "--delta", "2"], "dp-delta=2.0 must lie in (0, 1)"),
+        (["--dp-clip", "1", "--epsilon-budget", "3"], "needs dp-noise-multiplier > 0"),
+        (["--dp-clip", "1", "--queries-per-round", "600"], "public-sample=600 is larger than num-public=500"),
     ],
 )
 def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):
@@ -74,3 +78,17 @@ def test_interrupted_run_is_marked_and_keeps_its_rounds(tmp_path):
     _mark_interrupted(str(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "interrupted" and saved["rounds"] == [{"round": 1, "student_accuracy": 0.5}]
+
+
+def test_audit_is_a_fedkd_command(capsys, tmp_path):
+    assert main(["audit", "--view", "everything", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "view 'everything' is unknown" in err and err.count("\n") == 1
+    code = main(["audit", "--json", "--view", "secagg", "--canaries", "20", "--canaries-per-run", "10",
+                 "--local-epochs", "2", "--out", str(tmp_path / "b")])
+    assert code == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["views"]) == ["secagg"] and result["setting"]["trials"] == 20
+    assert (tmp_path / "b" / "audit.json").exists() and (tmp_path / "b" / "audit_roc.png").exists()

@@ -25,6 +25,15 @@ from fedkd.config import Config, ConfigError
         ({"vote-weighting": "class-share", "ensemble": "logits"}, "works with ensemble mean or dsfl"),
         ({"rounds": "many"}, "rounds='many' is not a valid int"),
         ({"colour": 3}, "unknown setting 'colour'"),
+        ({"dp-noise-multiplier": 1.0}, "dp-clip is 0 (off)"),
+        ({"dp-clip": -1}, "dp-clip=-1.0 must be >= 0"),
+        ({"dp-clip": 1, "aggregation": "plain"}, "distributed DP needs aggregation=secagg"),
+        ({"dp-clip": 1, "method": "fedavg"}, "dp-clip applies to method fd"),
+        ({"dp-clip": 1, "ensemble": "logits"}, "use ensemble mean or dsfl"),
+        ({"dp-clip": 1, "num-clients": 4, "dp-max-dropouts": 2, "dp-colluders": 2}, "must be below num-clients=4"),
+        ({"dp-clip": 1, "dp-epsilon-budget": 3}, "needs dp-noise-multiplier > 0"),
+        ({"dp-clip": 1, "dp-delta": 1.5}, "dp-delta=1.5 must lie in (0, 1)"),
+        ({"dp-clip": 1, "dp-mechanism": "laplace"}, "dp-mechanism 'laplace' is unknown"),
     ],
 )
 def test_bad_settings_are_named(settings, fragment):

@@ -67,3 +67,46 @@ def test_diverged_client_is_named_and_saved_files_stay_valid(tmp_path, capsys):
     assert saved["status"] == "failed" and "non-finite" in saved["error"]
     assert saved["rounds"] == []
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1000.0
+
+
+DP_SMALL = dict(SMALL, rounds=3, public_sample=40, dp_clip=1.0, dp_noise_multiplier=1.0)
+
+
+def _epsilons(cfg, rounds, honest):
+    from fedkd.privacy.accounting import Ledger
+    from fedkd.task import dp_params
+
+    ledger = Ledger(cfg.dp_delta)
+    return [ledger.record(dp_params(cfg, 10, r), honest) for r in range(1, rounds + 1)]
+
+
+def test_dp_simulation_accounts_each_round_and_stops_before_the_budget(tmp_path):
+    probe = Config(**DP_SMALL).validated()
+    eps = _epsilons(probe, 3, honest=3)
+    budget = (eps[1] + eps[2]) / 2  # room for two rounds, not three
+    cfg = probe.replace(dp_epsilon_budget=budget, out=str(tmp_path))
+    results = simulate(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["status"] == "budget-exhausted" and "round 3" in saved["stopped"]
+    assert [r["round"] for r in saved["rounds"]] == [1, 2]
+    for r, expected in zip(saved["rounds"], eps):
+        p = r["privacy"]
+        assert p["epsilon"] == pytest.approx(expected, rel=1e-9)
+        assert p["honest_contributors"] == 3 and p["wrapped_values"] == 0
+        assert r["teacher_accuracy_mean"] is None and r["ensemble_accuracy"] is None  # nothing outside the noise
+        assert r["secagg"]["survivors"] == [0, 1, 2]
+    assert saved["privacy"]["epsilon"] == pytest.approx(eps[1]) and saved["privacy"]["rounds_released"] == 2
+    assert saved["final"]["student_accuracy"] is not None
+
+
+def test_dp_round_with_more_dropouts_than_sized_for_is_discarded(tmp_path):
+    # 4 clients: with 3 the secure sum itself could not survive a drop-out (threshold 2 of 2 neighbours)
+    cfg = Config(**dict(DP_SMALL, rounds=2, num_clients=4), drop="masked_input:1", out=str(tmp_path)).validated()
+    simulate(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "too-few-survivors" and "only 3 of 4" in saved["stopped"]
+    assert saved["rounds"] == []  # the refused round released nothing
+    # ... but the server saw the sum, so its epsilon (3 honest contributors) is counted
+    assert saved["privacy"]["epsilon"] == pytest.approx(_epsilons(cfg, 1, honest=3)[0])
+    assert saved["privacy"]["epsilon"] > _epsilons(cfg, 1, honest=4)[0]

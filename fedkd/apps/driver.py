@@ -45,7 +45,7 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
             _run_fedavg(grid, config, server, recorder)
         else:
             _run_rounds(grid, config, server, recorder)
-        status = "budget-exhausted" if "stopped" in recorder.extra else "completed"
+        status = recorder.extra.pop("stop_status", "completed")
         return recorder.finish(time.perf_counter() - started, status)
     except Exception as exc:
         recorder.fail(f"{type(exc).__name__}: {exc}")
@@ -75,7 +75,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         try:
             server.check_budget(r)
         except PrivacyBudgetError as exc:  # a clean stop: the rounds so far stand
-            recorder.extra["stopped"] = str(exc)
+            _stop(recorder, exc)
             break
         t0 = time.perf_counter()
         content = train_content(config, r, server.consensus)
@@ -90,6 +90,9 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             aggregate = secure_sum(grid, node_of, (m + n_test) * k, config, k, r)
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
+        except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly
+            _stop(recorder, exc)
+            break
         finally:
             if server.ledger is not None:  # spent privacy is recorded even when the round is refused
                 recorder.extra["privacy"] = {"epsilon": server.ledger.epsilon, "delta": config.dp_delta,
@@ -97,6 +100,11 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
                                              "rounds_released": len(server.ledger.honest)}
         record["seconds"] = time.perf_counter() - t0
         recorder.add_round(record)
+
+
+def _stop(recorder: RunRecorder, exc: PrivacyBudgetError) -> None:
+    recorder.extra["stopped"] = str(exc)
+    recorder.extra["stop_status"] = exc.status
 
 
 def _client_nodes(replies: list[Message], server_round: int) -> dict[int, int]:
