@@ -36,6 +36,7 @@ HELP = {
     "dp_noise_multiplier": "distributed DP: noise std in the sum / the rounded L2 sensitivity",
     "dp_epsilon_budget": "stop before a round could take epsilon past this (0: no budget)",
     "dp_mechanism": "ddg (distributed discrete Gaussian) or skellam",
+    "teacher_dp_noise_multiplier": "DP-SGD teachers (Opacus): noise std / max-grad-norm (0: plain SGD)",
 }
 
 
@@ -119,7 +120,15 @@ def _check_data(config: Config) -> None:
 
     splits = splits_for(config)
     for name in set(config.teacher_model_list) | {config.student_model}:
-        build_model(name, splits.input_shape, splits.num_classes)
+        model = build_model(name, splits.input_shape, splits.num_classes)
+        if config.teacher_dp_enabled and name in config.teacher_model_list:
+            from fedkd.privacy import dpsgd
+            from fedkd.privacy.mechanism import PrivacyError
+
+            try:
+                dpsgd.check_model(model, name)
+            except PrivacyError as exc:
+                raise ValueError(str(exc)) from None
     try:
         resolve_device(config.device)
     except RuntimeError as exc:
@@ -246,6 +255,8 @@ def _round_line(r: dict) -> str:
             f"teachers {_fmt(r['teacher_accuracy_mean'])}  ({_fmt(r['seconds'], 1)} s)")
     if r.get("privacy"):
         line += f"  epsilon {r['privacy']['epsilon']:.3f}"
+    if r.get("teacher_epsilon"):
+        line += f"  teacher epsilon <= {r['teacher_epsilon']['max']:.3f}"
     return line
 
 
@@ -260,8 +271,11 @@ def summary_table(results: dict, wall: float):
     private = any(r.get("privacy") for r in results["rounds"])
     if secure:
         columns += ["secagg s", "survivors", "dropped (stage: ids)"]
+    dpsgd = any(r.get("teacher_epsilon") for r in results["rounds"])
     if private:
         columns += ["epsilon"]
+    if dpsgd:
+        columns += ["teacher eps (max)"]
     for col in columns:
         table.add_column(col, justify="right")
     for r in results["rounds"]:
@@ -275,6 +289,8 @@ def summary_table(results: dict, wall: float):
             row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), dropped or "-"]
         if private:
             row += [_fmt((r.get("privacy") or {}).get("epsilon"), 3)]
+        if dpsgd:
+            row += [_fmt((r.get("teacher_epsilon") or {}).get("max"), 3)]
         table.add_row(*row)
     table.caption = f"total {wall:.1f} s"
     return table

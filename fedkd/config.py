@@ -77,6 +77,10 @@ class Config:
     dp_granularity_bits: int = 10  # c / gamma = 2^g integer steps across the clip norm
     dp_max_dropouts: int = 0  # noise shares are sized so the target noise survives this many drop-outs
     dp_colluders: int = 0  # ... and this many clients colluding with the server (their noise is known)
+    # DP-SGD teachers through Opacus (see fedkd.privacy.dpsgd): record-level, local; > 0 turns it on
+    teacher_dp_noise_multiplier: float = 0.0  # sigma of DP-SGD (noise std / max-grad-norm); 0: plain SGD
+    teacher_dp_max_grad_norm: float = 1.0  # per-example gradient clip
+    teacher_dp_delta: float = 1e-5  # each client's epsilon is reported at this delta
     # Server (student) distillation
     distill_epochs: int = 60
     distill_lr: float = 0.05
@@ -139,6 +143,10 @@ class Config:
     @property
     def dp_enabled(self) -> bool:
         return self.dp_clip > 0
+
+    @property
+    def teacher_dp_enabled(self) -> bool:
+        return self.teacher_dp_noise_multiplier > 0
 
     def teacher_model_for(self, partition_id: int) -> str:
         models = self.teacher_model_list
@@ -213,7 +221,17 @@ class Config:
                 "(the server reads public labels only when they are declared available)"
             )
         self._validate_dp()
+        self._validate_teacher_dp()
         return self
+
+    def _validate_teacher_dp(self) -> None:
+        if self.teacher_dp_noise_multiplier < 0:
+            raise ConfigError(f"teacher-dp-noise-multiplier={self.teacher_dp_noise_multiplier} must be >= 0 (0: off)")
+        _positive("teacher-dp-max-grad-norm", self.teacher_dp_max_grad_norm)
+        if not 0 < self.teacher_dp_delta < 1:
+            raise ConfigError(f"teacher-dp-delta={self.teacher_dp_delta} must lie in (0, 1)")
+        if self.teacher_dp_enabled and self.method not in ("fd", "local"):
+            raise ConfigError(f"teacher-dp-noise-multiplier trains fd or local teachers, not method '{self.method}'")
 
     def _validate_dp(self) -> None:
         _choice("dp-mechanism", self.dp_mechanism, DP_MECHANISMS)

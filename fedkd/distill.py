@@ -134,6 +134,8 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
 
 # ---- loops ------------------------------------------------------------------------------------
 
+MIN_VAL_EXAMPLES = 10  # smallest validation slice early stopping may trust
+
 def _tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     # np.array copies: cached dataset arrays are read-only and torch wants writable memory.
     return torch.as_tensor(np.array(a), dtype=dtype, device=device)
@@ -203,7 +205,8 @@ def distill(
 ) -> dict[str, float]:
     """Train `model` (warm: whatever weights it has) to match `teacher` on x: (N, *shape).
 
-    A `val_fraction` slice of x is held out, and training stops after `patience` epochs without
+    A `val_fraction` slice of x is held out (none if it would hold fewer than MIN_VAL_EXAMPLES:
+    then all epochs run), and training stops after `patience` epochs without
     improvement of the distillation loss on it (without the hard-label term); the best weights
     are restored. "epochs" in the result counts the epochs run, best included. The slice is scored against
     the teacher, not labels: the server has no labels for the public set.
@@ -212,7 +215,9 @@ def distill(
     model.to(device)
     n = len(x)
     order = torch.randperm(n, generator=generator)
-    n_val = int(round(n * val_fraction)) if val_fraction > 0 and n >= 10 else 0
+    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
+    if n_val < MIN_VAL_EXAMPLES:  # a loss on a handful of examples is noise: stopping on it undertrains
+        n_val = 0
     val_idx, train_idx = order[:n_val].to(device), order[n_val:]
     xt, tt = _tensor(x, device), _tensor(teacher.values, device)
     yt = _tensor(labels, device, torch.long) if labels is not None else None

@@ -40,7 +40,7 @@ ROUND_KEYS = (
     "teacher_accuracy_mean", "teacher_accuracy_std", "contributors", "upload_bytes_per_client",
     "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
     "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
-    "client_predict_seconds_max", "secagg", "privacy",
+    "client_predict_seconds_max", "secagg", "privacy", "teacher_epsilon",
 )
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
@@ -105,6 +105,10 @@ class DistillationServer:
             client_predict_seconds_max=max(float(r.metrics.get("predict-seconds", 0.0)) for r in replies),
             upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
         )
+        if any("teacher-epsilon" in r.metrics for r in replies):  # DP-SGD teachers: each client's own epsilon
+            per_client = {str(r.partition_id): float(r.metrics["teacher-epsilon"]) for r in replies}
+            record["teacher_epsilon"] = {"max": max(per_client.values()), "delta": cfg.teacher_dp_delta,
+                                         "per_client": per_client}
         if cfg.method == "local":
             return record
 

@@ -114,6 +114,7 @@ class TeacherUpdate:
     vector: np.ndarray  # (m*K + n_test*K,) float32: public payload then test-set payload;
     # with DP: (m*K,) float64 integers, the rounded centred payload plus this client's noise share
     metrics: dict[str, float]
+    dp_history: tuple = ()  # DP-SGD accounting events so far (fedkd.privacy.dpsgd.Event), kept on the node
 
 
 def teacher_round(
@@ -123,12 +124,15 @@ def teacher_round(
     state: dict[str, torch.Tensor] | None,
     consensus: Consensus | None = None,
     with_predictions: bool = True,
+    dp_history: tuple = (),
 ) -> TeacherUpdate:
     """One client's fd round: (digest) -> local training -> softened predictions.
 
     The vector is `client_payload(logits)` on this round's public sample, then on the test set
     (the test part only serves to report the ensemble teacher's accuracy). With DP on it is the
-    DP encoding of the public part alone (`fedkd.privacy.mechanism.encode`).
+    DP encoding of the public part alone (`fedkd.privacy.mechanism.encode`). With teacher DP-SGD
+    on, local training is `fedkd.privacy.dpsgd.train`, `dp_history` carries the client's earlier
+    DP-SGD steps in, and its epsilon over all of them goes out as the "teacher-epsilon" metric.
     """
     splits = splits_for(config)
     if not 0 <= partition_id < len(splits.partitions):
@@ -147,13 +151,25 @@ def teacher_round(
             epochs=config.digest_epochs, lr=config.distill_lr, batch_size=config.distill_batch_size,
             val_fraction=0.0, patience=config.patience, generator=gen, device=device,
         )
-    loss = distill.train_supervised(
-        model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-        generator=gen, device=device,
-    )
+    extra: dict[str, float] = {}
+    if config.teacher_dp_enabled:
+        from fedkd.privacy import dpsgd
+
+        trained = dpsgd.train(
+            model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+            noise_multiplier=config.teacher_dp_noise_multiplier, max_grad_norm=config.teacher_dp_max_grad_norm,
+            delta=config.teacher_dp_delta, device=device, history=dp_history,
+        )
+        loss, dp_history = trained.loss, trained.history
+        extra["teacher-epsilon"] = trained.epsilon
+    else:
+        loss = distill.train_supervised(
+            model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+            generator=gen, device=device,
+        )
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    metrics = {"partition-id": float(partition_id), "train-seconds": t_train}
+    metrics = {"partition-id": float(partition_id), "train-seconds": t_train, **extra}
     if not config.dp_enabled:
         # With DP on, nothing computed from private data leaves the node outside the noisy sum:
         # no test accuracy, loss or example count (they would sit outside the guarantee).
@@ -180,7 +196,7 @@ def teacher_round(
         metrics["upload-bytes"] = float(len(public_idx) * splits.num_classes * 4)
     metrics["predict-seconds"] = time.perf_counter() - t0
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return TeacherUpdate(cpu_state, vector, metrics)
+    return TeacherUpdate(cpu_state, vector, metrics, tuple(dp_history))
 
 
 def fedavg_round(

@@ -23,6 +23,7 @@ from fedkd.cli import main
         (["--dp-clip", "1", "--delta", "2"], "dp-delta=2.0 must lie in (0, 1)"),
         (["--dp-clip", "1", "--epsilon-budget", "3"], "needs dp-noise-multiplier > 0"),
         (["--dp-clip", "1", "--queries-per-round", "600"], "public-sample=600 is larger than num-public=500"),
+        (["--teacher-models", "resnet8", "--teacher-dp-noise-multiplier", "1"], "'resnet8' cannot be trained with DP-SGD"),
     ],
 )
 def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):

@@ -34,6 +34,9 @@ from fedkd.config import Config, ConfigError
         ({"dp-clip": 1, "dp-epsilon-budget": 3}, "needs dp-noise-multiplier > 0"),
         ({"dp-clip": 1, "dp-delta": 1.5}, "dp-delta=1.5 must lie in (0, 1)"),
         ({"dp-clip": 1, "dp-mechanism": "laplace"}, "dp-mechanism 'laplace' is unknown"),
+        ({"teacher-dp-noise-multiplier": -1}, "teacher-dp-noise-multiplier=-1.0 must be >= 0"),
+        ({"teacher-dp-noise-multiplier": 1, "method": "fedavg"}, "trains fd or local teachers"),
+        ({"teacher-dp-max-grad-norm": 0}, "teacher-dp-max-grad-norm=0.0 must be > 0"),
     ],
 )
 def test_bad_settings_are_named(settings, fragment):

@@ -155,3 +155,13 @@ def test_mean_rule_never_gives_negative_probabilities():
     teacher = distill.combine(total, 1, "mean", 2.0)
     assert (teacher.values >= 0).all()
     np.testing.assert_allclose(teacher.values.sum(1), 1.0, rtol=1e-6)
+
+
+def test_tiny_validation_slice_is_not_trusted_for_early_stopping():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)  # 10% is 3 examples
+    target = distill.Teacher(np.tile(np.array([[0.8, 0.1, 0.1]], np.float32), (30, 1)), "probs", 2.0)
+    stats = distill.distill(model, x, target, epochs=40, lr=0.01, batch_size=16, val_fraction=0.1, patience=2,
+                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    assert stats["epochs"] == 40 and np.isnan(stats["val_loss"])  # every epoch ran, none held out

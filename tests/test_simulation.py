@@ -110,3 +110,25 @@ def test_dp_round_with_more_dropouts_than_sized_for_is_discarded(tmp_path):
     # ... but the server saw the sum, so its epsilon (3 honest contributors) is counted
     assert saved["privacy"]["epsilon"] == pytest.approx(_epsilons(cfg, 1, honest=3)[0])
     assert saved["privacy"]["epsilon"] > _epsilons(cfg, 1, honest=4)[0]
+
+
+def test_dp_sgd_teachers_report_epsilon_composed_over_rounds(tmp_path):
+    import math
+
+    from fedkd.privacy import dpsgd
+    from fedkd.task import splits_for
+
+    cfg = Config(**dict(SMALL, local_epochs=2), method="local", teacher_dp_noise_multiplier=1.0,
+                 out=str(tmp_path)).validated()
+    saved = _check_files(tmp_path, simulate(cfg))
+    splits = splits_for(cfg)
+    for r in saved["rounds"]:
+        per_client = r["teacher_epsilon"]["per_client"]
+        assert set(per_client) == {"0", "1", "2"}
+        for pid, eps in per_client.items():
+            n = len(splits.client(int(pid))[1])
+            batches = math.ceil(n / min(cfg.batch_size, n))
+            # the node kept its history: round r has r rounds of DP-SGD steps behind it
+            expected = dpsgd.epsilon(((1.0, 1 / batches, r["round"] * cfg.local_epochs * batches),), cfg.teacher_dp_delta)
+            assert eps == pytest.approx(expected, rel=1e-9)
+        assert r["teacher_epsilon"]["max"] == max(per_client.values())

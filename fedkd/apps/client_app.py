@@ -1,12 +1,13 @@
 """fedkd's ClientApp: read the round's config from the message, call one function of
 `fedkd.task` (or `fedkd.apps.secure` for a secure-aggregation stage), wrap the reply. The
-teacher's weights persist across rounds in the node's `context.state`.
+teacher's weights (and, with DP-SGD teachers, their accounting history) persist across rounds
+in the node's `context.state`.
 """
 
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedkd.apps.records import config_from_message, consensus_from_message, vector_record
@@ -30,14 +31,26 @@ def train(msg: Message, context: Context) -> Message:
     update = teacher_round(
         config, partition_id, server_round, previous,
         consensus=consensus_from_message(msg), with_predictions=config.method == "fd",
+        dp_history=dp_history_from_state(context.state),
     )
     context.state["teacher"] = ArrayRecord(update.state)
+    if update.dp_history:  # DP-SGD steps so far: each round's epsilon composes with the earlier ones
+        context.state["teacher-dp"] = ConfigRecord({
+            "noise": [e[0] for e in update.dp_history], "rate": [e[1] for e in update.dp_history],
+            "steps": [e[2] for e in update.dp_history]})
     content = RecordDict({"metrics": MetricRecord(update.metrics)})
     if config.method == "fd" and config.aggregation == "secagg":
         keep_vector(context.state, partition_id, update.vector)  # leaves the node only masked, in the secagg stages
     elif config.method == "fd":
         content["payload"] = vector_record(update.vector)
     return Message(content, reply_to=msg)
+
+
+def dp_history_from_state(state: RecordDict) -> tuple:
+    if "teacher-dp" not in state:
+        return ()
+    rec = state["teacher-dp"]
+    return tuple(zip(map(float, rec["noise"]), map(float, rec["rate"]), map(int, rec["steps"])))
 
 
 @app.query("secagg")

@@ -47,7 +47,9 @@ from shadow models, one global variance): there are no shadow models, so the mea
 over canaries as well as the variances. Trials are split in half by a seeded permutation, done
 separately within IN and within OUT so both halves hold both kinds; the test is fitted on the
 first half and everything reported is measured on the second. The attack measures memorisation:
-a teacher that does not fit its own data (few examples, few epochs) leaks little in any view.
+a teacher that does not fit its own data (few examples, few epochs) leaks little in any view, so
+the default trains for 100 local epochs (`fedkd run` uses 20): an audit should assume the teacher
+fits, and with 20 epochs the plain attack drops to AUC 0.77 (seed 0).
 
 Reported on the second half: AUC; TPR at FPR 1% and 0.1%, read conservatively from the empirical
 ROC (no interpolation: the TPR of the loosest threshold whose empirical FPR is <= the target);
@@ -273,7 +275,7 @@ def prepare(
     delta: float = 1e-5,
     dp_mechanism: str = "ddg",
     temperature: float = 3.0,
-    local_epochs: int = 20,
+    local_epochs: int = 100,
 ) -> Setting:
     """Check every option and build the data, DP parameters and accountant's epsilon; raises
     AuditError (one line) on bad input, before anything is trained or written."""
@@ -525,7 +527,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", type=float, default=1e-5, help="(default: 1e-5)")
     parser.add_argument("--dp-mechanism", default="ddg", help="ddg | skellam (default: ddg)")
     parser.add_argument("--temperature", type=float, default=3.0, help="(default: 3.0)")
-    parser.add_argument("--local-epochs", type=int, default=20, help="(default: 20)")
+    parser.add_argument("--local-epochs", type=int, default=100,
+                        help="the teachers' local epochs; the default lets them fit their data, the case an "
+                             "auditor must assume (default: 100)")
 
 
 OPTIONS = ("view", "clients", "canaries", "canaries_per_run", "seed", "dp_noise_multiplier", "dp_clip", "delta",
