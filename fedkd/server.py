@@ -121,6 +121,9 @@ class DistillationServer:
         total = agg.total
         if self.ledger is not None:
             total = self._release(server_round, agg, record)
+            # the slowest client's noise generation, to set against the round's secure-aggregation time
+            record["privacy"]["client_noise_seconds_max"] = max(
+                float(r.metrics.get("dp-noise-seconds", 0.0)) for r in replies)
         public_total = total[: m * k].reshape(m, k)  # (m, K)
         test_total = total[m * k :].reshape(n_test, k)  # (n_test, K); (0, K) with DP
         teacher = distill.combine(public_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
