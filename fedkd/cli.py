@@ -133,6 +133,14 @@ def _check_data(config: Config) -> None:
         resolve_device(config.device)
     except RuntimeError as exc:
         raise ValueError(str(exc)) from None
+    if config.dp_enabled:  # bit width and noise-share size, which depend on the data's classes
+        from fedkd.privacy.mechanism import PrivacyError
+        from fedkd.task import dp_params
+
+        try:
+            dp_params(config, splits.num_classes, 1)
+        except PrivacyError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def run_command(config: Config, verbose: bool = False) -> int:

@@ -8,6 +8,7 @@ Must not touch: data, models or Flower messaging; it only describes a run.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -154,6 +155,10 @@ class Config:
 
     # ---- validation -------------------------------------------------------------------------
     def validated(self) -> "Config":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name.replace('_', '-')}={value} must be a finite number")
         _choice("method", self.method, METHODS)
         _choice("partition", self.partition, PARTITIONS)
         if self.dataset not in DATASETS and not self.dataset.endswith(".npz"):
@@ -232,6 +237,9 @@ class Config:
             raise ConfigError(f"teacher-dp-delta={self.teacher_dp_delta} must lie in (0, 1)")
         if self.teacher_dp_enabled and self.method not in ("fd", "local"):
             raise ConfigError(f"teacher-dp-noise-multiplier trains fd or local teachers, not method '{self.method}'")
+        if self.teacher_dp_enabled and self.vote_weighting != "none":
+            raise ConfigError(f"vote-weighting '{self.vote_weighting}' scales uploads by raw label counts, outside "
+                              "DP-SGD's guarantee; use vote-weighting none with teacher-dp-noise-multiplier")
 
     def _validate_dp(self) -> None:
         _choice("dp-mechanism", self.dp_mechanism, DP_MECHANISMS)

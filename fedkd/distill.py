@@ -114,7 +114,6 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
     mean = torch.as_tensor(total, dtype=torch.float64) / count
     if rule in ("mean", "dsfl"):
         mean = mean.clamp(min=0.0)  # fixed-point decoding can leave -1e-9 where a probability was 0
-    if rule in ("mean", "dsfl"):
         # a row that DP noise drove to all zeros carries no vote: make it uniform, not 0/0
         empty = mean.sum(dim=1) <= 0
         mean[empty] = 1.0

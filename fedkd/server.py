@@ -71,6 +71,8 @@ class DistillationServer:
         self.student = build_model(config.student_model, self.splits.input_shape, self.splits.num_classes)
         self.consensus: Consensus | None = None
         self.ledger = Ledger(config.dp_delta, config.dp_epsilon_budget) if config.dp_enabled else None
+        if self.ledger is not None:  # bit width, noise share size: refused now, not after local training
+            dp_params(config, self.splits.num_classes, 1)
 
     def check_budget(self, server_round: int) -> None:
         """Before a round: refuse it if it could take epsilon past the budget (counting the fewest
@@ -162,10 +164,12 @@ class DistillationServer:
         it) and then refused: its noise is below the target."""
         cfg = self.config
         params = dp_params(cfg, self.splits.num_classes, server_round)
-        honest = agg.count - cfg.dp_colluders
+        # every honest client in the sum has its own share in it: at least 1, however many collude
+        honest = max(1, agg.count - cfg.dp_colluders)
         epsilon = self.ledger.record(params, honest)
         record["privacy"] = {
             "epsilon": epsilon, "delta": cfg.dp_delta, "honest_contributors": honest,
+            "wrap_probability": params.wrap_probability,  # add it to delta, per round, for the full guarantee
             "noise_std": params.honest_std(honest) * params.gamma,  # per coordinate, probability units
             "wrapped_values": int(agg.details.get("clipped", 0)), **params.describe(),
         }

@@ -171,11 +171,12 @@ def teacher_round(
     t0 = time.perf_counter()
     metrics = {"partition-id": float(partition_id), "train-seconds": t_train, **extra}
     if not config.dp_enabled:
-        # With DP on, nothing computed from private data leaves the node outside the noisy sum:
-        # no test accuracy, loss or example count (they would sit outside the guarantee).
+        # With distributed DP on, nothing computed from private data leaves the node outside the
+        # noisy sum: no test accuracy, loss or example count (they would sit outside the guarantee).
         test_logits = distill.predict_logits(model, splits.test_x, device)
-        metrics.update({"num-examples": float(len(y)), "train-loss": loss,
-                        "teacher-accuracy": distill.accuracy(test_logits, splits.test_y)})
+        metrics["teacher-accuracy"] = distill.accuracy(test_logits, splits.test_y)  # of the model: post-processing
+        if not config.teacher_dp_enabled:  # the loss and the count are not outputs of the DP-SGD model
+            metrics.update({"num-examples": float(len(y)), "train-loss": loss})
     vector = np.zeros(0, dtype=np.float32)
     if with_predictions:
         public_idx = public_sample(config, server_round)

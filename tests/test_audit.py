@@ -162,3 +162,16 @@ def test_json_output_and_files(capsys, tmp_path):
     assert list(printed["views"]) == ["plain"]
     assert json.loads((tmp_path / "audit.json").read_text()) == printed
     assert (tmp_path / "audit_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dp_view_bound_can_catch_too_little_noise():
+    # With 300 trials even a perfect attack certifies at most epsilon 2.72, above the accountant's
+    # epsilon at z=3 but below it at z=1: only at z=3 can the comparison fail. The control at
+    # z=0.01 shows the attack would cross that line if the noise were (nearly) missing.
+    options = dict(STRONG, view="secagg-dp")
+    noisy = audit.run_audit(**options, dp_noise_multiplier=3.0)["views"]["secagg-dp"]
+    weak = audit.run_audit(**options, dp_noise_multiplier=0.01)["views"]["secagg-dp"]
+    assert noisy["accountant_epsilon"] < 2.0
+    assert noisy["membership"]["eps_lb"] <= noisy["accountant_epsilon"]
+    assert weak["membership"]["eps_lb"] > noisy["accountant_epsilon"]
+    assert weak["membership"]["auc"] > 0.9 > 0.65 > noisy["membership"]["auc"]

@@ -24,6 +24,10 @@ from fedkd.cli import main
         (["--dp-clip", "1", "--epsilon-budget", "3"], "needs dp-noise-multiplier > 0"),
         (["--dp-clip", "1", "--queries-per-round", "600"], "public-sample=600 is larger than num-public=500"),
         (["--teacher-models", "resnet8", "--teacher-dp-noise-multiplier", "1"], "'resnet8' cannot be trained with DP-SGD"),
+        (["--dp-clip", "1", "--dp-noise-multiplier", "1", "--secagg-bit-width", "16"], "use secagg-bit-width >= "),
+        (["--dp-clip", "1", "--dp-noise-multiplier", "0.001"], "raise dp-granularity-bits"),
+        (["--dp-clip", "nan"], "dp-clip=nan must be a finite number"),
+        (["--dp-clip", "1", "--dp-noise-multiplier", "inf"], "dp-noise-multiplier=inf must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):

@@ -37,6 +37,8 @@ from fedkd.config import Config, ConfigError
         ({"teacher-dp-noise-multiplier": -1}, "teacher-dp-noise-multiplier=-1.0 must be >= 0"),
         ({"teacher-dp-noise-multiplier": 1, "method": "fedavg"}, "trains fd or local teachers"),
         ({"teacher-dp-max-grad-norm": 0}, "teacher-dp-max-grad-norm=0.0 must be > 0"),
+        ({"teacher-dp-noise-multiplier": 1, "vote-weighting": "class-share"}, "outside DP-SGD's guarantee"),
+        ({"dp-epsilon-budget": float("nan")}, "dp-epsilon-budget=nan must be a finite number"),
     ],
 )
 def test_bad_settings_are_named(settings, fragment):

@@ -99,3 +99,21 @@ def test_failure_keeps_saved_rounds(tmp_path):
     assert saved["rounds"] == [{"round": 1, "student_accuracy": 0.9}]
     assert json.loads((tmp_path / "config.json").read_text())["num-clients"] == 10
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_dp_sum_of_colluders_only_is_accounted_with_the_target_alone_and_refused():
+    from fedkd.aggregate import Aggregate
+    from fedkd.privacy.accounting import Ledger
+    from fedkd.server import PrivacyBudgetError
+    from fedkd.task import dp_params
+
+    cfg = Config(**dict(TINY, num_clients=4), dp_clip=1.0, dp_noise_multiplier=1.0, dp_colluders=2,
+                 dp_max_dropouts=1).validated()
+    server = DistillationServer(cfg)
+    params = dp_params(cfg, 10, 1)
+    record = {}
+    with pytest.raises(PrivacyBudgetError) as err:  # 2 survivors, both possibly colluders
+        server._release(1, Aggregate(np.zeros(params.dim), 2, (0, 1)), record)
+    assert err.value.status == "too-few-survivors"
+    assert record["privacy"]["honest_contributors"] == 1  # an honest client in the sum has its own share there
+    assert server.ledger.epsilon == pytest.approx(Ledger(cfg.dp_delta).record(params, 1))

@@ -43,9 +43,9 @@ def _opacus():
 
 def check_model(model: nn.Module, name: str) -> None:
     """Refuse a model whose layers have no per-example gradients (BatchNorm mixes examples)."""
+    _opacus()
     from opacus.validators import ModuleValidator
 
-    _opacus()
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         reason = str(errors[0]).split(". ")[0]  # Opacus explains at length; its first sentence names the layer
@@ -54,9 +54,9 @@ def check_model(model: nn.Module, name: str) -> None:
 
 def epsilon(history: tuple[Event, ...] | list[Event], delta: float) -> float:
     """Epsilon at `delta` of every DP-SGD step in `history` (inf for noise 0, 0 for no steps)."""
+    _opacus()
     from opacus.accountants import RDPAccountant
 
-    _opacus()
     if not history:
         return 0.0
     if any(noise <= 0 for noise, _, _ in history):
