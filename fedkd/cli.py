@@ -21,7 +21,7 @@ from fedkd.config import Config, ConfigError
 
 # Short spellings for the options people type most; every config field also has its full name.
 ALIASES = {"num_clients": ("--clients",), "dp_delta": ("--delta",), "dp_epsilon_budget": ("--epsilon-budget",),
-           "public_sample": ("--queries-per-round",)}
+           "dp_target_epsilon": ("--target-epsilon",), "public_sample": ("--queries-per-round",)}
 HELP = {
     "method": "fd (federated distillation), fedavg, central (upper bound) or local (teachers alone)",
     "dataset": "digits (embedded), mnist, fashion-mnist, cifar10 (from --data-dir) or a path to a .npz",
@@ -36,6 +36,7 @@ HELP = {
     "dp_noise_multiplier": "distributed DP: noise std in the sum / the rounded L2 sensitivity",
     "dp_epsilon_budget": "stop before a round could take epsilon past this (0: no budget)",
     "dp_mechanism": "ddg (distributed discrete Gaussian) or skellam",
+    "dp_target_epsilon": "distributed DP: pick the noise multiplier so all rounds spend this epsilon",
     "teacher_dp_noise_multiplier": "DP-SGD teachers (Opacus): noise std / max-grad-norm (0: plain SGD)",
 }
 

@@ -74,6 +74,7 @@ class Config:
     dp_noise_multiplier: float = 0.0  # z: noise std in the sum = z * the (rounded) sensitivity
     dp_delta: float = 1e-5
     dp_epsilon_budget: float = 0.0  # stop before a round could take epsilon past this (0: no budget)
+    dp_target_epsilon: float = 0.0  # > 0: choose z so that all rounds together spend this (instead of dp-noise-multiplier)
     dp_mechanism: str = "ddg"  # "ddg" (distributed discrete Gaussian) or "skellam"
     dp_granularity_bits: int = 10  # c / gamma = 2^g integer steps across the clip norm
     dp_max_dropouts: int = 0  # noise shares are sized so the target noise survives this many drop-outs
@@ -255,7 +256,11 @@ class Config:
             raise ConfigError(f"dp-granularity-bits={self.dp_granularity_bits} must lie in 0..20")
         _at_least("dp-max-dropouts", self.dp_max_dropouts, 0)
         _at_least("dp-colluders", self.dp_colluders, 0)
-        dp_settings = (self.dp_noise_multiplier > 0 or self.dp_epsilon_budget > 0
+        if self.dp_target_epsilon < 0:
+            raise ConfigError(f"dp-target-epsilon={self.dp_target_epsilon} must be >= 0 (0: use dp-noise-multiplier)")
+        if self.dp_target_epsilon > 0 and self.dp_noise_multiplier > 0:
+            raise ConfigError("give dp-target-epsilon or dp-noise-multiplier, not both (the target sets the multiplier)")
+        dp_settings = (self.dp_noise_multiplier > 0 or self.dp_epsilon_budget > 0 or self.dp_target_epsilon > 0
                        or self.dp_max_dropouts > 0 or self.dp_colluders > 0)
         if not self.dp_enabled:
             if dp_settings:
@@ -273,7 +278,7 @@ class Config:
         if self.dp_max_dropouts + self.dp_colluders >= self.num_clients:
             raise ConfigError(f"dp-max-dropouts + dp-colluders = {self.dp_max_dropouts + self.dp_colluders} "
                               f"must be below num-clients={self.num_clients} (someone's noise must remain)")
-        if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0:
+        if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
             raise ConfigError("dp-epsilon-budget needs dp-noise-multiplier > 0 (without noise epsilon is infinite)")
 
 

@@ -8,6 +8,7 @@ architecture instead. Must not touch: Flower messages (the apps wrap these funct
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -76,14 +77,33 @@ def vector_layout(config: Config, splits: Splits, server_round: int) -> tuple[in
 
 
 def dp_params(config: Config, num_classes: int, server_round: int) -> DPParams:
-    """The round's distributed-DP settings, derived alike on client and server from the config."""
-    m = len(public_sample(config, server_round))
+    """The round's distributed-DP settings, derived alike on client and server from the config
+    (with dp-target-epsilon, the noise multiplier comes from `noise_multiplier_for`)."""
+    z = noise_multiplier_for(config, num_classes) if config.dp_target_epsilon > 0 else config.dp_noise_multiplier
+    return _dp_params(config, num_classes, len(public_sample(config, server_round)), z)
+
+
+def _dp_params(config: Config, num_classes: int, m: int, z: float) -> DPParams:
     return DPParams(
-        mechanism=config.dp_mechanism, clip=config.dp_clip, noise_multiplier=config.dp_noise_multiplier,
+        mechanism=config.dp_mechanism, clip=config.dp_clip, noise_multiplier=z,
         granularity_bits=config.dp_granularity_bits, dim=m * num_classes, num_classes=num_classes,
         num_clients=config.num_clients, min_honest=config.num_clients - config.dp_max_dropouts - config.dp_colluders,
         bit_width=config.secagg_bit_width, wrap_probability=WRAP_PROBABILITY,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def noise_multiplier_for(config: Config, num_classes: int) -> float:
+    """The smallest z (to 0.1%) with which all `rounds` rounds, each with the fewest honest
+    clients the noise is sized for, spend at most dp-target-epsilon at dp-delta. Every round
+    releases the same number of queries, so one z serves all; it is a deterministic function of
+    the config, so clients and server agree on it without a message."""
+    from fedkd.privacy.accounting import calibrate
+
+    m = len(public_sample(config, 1))
+    honest = config.num_clients - config.dp_max_dropouts - config.dp_colluders
+    return calibrate(lambda z: _dp_params(config, num_classes, m, z), config.rounds, honest,
+                     config.dp_target_epsilon, config.dp_delta)
 
 
 def class_weights(y: np.ndarray, num_classes: int, scheme: str) -> np.ndarray | None:

@@ -39,6 +39,8 @@ from fedkd.config import Config, ConfigError
         ({"teacher-dp-max-grad-norm": 0}, "teacher-dp-max-grad-norm=0.0 must be > 0"),
         ({"teacher-dp-noise-multiplier": 1, "vote-weighting": "class-share"}, "outside DP-SGD's guarantee"),
         ({"dp-epsilon-budget": float("nan")}, "dp-epsilon-budget=nan must be a finite number"),
+        ({"dp-clip": 1, "dp-target-epsilon": 4, "dp-noise-multiplier": 1}, "not both"),
+        ({"dp-target-epsilon": 4}, "dp-clip is 0 (off)"),
     ],
 )
 def test_bad_settings_are_named(settings, fragment):

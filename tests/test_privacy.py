@@ -1,6 +1,7 @@
 """Distributed DP: the exact samplers against their target laws, the client encoding and server
 decoding, and the accountant against published closed forms and Flower's own accountant."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -212,3 +213,22 @@ def test_calibration_hits_the_target_epsilon():
     eps = epsilon_from_rdp(5 * round_rdp(build(z), 10), 1e-5)
     assert 3.95 <= eps <= 4.0
     assert accounting.epsilon_from_rdp(5 * round_rdp(build(z * 0.99), 10), 1e-5) > 4.0 - 1e-9
+
+
+def test_target_epsilon_picks_the_smallest_noise_that_fits_all_rounds():
+    from fedkd.config import Config
+    from fedkd.task import dp_params, noise_multiplier_for
+
+    cfg = Config(dp_clip=1.0, dp_target_epsilon=6.0, rounds=4, public_sample=25, dp_max_dropouts=1,
+                 dp_colluders=1).validated()
+    z = noise_multiplier_for(cfg, 10)
+    params = dp_params(cfg, 10, 3)
+    assert params.noise_multiplier == z and params.min_honest == 8
+
+    def spent(multiplier):
+        ledger = Ledger(cfg.dp_delta)
+        for r in range(1, cfg.rounds + 1):
+            ledger.record(dataclasses.replace(dp_params(cfg, 10, r), noise_multiplier=multiplier), params.min_honest)
+        return ledger.epsilon
+
+    assert spent(z) <= 6.0 < spent(z * 0.99)  # enough noise, and not much more than enough
