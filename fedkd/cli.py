@@ -115,33 +115,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_data(config: Config) -> None:
     """Load the splits once here so a data problem is one line, not a Ray traceback; also check
-    that every teacher architecture fits the data."""
+    that every teacher architecture fits the data (and DP-SGD), and that the DP sizes fit the ring."""
     from fedkd.models import build_model
-    from fedkd.task import resolve_device, splits_for
+    from fedkd.privacy.mechanism import PrivacyError
+    from fedkd.task import dp_params, resolve_device, splits_for
 
     splits = splits_for(config)
-    for name in set(config.teacher_model_list) | {config.student_model}:
-        model = build_model(name, splits.input_shape, splits.num_classes)
-        if config.teacher_dp_enabled and name in config.teacher_model_list:
-            from fedkd.privacy import dpsgd
-            from fedkd.privacy.mechanism import PrivacyError
-
-            try:
-                dpsgd.check_model(model, name)
-            except PrivacyError as exc:
-                raise ValueError(str(exc)) from None
     try:
-        resolve_device(config.device)
-    except RuntimeError as exc:
-        raise ValueError(str(exc)) from None
-    if config.dp_enabled:  # bit width and noise-share size, which depend on the data's classes
-        from fedkd.privacy.mechanism import PrivacyError
-        from fedkd.task import dp_params
+        for name in set(config.teacher_model_list) | {config.student_model}:
+            model = build_model(name, splits.input_shape, splits.num_classes)
+            if config.teacher_dp_enabled and name in config.teacher_model_list:
+                from fedkd.privacy import dpsgd
 
-        try:
+                dpsgd.check_model(model, name)
+        if config.dp_enabled:  # bit width and noise-share size, which depend on the data's classes
             dp_params(config, splits.num_classes, 1)
-        except PrivacyError as exc:
-            raise ValueError(str(exc)) from None
+        resolve_device(config.device)
+    except (PrivacyError, RuntimeError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def run_command(config: Config, verbose: bool = False) -> int:

@@ -135,6 +135,7 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
 
 MIN_VAL_EXAMPLES = 10  # smallest validation slice early stopping may trust
 
+
 def _tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     # np.array copies: cached dataset arrays are read-only and torch wants writable memory.
     return torch.as_tensor(np.array(a), dtype=dtype, device=device)

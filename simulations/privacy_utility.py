@@ -90,7 +90,7 @@ def plain_point(clients: int, seed: int, queries: int, partition: str, payloads:
                  partition=partition, device="cpu", distill_epochs=distill_epochs(queries),
                  ensemble=rule[0], era_temperature=rule[1]).validated()
     idx = public_sample(cfg, 1)
-    n_test = len(DistillationServer(cfg).splits.test_y)
+    n_test = len(splits_for(cfg).test_y)
     k = payloads[0].shape[1]
     # finish_round expects the non-DP layout: public rows then test rows (zeros here: the ensemble's
     # own test accuracy is not what this figure reports)

@@ -35,6 +35,7 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
     recorder.start()
     try:
         server = DistillationServer(config)
+        status = "completed"
         if config.method == "central":
             for r in range(1, config.rounds + 1):
                 t0 = time.perf_counter()
@@ -44,8 +45,7 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
         elif config.method == "fedavg":
             _run_fedavg(grid, config, server, recorder)
         else:
-            _run_rounds(grid, config, server, recorder)
-        status = recorder.extra.pop("stop_status", "completed")
+            status = _run_rounds(grid, config, server, recorder)
         return recorder.finish(time.perf_counter() - started, status)
     except Exception as exc:
         recorder.fail(f"{type(exc).__name__}: {exc}")
@@ -69,14 +69,16 @@ def wait_for_nodes(grid: Grid, config: Config) -> list[int]:
         time.sleep(0.5)
 
 
-def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
+def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> str:
+    """fd and local rounds; returns the run's status: "completed", or the PrivacyBudgetError's
+    status when DP stopped it (the reason goes into results.json as "stopped")."""
     nodes = wait_for_nodes(grid, config)
     for r in range(1, config.rounds + 1):
         try:
             server.check_budget(r)
         except PrivacyBudgetError as exc:  # a clean stop: the rounds so far stand
-            _stop(recorder, exc)
-            break
+            recorder.extra["stopped"] = str(exc)
+            return exc.status
         t0 = time.perf_counter()
         content = train_content(config, r, server.consensus)
         messages = [Message(content, node, MessageType.TRAIN, group_id=str(r)) for node in nodes]
@@ -91,8 +93,8 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly
-            _stop(recorder, exc)
-            break
+            recorder.extra["stopped"] = str(exc)
+            return exc.status
         finally:
             if server.ledger is not None:  # spent privacy is recorded even when the round is refused
                 recorder.extra["privacy"] = {"epsilon": server.ledger.epsilon, "delta": config.dp_delta,
@@ -100,11 +102,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
                                              "rounds_released": len(server.ledger.honest)}
         record["seconds"] = time.perf_counter() - t0
         recorder.add_round(record)
-
-
-def _stop(recorder: RunRecorder, exc: PrivacyBudgetError) -> None:
-    recorder.extra["stopped"] = str(exc)
-    recorder.extra["stop_status"] = exc.status
+    return "completed"
 
 
 def _client_nodes(replies: list[Message], server_round: int) -> dict[int, int]:
