@@ -22,6 +22,7 @@ SECAGG_STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_ch
 VOTE_WEIGHTINGS = ("none", "class-share", "seen-classes")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("adam", "sgd")
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,7 @@ class Config:
     # Server (student) distillation
     distill_epochs: int = 60
     distill_lr: float = 0.05
+    distill_optimizer: str = "sgd"  # see fedkd.distill.make_optimizer; the digest step uses it too
     distill_batch_size: int = 64
     patience: int = 20  # early-stopping patience, in epochs, on the public validation slice
     val_fraction: float = 0.1
@@ -174,6 +176,7 @@ class Config:
                 f"vote-weighting '{self.vote_weighting}' works with ensemble mean or dsfl, not '{self.ensemble}'"
             )
         _choice("device", self.device, DEVICES)
+        _choice("distill-optimizer", self.distill_optimizer, OPTIMIZERS)
         _choice("student-model", self.student_model, MODELS)
         if not self.teacher_model_list:
             raise ConfigError("teacher-models is empty; give one or more of " + ", ".join(MODELS))

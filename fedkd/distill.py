@@ -9,12 +9,15 @@ Must not touch: Flower, files, or how vectors are summed (that is `fedkd.aggrega
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedkd.config import OPTIMIZERS
 
 # Log-probabilities are floored before upload so every rule sends finite, bounded numbers
 # (a fixed-point encoder for secure aggregation needs a clip range; e^-30 is far below float32 noise).
@@ -134,11 +137,79 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
 # ---- loops ------------------------------------------------------------------------------------
 
 MIN_VAL_EXAMPLES = 10  # smallest validation slice early stopping may trust
+MAX_RECOVERIES = 4  # a diverged epoch is retried from its last finite weights at half the rate, this many times
+
+
+class DivergedError(RuntimeError):
+    """Training kept producing a non-finite loss or weights after MAX_RECOVERIES restarts at
+    ever smaller rates. The message names the phase and the setting to change."""
 
 
 def _tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     # np.array copies: cached dataset arrays are read-only and torch wants writable memory.
     return torch.as_tensor(np.array(a), dtype=dtype, device=device)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """sgd: momentum 0.9 and weight decay 5e-4 (the usual small-CNN recipe); adam: Kingma & Ba
+    (2015) with its default betas. Adam scales each step by a running estimate of the gradient's
+    size, so the same rate serves losses whose gradients differ by a constant factor (the KD
+    loss's gradient in the logits is T * (p_student - p_teacher), T times that of cross-entropy)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"optimizer '{name}' is unknown; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
+
+
+class _Guard:
+    """The weights to fall back on and the rate in force. It starts with the weights the loop
+    was handed; a loop may `keep()` better ones (a new best on validation). When an epoch meets a
+    non-finite loss or leaves non-finite weights, `recover()` restores the kept weights, halves
+    the rate and starts the optimiser afresh (its moments may hold the overflow). Not the
+    epoch's own start: a step can leave huge but finite weights that overflow one epoch later.
+    Past MAX_RECOVERIES it raises DivergedError."""
+
+    def __init__(self, model: nn.Module, optimizer: str, lr: float, phase: str, setting: str):
+        self.model, self.optimizer_name, self.lr = model, optimizer, lr
+        self.phase, self.setting, self.first_lr = phase, setting, lr
+        self.recoveries = 0
+        self.optimizer = make_optimizer(optimizer, model.parameters(), lr)
+        self._good = copy.deepcopy(model.state_dict())
+
+    def keep(self, state: dict[str, torch.Tensor]) -> None:
+        self._good = state
+
+    def recover(self) -> None:
+        self.recoveries += 1
+        if self.recoveries > MAX_RECOVERIES:
+            raise DivergedError(
+                f"{self.phase} diverged (non-finite loss) {MAX_RECOVERIES + 1} times, the last at "
+                f"{self.setting}={self.lr:g} (set {self.first_lr:g}); lower {self.setting}")
+        self.model.load_state_dict(self._good)
+        self.lr /= 2
+        self.optimizer = make_optimizer(self.optimizer_name, self.model.parameters(), self.lr)
+
+
+def _epoch(guard: _Guard, batches, loss_of) -> float | None:
+    """One pass over `batches` (index tensors); the mean loss, or None at the first non-finite
+    loss (the step is not taken). loss_of(idx) -> scalar tensor."""
+    total, seen = 0.0, 0
+    for idx in batches:
+        loss = loss_of(idx)
+        if not torch.isfinite(loss):
+            return None
+        guard.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        guard.optimizer.step()
+        total, seen = total + loss.item() * len(idx), seen + len(idx)
+    if not _finite_weights(guard.model):
+        return None
+    return total / max(seen, 1)
 
 
 def train_supervised(
@@ -151,24 +222,30 @@ def train_supervised(
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
-) -> float:
-    """Cross-entropy training with SGD (momentum 0.9) over shuffled mini-batches; returns the last
-    epoch's mean loss (nan when epochs == 0). x: (N, *shape), y: (N,)."""
+    optimizer: str = "sgd",
+    phase: str = "local training",
+    setting: str = "lr",
+) -> dict[str, float]:
+    """Cross-entropy training over shuffled mini-batches. x: (N, *shape), y: (N,).
+
+    A non-finite loss or weights restarts training from the weights it was handed at half the
+    rate (at most MAX_RECOVERIES times; then DivergedError names `phase` and `setting`).
+    Returns {"loss": the last epoch's mean loss (nan when epochs == 0), "recoveries", "lr": the
+    rate in force at the end}.
+    """
     model.to(device).train()
     xt, yt = _tensor(x, device), _tensor(y, device, torch.long)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    last = float("nan")
-    for _ in range(epochs):
-        total, seen = 0.0, 0
-        for idx in torch.randperm(len(xt), generator=generator).split(batch_size):
-            idx = idx.to(device)
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-        last = total / max(seen, 1)
-    return last
+    guard = _Guard(model, optimizer, lr, phase, setting)
+    last, done = float("nan"), 0
+    while done < epochs:
+        batches = (i.to(device) for i in torch.randperm(len(xt), generator=generator).split(batch_size))
+        loss = _epoch(guard, batches, lambda idx: F.cross_entropy(model(xt[idx]), yt[idx]))
+        if loss is None:
+            guard.recover()
+            done = 0  # from the first weights again, so every epoch counts at the new rate
+            continue
+        last, done = loss, done + 1
+    return {"loss": last, "recoveries": float(guard.recoveries), "lr": guard.lr}
 
 
 def distillation_loss(
@@ -202,15 +279,22 @@ def distill(
     device: torch.device,
     labels: np.ndarray | None = None,
     hard_label_weight: float = 0.0,
+    optimizer: str = "sgd",
+    phase: str = "server distillation",
+    setting: str = "distill-lr",
 ) -> dict[str, float]:
     """Train `model` (warm: whatever weights it has) to match `teacher` on x: (N, *shape).
 
     A `val_fraction` slice of x is held out (none if it would hold fewer than MIN_VAL_EXAMPLES:
-    then all epochs run), and training stops after `patience` epochs without
-    improvement of the distillation loss on it (without the hard-label term); the best weights
-    are restored. "epochs" in the result counts the epochs run, best included. The slice is scored against
-    the teacher, not labels: the server has no labels for the public set.
-    Returns {"epochs", "train_loss", "val_loss"}.
+    then all epochs run), and training stops after `patience` epochs without improvement of the
+    distillation loss on it (without the hard-label term). The best weights are restored, and
+    the weights the model came in with count as a candidate (epoch 0): a round never leaves the
+    model with a worse validation loss than it started with. The slice is scored against the
+    teacher, not labels: the server has no labels for the public set.
+    A non-finite loss or weights sends the model back to its best weights so far (those it came
+    in with when nothing was validated) at half the rate, at most MAX_RECOVERIES times; then
+    DivergedError names `phase` and `setting`.
+    Returns {"epochs" (run, best included), "train_loss", "val_loss", "recoveries", "lr" (at the end)}.
     """
     model.to(device)
     n = len(x)
@@ -221,33 +305,44 @@ def distill(
     val_idx, train_idx = order[:n_val].to(device), order[n_val:]
     xt, tt = _tensor(x, device), _tensor(teacher.values, device)
     yt = _tensor(labels, device, torch.long) if labels is not None else None
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    best, best_state, stale, epoch, train_loss = float("inf"), None, 0, 0, float("nan")
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total = 0.0
-        for idx in train_idx[torch.randperm(len(train_idx), generator=generator)].split(batch_size):
-            idx = idx.to(device)
-            loss = distillation_loss(model(xt[idx]), tt[idx], teacher, yt[idx] if yt is not None else None, hard_label_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        train_loss = total / max(len(train_idx), 1)
-        if n_val == 0:
-            continue
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return distillation_loss(model(xt[idx]), tt[idx], teacher, yt[idx] if yt is not None else None,
+                                 hard_label_weight)
+
+    def val_loss() -> float:
         model.eval()
         with torch.inference_mode():
-            val = float(distillation_loss(model(xt[val_idx]), tt[val_idx], teacher))
+            return float(distillation_loss(model(xt[val_idx]), tt[val_idx], teacher))
+
+    guard = _Guard(model, optimizer, lr, phase, setting)
+    best, best_state, stale, epoch, train_loss = float("inf"), None, 0, 0, float("nan")
+    if n_val:
+        start = val_loss()
+        if math.isfinite(start):  # the weights the round started from: kept unless training beats them
+            best, best_state = start, copy.deepcopy(model.state_dict())
+    while epoch < epochs:
+        model.train()
+        shuffled = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        loss = _epoch(guard, (i.to(device) for i in shuffled.split(batch_size)), batch_loss)
+        if loss is None:
+            guard.recover()
+            continue
+        epoch, train_loss = epoch + 1, loss
+        if n_val == 0:
+            continue
+        val = val_loss()
         if val < best - 1e-6:
             best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
+            guard.keep(best_state)
         else:
             stale += 1
             if stale >= patience:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return {"epochs": float(epoch), "train_loss": train_loss, "val_loss": best if n_val else float("nan")}
+    return {"epochs": float(epoch), "train_loss": train_loss, "val_loss": best if n_val else float("nan"),
+            "recoveries": float(guard.recoveries), "lr": guard.lr}
 
 
 def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 1024) -> np.ndarray:

@@ -41,6 +41,7 @@ ROUND_KEYS = (
     "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
     "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
     "client_predict_seconds_max", "secagg", "privacy", "teacher_epsilon",
+    "distill_recoveries", "train_recoveries",  # restarts at half the rate after a non-finite loss (fedkd.distill)
 )
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
@@ -106,6 +107,7 @@ class DistillationServer:
             client_train_seconds_max=max(float(r.metrics["train-seconds"]) for r in replies),
             client_predict_seconds_max=max(float(r.metrics.get("predict-seconds", 0.0)) for r in replies),
             upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
+            train_recoveries=int(sum(float(r.metrics.get("train-recoveries", 0.0)) for r in replies)),
         )
         if any("teacher-epsilon" in r.metrics for r in replies):  # DP-SGD teachers: each client's own epsilon
             per_client = {str(r.partition_id): float(r.metrics["teacher-epsilon"]) for r in replies}
@@ -150,10 +152,11 @@ class DistillationServer:
             epochs=cfg.distill_epochs, lr=cfg.distill_lr, batch_size=cfg.distill_batch_size,
             val_fraction=cfg.val_fraction, patience=cfg.patience,
             generator=generator(cfg.seed, "distill", server_round), device=self.device,
-            labels=labels, hard_label_weight=cfg.hard_label_weight,
+            labels=labels, hard_label_weight=cfg.hard_label_weight, optimizer=cfg.distill_optimizer,
         )
         record["seconds_distill"] = time.perf_counter() - t0
         record["distill_epochs"] = int(stats["epochs"])
+        record["distill_recoveries"] = int(stats["recoveries"])
         self.consensus = Consensus(idx, teacher)
         self._evaluate_into(record)
         return record

@@ -165,13 +165,15 @@ def teacher_round(
     x, y = splits.client(partition_id)
     gen = generator(config.seed, "client", partition_id, server_round)
     t0 = time.perf_counter()
+    extra: dict[str, float] = {"train-recoveries": 0.0}
     if consensus is not None and config.digest_epochs > 0:
-        distill.distill(
+        digest = distill.distill(
             model, splits.public_x[consensus.indices], consensus.teacher,
             epochs=config.digest_epochs, lr=config.distill_lr, batch_size=config.distill_batch_size,
             val_fraction=0.0, patience=config.patience, generator=gen, device=device,
+            optimizer=config.distill_optimizer, phase=f"client {partition_id}'s digest step",
         )
-    extra: dict[str, float] = {}
+        extra["train-recoveries"] += digest["recoveries"]
     if config.teacher_dp_enabled:
         from fedkd.privacy import dpsgd
 
@@ -183,10 +185,12 @@ def teacher_round(
         loss, dp_history = trained.loss, trained.history
         extra["teacher-epsilon"] = trained.epsilon
     else:
-        loss = distill.train_supervised(
+        fit = distill.train_supervised(
             model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-            generator=gen, device=device,
+            generator=gen, device=device, phase=f"client {partition_id}'s local training",
         )
+        loss = fit["loss"]
+        extra["train-recoveries"] += fit["recoveries"]
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics = {"partition-id": float(partition_id), "train-seconds": t_train, **extra}
@@ -233,7 +237,7 @@ def fedavg_round(
     loss = distill.train_supervised(
         model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
         generator=generator(config.seed, "fedavg", partition_id, server_round), device=device,
-    )
+    )["loss"]
     metrics = {
         "partition-id": float(partition_id),
         "num-examples": float(len(y)),
