@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -286,6 +287,11 @@ _KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
 def _read_npz(path: Path) -> RawInput:
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and say so, confusingly
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise DataError(f"{path} is not a readable .npz: it starts with bytes {head!r}, expected "
+                        "the zip archive numpy.savez writes")
     try:
         npz = np.load(path, allow_pickle=False)
     except Exception as exc:  # a zip error, a pickle refusal, a bad header: all "not an npz"
