@@ -227,10 +227,10 @@ def _finish(name: str, x: np.ndarray, y: np.ndarray, test: tuple[np.ndarray, np.
     """Shared last step of every reader: check values, fix the layout, pick the scaling rule."""
     raw_shape, raw_dtype = list(x.shape[1:]), str(x.dtype)
     x = _numeric(x, where)
-    y = _labels(y, len(x), where)
+    y = _label_array(y, len(x), where)
     x, layout = to_channels_first(x, where)
     if test is not None:
-        test_x, test_y = _numeric(test[0], where + " (test)"), _labels(test[1], len(test[0]), where + " (test)")
+        test_x, test_y = _numeric(test[0], where + " (test)"), _label_array(test[1], len(test[0]), where + " (test)")
         test_x, _ = to_channels_first(test_x, where + " (test)")
         if test_x.shape[1:] != x.shape[1:]:
             raise DataError(f"{where}: test examples have shape {test_x.shape[1:]} but training "
@@ -264,7 +264,7 @@ def _numeric(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
-def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+def _label_array(y: np.ndarray, n: int, where: str) -> np.ndarray:
     """(N,) or Keras's (N, 1) integer labels in 0..K-1 -> (N,) int64."""
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
