@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -37,7 +38,7 @@ class Config:
     seed: int = 0
     out: str = "runs/latest"
     # Data
-    dataset: str = "digits"
+    dataset: str = "digits"  # a built-in, .npz/.parquet, a dataset or image folder, or hf:NAME (docs/data.md)
     data_dir: str = ""
     download: bool = False
     num_clients: int = 10
@@ -164,9 +165,12 @@ class Config:
                 raise ConfigError(f"{f.name.replace('_', '-')}={value} must be a finite number")
         _choice("method", self.method, METHODS)
         _choice("partition", self.partition, PARTITIONS)
-        if self.dataset not in DATASETS and not self.dataset.endswith(".npz"):
+        source = self.dataset.partition("?")[0]  # user inputs: fedkd.inputs reads and checks them
+        if source not in DATASETS and not source.startswith("hf:") and not source.endswith((".npz", ".parquet")) \
+                and not os.path.exists(os.path.expanduser(source)):
             raise ConfigError(
-                f"dataset '{self.dataset}' is unknown; choose one of {', '.join(DATASETS)} or a path to a .npz file"
+                f"dataset '{self.dataset}' is unknown; choose one of {', '.join(DATASETS)}, a .npz or .parquet file, "
+                "a save_to_disk or image folder, or hf:NAME"
             )
         _choice("ensemble", self.ensemble, ENSEMBLE_RULES)
         _choice("aggregation", self.aggregation, AGGREGATIONS)

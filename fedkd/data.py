@@ -1,17 +1,20 @@
 """Datasets, the test / public / private splits, and the per-client partitions.
 
-Owns: reading the supported datasets (sklearn's digits, MNIST and Fashion-MNIST IDX files,
-CIFAR-10 python batches, user ``.npz`` files), the held-out test split, the shared unlabelled
-public (transfer) set, and the partition of the private pool across clients, made by
-flwr_datasets partitioners. ``load_splits`` is the only entry point the rest of fedkd needs.
+Owns: reading the built-in datasets (sklearn's digits, MNIST and Fashion-MNIST IDX files,
+CIFAR-10 python batches), the held-out test split, the shared unlabelled public (transfer) set,
+the partition of the private pool across clients, made by flwr_datasets partitioners, and
+``describe_splits``, the plain record of how an input was resolved. ``load_splits`` is the only
+entry point the rest of fedkd needs. User-held inputs (.npz, Hugging Face datasets, parquet,
+image folders) are read by fedkd.inputs, which also owns their layout and scaling rules; their
+standardisation constants are measured here, on the public split, once it is drawn.
 
 Must not touch: torch, Flower messaging, models or training state, and the network (the one
 exception is the opt-in ``download=True``, which asks torchvision to fetch the files). Every
 result is a pure function of the arguments and the files on disk, numpy in and numpy out.
 
 Split order, the same for every dataset:
-  1. test:    the official test split (mnist, fashion-mnist, cifar10), or a stratified,
-              seeded ``test_fraction`` of the examples (digits, .npz);
+  1. test:    the official test split (mnist, fashion-mnist, cifar10, and user inputs that
+              have one), or a stratified, seeded ``test_fraction`` of the examples;
   2. public:  ``num_public`` examples drawn stratified and seeded from what is left;
   3. private: the rest, shuffled with the seed and partitioned across ``num_clients``.
 The three are disjoint and together hold every example exactly once.
@@ -26,12 +29,17 @@ import numbers
 import pickle
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")  # or a *.npz path
+from fedkd import inputs
+from fedkd.inputs import DataError
+
+# Built-in names; anything else is a user input read by fedkd.inputs (a path or hf:NAME).
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "pathological")
 
 DEFAULT_DATA_DIR = "data"  # used when data_dir is None; torchvision lays files out under it
@@ -60,10 +68,6 @@ _CIFAR_TEST = "test_batch"
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DataError(ValueError):
-    """Bad data request: the message names the bad value and the valid choices or range."""
-
-
 @dataclass(frozen=True, eq=False)  # eq=False: comparing array fields with == is ambiguous
 class Splits:
     """One dataset split into private (partitioned), public and test parts; arrays read-only."""
@@ -78,6 +82,8 @@ class Splits:
     public_y: np.ndarray  # (N_pub,) int64; for reporting / hard labels only, never by default
     test_x: np.ndarray  # (N_test, *input_shape) float32
     test_y: np.ndarray  # (N_test,) int64
+    # How the input was read and scaled (JSON-ready); describe_splits adds the split sizes.
+    resolved: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def num_clients(self) -> int:
@@ -107,26 +113,25 @@ def load_splits(
 ) -> Splits:
     """Load ``dataset`` and split it into test, public and per-client private parts.
 
-    dataset: one of DATASETS, or a path ending in ``.npz`` holding ``x`` (N, ...) and integer
-        labels ``y`` (N,) in 0..K-1. npz features are only cast to float32, not rescaled.
+    dataset: one of DATASETS, or a user input read by fedkd.inputs: a ``.npz`` (``x``/``y`` or
+        Keras's ``x_train``/``y_train``/``x_test``/``y_test``), a ``.parquet`` file, a
+        ``save_to_disk``, parquet or image folder, or ``hf:NAME`` (the Hub or its cache), each
+        optionally followed by ``?image=COL&label=COL&train=SPLIT&test=SPLIT&subset=NAME``.
+        Layout and scaling rules: fedkd.inputs; constants: the public split.
     partition: "iid" (random equal shards), "dirichlet" (per-label client shares drawn from
         Dirichlet(alpha); small alpha = skewed), or "pathological" (each client holds exactly
         ``classes_per_client`` labels; client c gets labels c, c+1, ... mod num_classes).
     min_partition_size: every client gets at least this many private examples. "dirichlet"
         redraws up to 10 times to meet it; the other schemes fail with DataError if they miss it.
-    test_fraction: used only where there is no official test split (digits, .npz).
+    test_fraction: used only where there is no official test split (digits, most user inputs).
     data_dir: where mnist / fashion-mnist / cifar10 files live (default ``./data``).
     download: if the files are missing, fetch them with torchvision (needs torchvision + internet).
 
     The same arguments always give bitwise-identical arrays. Results are cached in-process
     (every simulated client calls this), so all arrays come back read-only.
     """
-    is_npz = isinstance(dataset, str) and dataset.endswith(".npz")
-    if not is_npz and dataset not in DATASETS:
-        raise DataError(
-            f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, "
-            "or give a path ending in .npz"
-        )
+    if not isinstance(dataset, str) or not dataset:
+        raise DataError(f"dataset={dataset!r} must be a name ({', '.join(DATASETS)}), a path or hf:NAME")
     if partition not in PARTITIONS:
         raise DataError(f"unknown partition {partition!r}; choose one of {', '.join(PARTITIONS)}")
     if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha > 0):
@@ -143,8 +148,8 @@ def load_splits(
         raise DataError(f"seed={seed!r} must be a non-negative integer")
 
     # Normalise the cache key: a resolved path, float alpha, plain ints.
-    if is_npz:
-        dataset = str(Path(dataset).expanduser().resolve())
+    if dataset not in DATASETS:
+        dataset = inputs.canonical(dataset)
     root = str(Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser().resolve())
     return _build_splits(
         dataset, int(num_clients), partition, float(alpha), int(classes_per_client),
@@ -161,11 +166,13 @@ def _build_splits(
     min_partition_size: int,
 ) -> Splits:
     """The cached body of load_splits; arguments are already validated and normalised."""
-    is_npz = dataset.endswith(".npz")
-    x, y, test, num_classes = (
-        _load_npz(Path(dataset)) if is_npz else _load_source(dataset, data_dir, download)
-    )
-    name = Path(dataset).stem if is_npz else dataset
+    if dataset in DATASETS:
+        x, y, test, num_classes = _load_source(dataset, data_dir, download)
+        name, raw, resolved = dataset, None, _builtin_resolution(dataset, data_dir)
+    else:
+        raw = inputs.read_input(dataset)
+        x, y, test, num_classes = raw.x, raw.y, raw.test, raw.num_classes
+        name, resolved = raw.name, {"dataset": dataset, **raw.info}
     if partition == "pathological" and not 1 <= classes_per_client <= num_classes:
         raise DataError(
             f"classes-per-client={classes_per_client} must lie in [1, {num_classes}] "
@@ -185,9 +192,11 @@ def _build_splits(
             )
         test_idx, train = _stratified_take(y, np.arange(len(y)), n_test, rng)
         test_x, test_y = x[test_idx], y[test_idx]
+        resolved["test_split"] = f"test-fraction={test_fraction}"
     else:
         train = np.arange(len(y))
         test_x, test_y = test
+        resolved["test_split"] = "official"
 
     # 2. Public split, leaving room for min_partition_size examples on every client.
     needed = num_clients * min_partition_size
@@ -209,6 +218,15 @@ def _build_splits(
     #    other partitioners split each label's examples in this order, so the seed reaches all.
     private_idx = rng.permutation(private_idx)
     private_y = y[private_idx]
+
+    # 4. User inputs: scale with constants measured on the public split (fedkd.inputs' rules).
+    if raw is not None:
+        scaling = inputs.fit_scaling(raw.kind, x[public_idx])
+        x, test_x = scaling.apply(x), scaling.apply(test_x)
+        resolved.update(scaling=scaling.describe(), mean=scaling.mean and list(scaling.mean),
+                        std=scaling.std and list(scaling.std),
+                        stats_from="public set" if scaling.mean else None)
+
     parts = _partition(
         private_y, partition, num_clients, alpha, classes_per_client, min_partition_size, seed
     )
@@ -224,12 +242,52 @@ def _build_splits(
         public_y=y[public_idx],
         test_x=test_x,
         test_y=test_y,
+        resolved=resolved,
     )
     # Cached and shared by every caller: make the arrays read-only so none can corrupt them.
     for arr in (splits.private_x, splits.private_y, splits.public_x, splits.public_y,
                 splits.test_x, splits.test_y, *splits.partitions):
         arr.setflags(write=False)
     return splits
+
+
+def describe_splits(splits: Splits) -> dict[str, Any]:
+    """How ``splits`` was resolved, as a plain JSON-ready dict, for logs and config.json.
+
+    Keys: dataset, source, location, raw_shape (one example as stored), raw_dtype, layout,
+    input_shape (as models see it), value_kind ("0-255", "0-1", "as-given" or "fixed"),
+    scaling (in words), mean / std (per channel, or None), stats_from, num_classes,
+    class_names (or None), test_split, and sizes {private, public, test, clients: [...]}.
+    User inputs may add columns {image, label}, splits_used {train, test} and offline.
+    """
+    facts = {
+        **splits.resolved,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "sizes": {"private": len(splits.private_y), "public": len(splits.public_y),
+                  "test": len(splits.test_y), "clients": [len(p) for p in splits.partitions]},
+    }
+    first = ("dataset", "source", "location", "raw_shape", "raw_dtype", "layout", "input_shape",
+             "value_kind", "scaling", "mean", "std", "stats_from", "num_classes", "class_names",
+             "test_split", "sizes")
+    return {**{k: facts.get(k) for k in first}, **facts}  # fixed order, then reader extras
+
+
+def _builtin_resolution(dataset: str, data_dir: str) -> dict[str, Any]:
+    """describe_splits' facts for a built-in dataset, whose scaling is fixed."""
+    if dataset == "digits":
+        return {"dataset": dataset, "source": "sklearn", "location": "sklearn.datasets.load_digits",
+                "raw_shape": [8, 8], "raw_dtype": "float64",
+                "layout": "greyscale (N, H, W) -> (N, 1, H, W)", "value_kind": "fixed",
+                "scaling": "divided by 16 to [0, 1], not standardised"}
+    mean, std = _MEAN_STD[dataset]
+    stored = {"cifar10": ([3, 32, 32], "channels first (N, C, H, W)")}.get(
+        dataset, ([28, 28], "greyscale (N, H, W) -> (N, 1, H, W)"))
+    return {"dataset": dataset, "source": "cifar-batches" if dataset == "cifar10" else "idx",
+            "location": data_dir, "raw_shape": stored[0], "raw_dtype": "uint8",
+            "layout": stored[1], "value_kind": "fixed",
+            "scaling": "divided by 255, then standardised per channel with fixed constants",
+            "mean": list(mean), "std": list(std), "stats_from": f"fixed ({dataset})"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,41 +598,3 @@ def _labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
         )
     return labels.astype(np.int64)
 
-
-def _load_npz(path: Path) -> _Source:
-    """A user dataset: ``x`` (N, ...) and ``y`` (N,) ints in 0..K-1; K = max(y) + 1.
-
-    x is cast to float32 and otherwise left alone (normalise it before saving). 2-D images
-    (N, H, W) get a channel axis -> (N, 1, H, W); features (N, F) and (N, C, H, W) stay as-is.
-    """
-    if not path.is_file():
-        raise DataError(f"npz file {path} does not exist")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [k for k in ("x", "y") if k not in npz.files]
-        if missing:
-            raise DataError(
-                f"{path} lacks array(s) {', '.join(missing)}; it holds {sorted(npz.files)}, "
-                "expected x (N, ...) and y (N,)"
-            )
-        x, y = npz["x"], npz["y"]
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: y must be 1-D integer labels, got shape {y.shape} {y.dtype}")
-    if x.ndim < 2 or len(x) != len(y):
-        raise DataError(
-            f"{path}: x {x.shape} and y {y.shape} must have the same length N, with x at "
-            "least 2-D (N, F)"
-        )
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"{path}: x must be numeric, got dtype {x.dtype}")
-    with np.errstate(over="ignore"):  # values past float32's range become inf, reported next
-        x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
-        raise DataError(f"{path}: x has non-finite values (NaN or inf, or too big for float32) "
-                        f"in {bad} examples")
-    if len(y) and y.min() < 0:
-        raise DataError(f"{path}: labels must be 0..K-1, found {y.min()}")
-    if x.ndim == 3:
-        x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
-    num_classes = int(y.max()) + 1 if len(y) else 0
-    return x, y.astype(np.int64), None, num_classes

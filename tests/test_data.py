@@ -261,7 +261,8 @@ def test_npz_round_trip_with_2d_images(tmp_path):
     s = load_splits(str(path), num_clients=2, num_public=12, test_fraction=0.25, seed=1)
     assert (s.name, s.num_classes, s.input_shape) == ("images", 3, (1, 5, 6))
     assert (len(s.private_y), len(s.public_y), len(s.test_y)) == (33, 12, 15)
-    # Values are only cast to float32, never renormalised; every row lands in exactly one split.
+    # Normal draws are neither in [0, 1] nor whole 0..255: kept as given (only cast to float32),
+    # and every row lands in exactly one split.
     rows = Counter(r.tobytes() for r in x.astype(np.float32))
     held = Counter(r.tobytes() for part in (s.private_x, s.public_x, s.test_x)
                    for r in part[:, 0])
