@@ -1,0 +1,95 @@
+"""Training that cannot fail silently: a diverging step is caught at once, the model falls back to
+finite weights at half the rate, and past the bound the run stops with one line naming the phase
+and the setting to change (fedkd.distill's guard). Each test uses a rate that diverges without
+the guard: the old loops kept NaN weights or a chance-level student without a word."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedkd import distill, task
+from fedkd.config import Config
+from fedkd.server import ClientReply, DistillationServer
+
+CPU = torch.device("cpu")
+
+
+def _blobs(n: int = 200, k: int = 3, d: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    centres = rng.normal(scale=3.0, size=(k, d))
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_local_training_recovers_from_a_rate_that_overflows():
+    x, y = _blobs()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    # lr 1e4 with momentum overflows in the first epoch; 1e4 / 2^4 still does, so 4 halvings are
+    # not enough: the bound must stop it with the one-line error rather than loop or return NaN.
+    with pytest.raises(distill.DivergedError, match=r"local training diverged .* lower lr"):
+        distill.train_supervised(model, x, y, epochs=3, lr=1e4, batch_size=32,
+                                 generator=torch.Generator().manual_seed(0), device=CPU)
+
+
+def test_local_training_at_a_recoverable_rate_ends_finite_and_says_so():
+    x, y = _blobs()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    fit = distill.train_supervised(model, x, y, epochs=5, lr=16.0, batch_size=32,
+                                   generator=torch.Generator().manual_seed(0), device=CPU)
+    assert fit["recoveries"] >= 1  # 16 overflows: without the guard the weights end NaN
+    assert fit["lr"] == pytest.approx(16.0 / 2 ** fit["recoveries"])
+    assert math.isfinite(fit["loss"]) and _finite(model)
+
+
+def test_distillation_never_leaves_a_student_worse_than_it_came_in():
+    x, y = _blobs(300)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    distill.train_supervised(model, x, y, epochs=10, lr=0.05, batch_size=32,
+                             generator=torch.Generator().manual_seed(0), device=CPU)
+    before = distill.accuracy(distill.predict_logits(model, x, CPU), y)
+    assert before > 0.9
+    teacher = distill.Teacher(torch.softmax(torch.tensor(distill.predict_logits(model, x, CPU)) / 3, 1).numpy(),
+                              "probs", 3.0)
+    # SGD at 50 wrecks the student in its first steps (NaN or dead units) at every halving the guard allows
+    stats = distill.distill(model, x, teacher, epochs=10, lr=50.0, batch_size=32, val_fraction=0.2, patience=5,
+                            generator=torch.Generator().manual_seed(1), device=CPU, optimizer="sgd")
+    after = distill.accuracy(distill.predict_logits(model, x, CPU), y)
+    assert _finite(model)
+    assert after >= before - 0.01, (before, after, stats)
+
+
+def test_server_round_with_a_diverging_distill_rate_keeps_the_earlier_student():
+    """Round 1 at the default rate, round 2 at a rate that diverges: the student after round 2
+    is as good as after round 1 (or the run stops with one line), never at chance."""
+    cfg = Config(num_clients=3, local_epochs=5, digest_epochs=0, distill_epochs=20, aggregation="plain",
+                 num_public=300)
+    server = DistillationServer(cfg)
+    states: dict[int, dict] = {}
+
+    def play(server_round: int) -> dict:
+        replies = []
+        for pid in range(cfg.num_clients):
+            up = task.teacher_round(server.config, pid, server_round, states.get(pid))
+            states[pid] = up.state
+            replies.append(ClientReply(pid, up.vector, up.metrics))
+        return server.finish_round(server_round, replies, 0.0)
+
+    first = play(1)
+    assert first["student_accuracy"] > 0.5
+    server.config = cfg.replace(distill_lr=1e3, distill_optimizer="sgd")
+    try:
+        second = play(2)
+    except distill.DivergedError as exc:
+        assert "server distillation" in str(exc) and "distill-lr" in str(exc) and "\n" not in str(exc)
+        return
+    assert second["student_accuracy"] >= first["student_accuracy"] - 0.01
+    assert second["distill_recoveries"] >= 1
