@@ -246,7 +246,8 @@ class RunRecorder:
             write_json_atomic(self.out / "config.json", self.config_record())
 
     def add_round(self, record: dict) -> None:
-        record["student_to_ensemble"] = student_to_ensemble(record)
+        if "student_accuracy" in record and "ensemble_accuracy" in record:  # every round the server makes
+            record["student_to_ensemble"] = student_to_ensemble(record)
         self.rounds.append(record)
         self._save("running")
         if self.on_round is not None:

@@ -245,6 +245,19 @@ def test_bad_usage_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path, monk
     assert list(tmp_path.iterdir()) == []  # nothing was written or started
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_anything_starts(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert deploy.main(parse("2", "--run-config", 'out="/proc/forbidden"')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedkd deploy: error: out '/proc/forbidden' cannot be created or written") and \
+        err.count("\n") == 1
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text("{}")
+    assert deploy.main(parse("2", "--run-config", 'out="done"')) == 2
+    assert "already holds the results of an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # no process, no FLWR_HOME, nothing else
+
+
 def test_a_certs_dir_that_cannot_be_written_is_one_line(capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -301,13 +314,18 @@ def test_teardown_kills_stubborn_processes_and_descendants_in_other_sessions(tmp
 
 @LINUX_PROC
 def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(run_deploy, tmp_path):
-    out = tmp_path / "out"
-    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'{TINY} out="{out}"')
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY)  # default out: runs/latest
     code = proc.wait(within=RUN_WAIT)
     assert code == 0, proc.text()
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink()  # the run went to a fresh runs/<date-time> folder
+    out = latest.resolve()
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed" and len(results["rounds"]) == 1
-    assert results["config"]["num-clients"] == 2
+    assert results["config"]["num-clients"] == 2 and results["config"]["out"] == str(out)
+    assert results["config"]["environment"]["flwr"] and "student_to_ensemble" in results["rounds"][0]
+    log = (out / "run.log").read_text()  # the processes' lines, though --quiet kept them off the console
+    assert "superlink |" in log and "node-0" in log and "\x1b" not in log
     assert "fedkd deploy: completed 1 round on 2 SuperNodes" in proc.text()
     assert wait_untagged(proc.tag) == set(), "processes outlived the deployment"
     assert len(proc.ports()) == 3 and all(port_is_free(p) for p in proc.ports())
