@@ -313,3 +313,29 @@ def test_run_shows_one_line_per_drop_out_and_keeps_the_full_log(tmp_path):
     r = saved["rounds"][0]
     assert r["student_to_ensemble"] == pytest.approx(r["student_accuracy"] / r["ensemble_accuracy"])
     assert "dropped unmask: 1" in console and (out / "summary.txt").is_file()
+
+
+def test_waiting_for_nodes_says_at_once_what_it_waits_for():
+    import logging
+
+    from fedkd.apps.driver import wait_for_nodes
+    from fedkd.config import Config
+
+    class Grid:  # 2 nodes connected, the third one joins on the fourth look
+        calls = 0
+
+        def get_node_ids(self):
+            self.calls += 1
+            return [1, 2] if self.calls < 4 else [1, 2, 3]
+
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("flwr").addHandler(handler)
+    try:
+        nodes = wait_for_nodes(Grid(), Config(num_clients=3, timeout=600), poll=0.0, report_every=0.0)
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    assert nodes == [1, 2, 3]
+    assert len(said) == 3 and said[0].startswith("fedkd: waiting for 3 nodes, 2 connected")
+    assert "num-clients must equal the number of SuperNodes" in said[0]

@@ -1,8 +1,9 @@
 """The federation loop on the server: one Flower message exchange per round, then the core.
 
-Owns: waiting for nodes (saying what it waits for), sending each round's train messages and turning replies into
-`ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg strategy, timing
-each round, and handing records to the `RunRecorder`. Must not touch: the maths (`fedkd.server`).
+Owns: waiting for nodes (saying what it waits for), sending each round's train messages and
+turning replies into `ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg
+strategy, timing each round, and handing records (and what the run resolved) to the
+`RunRecorder`. Must not touch: the maths (`fedkd.server`).
 """
 
 from __future__ import annotations
