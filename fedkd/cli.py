@@ -1,21 +1,27 @@
 """The `fedkd` command: `fedkd run ...` (a Flower simulation in this process), `fedkd deploy N`
 (a multi-process local deployment), `fedkd audit` (attacks on what the server sees) and `fedkd bench ...`.
 
-Owns: argument parsing (one option per config field, generated from `Config`), early validation
-(config and data, before Ray starts), the live progress display and the final summary table.
+Owns: argument parsing (one option per config field, generated from `Config`; booleans are bare
+flags with a `--no-` twin), early validation (config, data and the output folder, before Ray
+starts), what the console shows during a run (one line per round and per Flower warning or error;
+Flower's and Ray's full logs go to `run.log` in the output folder) and the final summary table
+(`summary.txt` in the output folder).
 Must not touch: training or protocol code; it only calls `fedkd.apps` and `fedkd.bench`.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
+import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from fedkd.config import Config, ConfigError
 
@@ -31,7 +37,8 @@ HELP = {
     "teacher_models": "comma list cycled over clients: auto, mlp, cnn, resnet8",
     "public_sample": "public examples released per round (0: all of them)",
     "digest_epochs": "FedMD/DS-FL digest epochs on last round's consensus (0: off)",
-    "out": "output folder for config.json, results.json, curves.png",
+    "out": "output folder for config.json, results.json, summary.txt, curves.png, run.log; "
+           "DIR/latest: a new DIR/<date-time> folder per run, DIR/latest links to it",
     "dp_clip": "distributed DP: L2 bound of a client's centred soft labels per round (0: DP off)",
     "dp_noise_multiplier": "distributed DP: noise std in the sum / the rounded L2 sensitivity",
     "dp_epsilon_budget": "stop before a round could take epsilon past this (0: no budget)",
@@ -47,10 +54,15 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         names = [*ALIASES.get(f.name, ()), flag]
         default = getattr(defaults, f.name)
-        parser.add_argument(
-            *names, dest=f.name, default=None, metavar=type(default).__name__.upper(),
-            help=f"{HELP.get(f.name, '')} (default: {default})".strip(),
-        )
+        help_text = f"{HELP.get(f.name, '')} (default: {default})".strip()
+        if isinstance(default, bool):  # `--download`, `--download true|false` and `--no-download`
+            parser.add_argument(*names, dest=f.name, default=None, nargs="?", const="true", metavar="BOOL",
+                                help=f"{help_text}; bare {flag} turns it on, --no-{flag[2:]} off".lstrip())
+            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="false",
+                                help=argparse.SUPPRESS)
+            continue
+        parser.add_argument(*names, dest=f.name, default=None, metavar=type(default).__name__.upper(),
+                            help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -63,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a Flower simulation in this process and save its results")
     _add_config_options(run)
-    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs on the console too")
+    run.add_argument("--force", action="store_true",
+                     help="replace the results of an earlier run in --out (otherwise such a folder is refused)")
     deploy = sub.add_parser("deploy", help="a SuperLink and N SuperNodes on loopback (no Ray), optionally with TLS and node auth")
     from fedkd import deploy as deploy_module
 
@@ -106,18 +120,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.bench_main(args) or 0)
     try:
         config = config_from_args(args)
-        _check_data(config)
+        resolved = _check_data(config)
+        from fedkd.results import prepare_out
+
+        config = config.replace(out=str(prepare_out(config.out, force=args.force)))
     except (ConfigError, ValueError) as exc:
         print(f"fedkd: error: {exc}", file=sys.stderr)
         return 2
-    return run_command(config, verbose=args.verbose)
+    return run_command(config, verbose=args.verbose, resolved=resolved)
 
 
-def _check_data(config: Config) -> None:
+def _check_data(config: Config) -> dict:
     """Load the splits once here so a data problem is one line, not a Ray traceback; also check
-    that every teacher architecture fits the data (and DP-SGD), and that the DP sizes fit the ring."""
+    that every teacher architecture fits the data (and DP-SGD), and that the DP sizes fit the ring.
+    Returns what the run resolved (`fedkd.results.resolved_settings`)."""
     from fedkd.models import build_model
     from fedkd.privacy.mechanism import PrivacyError
+    from fedkd.results import resolved_settings
     from fedkd.task import dp_params, resolve_device, splits_for
 
     splits = splits_for(config)
@@ -131,25 +150,63 @@ def _check_data(config: Config) -> None:
         if config.dp_enabled:  # bit width and noise-share size, which depend on the data's classes
             dp_params(config, splits.num_classes, 1)
         resolve_device(config.device)
+        return resolved_settings(config, splits)  # also checks the secure-aggregation parameters
     except (PrivacyError, RuntimeError) as exc:
         raise ValueError(str(exc)) from None
 
 
-def run_command(config: Config, verbose: bool = False) -> int:
+def describe(config: Config, resolved: dict) -> list[str]:
+    """What the run resolved, in a few console lines (config.json has it all)."""
+    sizes = resolved["partition_sizes"]
+    teachers = resolved["teacher_models"]
+    kinds = sorted(set(teachers), key=teachers.index)
+    teacher_text = teachers[0] if len(kinds) == 1 else ", ".join(f"{m} x{teachers.count(m)}" for m in kinds)
+    lines = [
+        f"data: {config.dataset}, input {tuple(resolved['input_shape'])}, {resolved['num_classes']} classes; "
+        f"scaling: {resolved['scaling']}",
+        f"partitions: {len(sizes)} clients with {min(sizes)}..{max(sizes)} examples ({sum(sizes)} in all); "
+        f"public {resolved['num_public']}, test {resolved['num_test']}",
+        f"models: teachers {teacher_text}, student {resolved['student_model']}",
+    ]
+    if "secagg" in resolved:
+        sa = resolved["secagg"]
+        scale = sa["scale"]
+        scale_text = f"2^{int(scale).bit_length() - 1}" if scale >= 1 and float(scale).is_integer() \
+            and int(scale) & (int(scale) - 1) == 0 else f"{scale:g}"
+        lines.append(f"secure aggregation: {sa['neighbors']} neighbours, threshold {sa['threshold']}, "
+                     f"clip {sa['clip']:g}, scale {scale_text}, {sa['bit_width']} bits")
+    if "dp_noise_multiplier" in resolved:
+        lines.append(f"distributed DP: noise multiplier {resolved['dp_noise_multiplier']:.4g}")
+    return lines
+
+
+def run_command(config: Config, verbose: bool = False, resolved: dict | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    out = Path(config.out)
+    for line in describe(config, resolved) if resolved else ():
+        console.print(line, highlight=False, soft_wrap=True)  # long lines: the terminal wraps, a file keeps them
+    latest = out.parent / "latest"
+    if latest.is_symlink() and latest.resolve() == out.resolve():
+        console.print(f"out: {out} ({latest} links to it); full log in {out / LOG_FILE}", highlight=False,
+                      soft_wrap=True)
+    else:
+        console.print(f"out: {out}; full log in {out / LOG_FILE}", highlight=False, soft_wrap=True)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=False)
     task = progress.add_task(f"{config.method} rounds", total=config.rounds)
 
     def on_round(record: dict) -> None:
-        progress.console.print(_round_line(record))
+        progress.console.print(_round_line(record), highlight=False, soft_wrap=True)
         progress.advance(task)
 
+    def say(line: str) -> None:
+        progress.console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
+
     started = time.perf_counter()
-    with progress:
+    with run_logging(out / LOG_FILE, say=None if verbose else say), progress:
         try:
             results = simulate(config, on_round=on_round, verbose=verbose)
         except KeyboardInterrupt:
@@ -162,11 +219,15 @@ def run_command(config: Config, verbose: bool = False) -> int:
             _exit_now(130)
         except Exception as exc:  # a run that stops: one line, files kept
             progress.stop()
-            console.print(f"[red]fedkd: run failed:[/red] {_root_cause(exc)}")
+            logging.getLogger("fedkd").error("run failed", exc_info=exc)
+            console.print(f"[red]fedkd: run failed:[/red] {_root_cause(exc)}", highlight=False, soft_wrap=True)
             if os.path.exists(os.path.join(config.out, "results.json")):
                 console.print(f"Rounds completed so far are saved in {config.out}/results.json")
+            console.print(f"Full log: {out / LOG_FILE}", highlight=False)
             return 1
-    console.print(summary_table(results, time.perf_counter() - started))
+    wall = time.perf_counter() - started
+    console.print(summary_table(results, wall, width=console.width))
+    write_summary(results, wall, out / "summary.txt")
     if results.get("stopped"):
         label = "privacy budget reached" if results["status"] == "budget-exhausted" else "stopped for privacy"
         console.print(f"[yellow]fedkd: {label}:[/yellow] {results['stopped']}")
@@ -174,8 +235,112 @@ def run_command(config: Config, verbose: bool = False) -> int:
         p = results["privacy"]
         console.print(f"Privacy spent: epsilon {p['epsilon']:.3f} at delta {p['delta']:g} "
                       f"over {p['rounds_released']} released rounds")
-    console.print(f"Saved {config.out}/config.json, results.json, curves.png")
+    console.print(f"Saved {config.out}/: config.json, results.json, summary.txt, curves.png, {LOG_FILE}",
+                  highlight=False, soft_wrap=True)
     return 0
+
+
+# ---- logs: one line per event on the console, everything in run.log ----------------------------
+
+LOG_FILE = "run.log"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Loggers whose records go to run.log: Flower's, Ray's (driver side), Python warnings and fedkd's own.
+LOGGERS = ("flwr", "ray", "py.warnings", "fedkd")
+# Flower's ERROR line that only announces the traceback logged next; that one carries the reason.
+PREAMBLES = ("An exception was raised when processing a message by",)
+_WRAPPED = re.compile(r"^Exception \w+ occurred\. Message: ")  # how Flower rewraps a ClientApp's error
+
+
+class _PlainFormatter(logging.Formatter):
+    """Timestamped records without colour codes (Ray puts some inside its exception texts)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return ANSI.sub("", super().format(record))
+
+
+class _LogFile(logging.FileHandler):
+    """run.log. Its format is fixed: `ray.init` resets the formatter of every handler on the
+    "ray" logger to its own (with colour codes)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+        self.formatter = _PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.setLevel(logging.INFO)
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
+class ConsoleDigest(logging.Handler):
+    """One console line per distinct error: the informative last line of a record
+    (a traceback ends with the reason), each said once per run."""
+
+    def __init__(self, say: Callable[[str], None]):
+        super().__init__(level=logging.ERROR)  # Flower's warnings (deprecations) stay in run.log
+        self.say = say
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = digest(record.getMessage())
+        except Exception:  # a record that cannot be formatted: it is in run.log as it is
+            return
+        if not line or line in self.seen or line.startswith(PREAMBLES):
+            return
+        self.seen.add(line)
+        self.say(f"{record.name.split('.')[0]} {record.levelname.lower()}: {line}")
+
+
+def digest(message: str) -> str:
+    """The last non-empty line of a log message, without colour codes or Flower's rewrapping."""
+    lines = [ANSI.sub("", ln).strip() for ln in str(message).splitlines()]
+    lines = [ln for ln in lines if ln]
+    return _WRAPPED.sub("", lines[-1]) if lines else ""
+
+
+@contextmanager
+def run_logging(path: Path, say: Callable[[str], None] | None) -> Iterator[None]:
+    """Send Flower's, Ray's and fedkd's log records and Python warnings to `path` in full. With
+    `say`, Flower's own console handler is taken off for the run and each error
+    reaches the console as one line through `say`; without it (--verbose) Flower keeps its
+    console handler, coloured only on a terminal. Everything is put back on exit."""
+    from flwr.common.logger import ConsoleHandler
+
+    file_handler = _LogFile(path)
+    flwr_logger = logging.getLogger("flwr")
+    consoles = [h for h in flwr_logger.handlers if isinstance(h, ConsoleHandler)]
+    saved = {name: logging.getLogger(name).level for name in LOGGERS}
+    saved_colour = [(h, h.colored) for h in consoles]
+    digest_handler = ConsoleDigest(say) if say is not None else None
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(file_handler)
+        if logger.level in (logging.NOTSET,) or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    if digest_handler is not None:
+        for h in consoles:
+            flwr_logger.removeHandler(h)
+        flwr_logger.addHandler(digest_handler)
+    else:
+        for h in consoles:
+            h.colored = bool(getattr(h.stream, "isatty", lambda: False)())
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for name in LOGGERS:
+            logger = logging.getLogger(name)
+            logger.removeHandler(file_handler)
+            logger.setLevel(saved[name])
+            if digest_handler is not None:
+                logger.removeHandler(digest_handler)
+        if digest_handler is not None:
+            for h in consoles:
+                flwr_logger.addHandler(h)
+        for h, colored in saved_colour:
+            h.colored = colored
+        file_handler.close()
 
 
 def _exit_now(code: int) -> None:
@@ -223,7 +388,9 @@ def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=
     from fedkd.apps.server_app import make_server_app
 
     if not verbose:  # Flower's deprecation notice for run_simulation and per-round INFO lines
-        logging.getLogger("flwr").setLevel(logging.ERROR)
+        from flwr.common.logger import update_console_handler
+
+        update_console_handler(level=logging.ERROR)  # its console only: run.log still gets INFO
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     holder: dict = {}
     backend = {
@@ -250,9 +417,23 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _dropped(r: dict) -> str:
+    """Secure-aggregation drop-outs of a round: 'share_keys: 7; unmask: 3', or ''."""
+    dropped = (r.get("secagg") or {}).get("dropped", {})
+    return "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in dropped.items())
+
+
 def _round_line(r: dict) -> str:
-    line = (f"round {r['round']}: student {_fmt(r['student_accuracy'])}  ensemble {_fmt(r['ensemble_accuracy'])}  "
-            f"teachers {_fmt(r['teacher_accuracy_mean'])}  ({_fmt(r['seconds'], 1)} s)")
+    ratio = r.get("student_to_ensemble")
+    student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
+    line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
+            f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
+    if _dropped(r):
+        line += f"  dropped {_dropped(r)}"
     if r.get("privacy"):
         line += f"  epsilon {r['privacy']['epsilon']:.3f}"
     if r.get("teacher_epsilon"):
@@ -260,14 +441,59 @@ def _round_line(r: dict) -> str:
     return line
 
 
-def summary_table(results: dict, wall: float):
+def summary_table(results: dict, wall: float, width: int | None = None):
+    """The run's rounds as a rich Table: every column when it fits in `width` (None: always),
+    else the key figures only, with secure-aggregation drop-outs listed under the table."""
+    full = _full_table(results, wall)
+    if width is None or _rendered_width(full) <= width:
+        return full
+    return _compact_table(results, wall)
+
+
+def _title(results: dict) -> str:
+    cfg = results["config"]
+    return (f"fedkd {cfg['method']} on {cfg['dataset']}: {cfg['num-clients']} clients, "
+            f"{cfg['partition']} alpha={cfg['alpha']}, T={cfg['temperature']}")
+
+
+def _rendered_width(renderable) -> int:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=10_000, color_system=None)
+    with console.capture() as capture:
+        console.print(renderable)
+    return max((len(line.rstrip()) for line in capture.get().splitlines()), default=0)
+
+
+def _compact_table(results: dict, wall: float):
     from rich.table import Table
 
-    cfg = results["config"]
-    table = Table(title=f"fedkd {cfg['method']} on {cfg['dataset']}: {cfg['num-clients']} clients, "
-                        f"{cfg['partition']} alpha={cfg['alpha']}, T={cfg['temperature']}")
+    rounds = results["rounds"]
+    table = Table(title=_title(results))
+    columns = ["round", "student", "ensemble", "stu/ens", "teachers", "s"]
+    private = any(r.get("privacy") for r in rounds)
+    if private:
+        columns.append("epsilon")
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rounds:
+        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["ensemble_accuracy"]),
+               _ratio(r.get("student_to_ensemble")), _fmt(r["teacher_accuracy_mean"]), _fmt(r["seconds"], 1)]
+        if private:
+            row.append(_fmt((r.get("privacy") or {}).get("epsilon"), 3))
+        table.add_row(*row)
+    notes = [f"round {r['round']} dropped {_dropped(r)}" for r in rounds if _dropped(r)]
+    table.caption = "\n".join([*notes, f"total {wall:.1f} s; every column in summary.txt"])
+    return table
+
+
+def _full_table(results: dict, wall: float):
+    from rich.table import Table
+
+    table = Table(title=_title(results))
     secure = any(r.get("secagg") for r in results["rounds"])
-    columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "teacher acc (mean±sd)", "upload B/client", "s"]
+    columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "student/ensemble", "teacher acc (mean±sd)",
+               "upload B/client", "s"]
     private = any(r.get("privacy") for r in results["rounds"])
     if secure:
         columns += ["secagg s", "survivors", "dropped (stage: ids)"]
@@ -282,11 +508,11 @@ def summary_table(results: dict, wall: float):
         teacher = "-" if r["teacher_accuracy_mean"] is None else f"{r['teacher_accuracy_mean']:.4f}±{r['teacher_accuracy_std']:.3f}"
         upload = "-" if r["upload_bytes_per_client"] is None else f"{r['upload_bytes_per_client']:,.0f}"
         row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["student_nll"], 3), _fmt(r["student_ece"], 3),
-               _fmt(r["ensemble_accuracy"]), teacher, upload, _fmt(r["seconds"], 1)]
+               _fmt(r["ensemble_accuracy"]), _ratio(r.get("student_to_ensemble")), teacher, upload,
+               _fmt(r["seconds"], 1)]
         if secure:
             sa = r.get("secagg") or {}
-            dropped = "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in sa.get("dropped", {}).items())
-            row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), dropped or "-"]
+            row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), _dropped(r) or "-"]
         if private:
             row += [_fmt((r.get("privacy") or {}).get("epsilon"), 3)]
         if dpsgd:
@@ -294,6 +520,15 @@ def summary_table(results: dict, wall: float):
         table.add_row(*row)
     table.caption = f"total {wall:.1f} s"
     return table
+
+
+def write_summary(results: dict, wall: float, path: Path) -> None:
+    """The full table as plain text (no colour codes), as wide as it needs."""
+    from rich.console import Console
+
+    table = _full_table(results, wall)
+    with open(path, "w", encoding="utf-8") as f:
+        Console(file=f, width=max(80, _rendered_width(table)), color_system=None, force_terminal=False).print(table)
 
 
 if __name__ == "__main__":

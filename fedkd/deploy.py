@@ -3,7 +3,9 @@
 
 Owns: TLS material and SuperNode keys for secure mode (made here with `cryptography`), free ports,
 a private FLWR_HOME holding the `flwr` connection to the SuperLink, starting and stopping every
-process, streaming their logs with a name prefix, and judging whether the run completed.
+process, streaming their logs with a name prefix (to the console unless --quiet, and always to
+`run.log` in the run's output folder, chosen before anything starts), and judging whether the
+run completed.
 Must not touch: the app itself (`fedkd.apps` only runs inside the processes started here), the
 user's ~/.flwr, or any fixed port.
 
@@ -370,7 +372,8 @@ class Options:
     timeout: float = 3600.0  # seconds for the whole deployment, start to teardown
     app: str | None = None
     probe_unenrolled: bool = False  # secure mode: also start one SuperNode whose key was never enrolled
-    quiet: bool = False  # do not echo the processes' logs
+    quiet: bool = False  # do not echo the processes' logs (run.log has them)
+    force: bool = False  # replace an earlier run's results in out
     grace: float = 10.0  # seconds between SIGTERM and SIGKILL at teardown
 
 
@@ -505,8 +508,9 @@ class Deployment:
         nodes = self.flwr("supernode", "list", CONNECTION).get("nodes", [])
         return sum(1 for node in nodes if str(node.get("status", "")).lower() == "online")
 
-    def wait_nodes(self, count: int, nodes: Sequence[Process], within: float) -> None:
-        deadline = time.monotonic() + within
+    def wait_nodes(self, count: int, nodes: Sequence[Process], within: float, report_every: float = 15.0) -> None:
+        started = time.monotonic()
+        deadline, next_report = started + within, started + report_every
         while True:
             for node in nodes:
                 if node.poll() is not None:
@@ -514,8 +518,12 @@ class Deployment:
             online = self.online_nodes()
             if online >= count:
                 return
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise DeployError(f"only {online} of {count} SuperNodes connected within {within:.0f}s")
+            if now >= next_report:
+                self.say(f"waiting for {count} SuperNodes, {online} online ({now - started:.0f} of {within:.0f}s)")
+                next_report = now + report_every
             time.sleep(0.5)
 
     def submit(self, app_dir: Path, run_config: dict[str, Any]) -> int:
@@ -615,6 +623,12 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
     cwd = Path.cwd()
     app_dir = find_app(opts.app, cwd)
     run_config = build_run_config(opts.run_config, opts.num_nodes, app_defaults(app_dir), cwd)
+    from fedkd.results import OutputError, prepare_out
+
+    try:  # a `latest` out becomes a fresh timestamped folder; an earlier run's is refused without --force
+        run_config["out"] = str(prepare_out(run_config["out"], force=opts.force).resolve())
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
 
     tls, keys = None, []
     if opts.secure:
@@ -624,8 +638,19 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
         keys = node_keys(certs / "nodes", opts.num_nodes)
 
     workdir = Path(tempfile.mkdtemp(prefix="fedkd-deploy-"))
+    log = open(Path(run_config["out"]) / "run.log", "a", encoding="utf-8")
+    log_lock = threading.Lock()
+
+    def echo_and_log(line: str) -> None:  # every process's lines, whatever the console shows
+        with log_lock:
+            if not log.closed:  # a reader thread may outlive teardown by a moment
+                log.write(line + "\n")
+                log.flush()
+        if echo is not None:
+            echo(line)
+
     try:
-        with Deployment(workdir, bins, tls, echo=echo, cwd=cwd, grace=opts.grace) as dep:
+        with Deployment(workdir, bins, tls, echo=echo_and_log, cwd=cwd, grace=opts.grace) as dep:
             ports = free_ports(opts.num_nodes + 2)
             dep.start_superlink(ports[0], ready_within=max(1.0, min(60.0, deadline - time.monotonic())))
             for key in keys:
@@ -643,6 +668,8 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
             dep.say(f"run {run_id} ended: {status}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        with log_lock:
+            log.close()
 
     results_path = Path(run_config["out"]) / "results.json"
     try:
@@ -689,14 +716,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else the current folder)")
     parser.add_argument("--probe-unenrolled", action="store_true",
                         help="with --secure: also start a SuperNode with an unenrolled key and require its refusal")
-    parser.add_argument("--quiet", action="store_true", help="show only this command's own lines, not the processes' logs")
+    parser.add_argument("--quiet", action="store_true",
+                        help="show only this command's own lines, not the processes' logs (those are in run.log)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the results of an earlier run in the run's out folder (otherwise refused)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `fedkd deploy` from parsed arguments: 0 completed, 1 the run failed, 2 bad usage, 130 interrupted."""
     opts = Options(num_nodes=args.num_nodes, secure=args.secure, certs_dir=args.certs_dir,
                    run_config=args.run_config, timeout=args.timeout, app=args.app,
-                   probe_unenrolled=args.probe_unenrolled, quiet=args.quiet)
+                   probe_unenrolled=args.probe_unenrolled, quiet=args.quiet, force=args.force)
     lock = threading.Lock()
 
     def echo(line: str) -> None:

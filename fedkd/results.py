@@ -1,20 +1,28 @@
 """Run outputs: `config.json`, `results.json` (rewritten atomically after every round, so a crash
-leaves the last good state) and `curves.png`.
+leaves the last good state), `curves.png`, and the output folder itself.
 
-Owns: the results schema and the files in the output folder. Must not touch: training or Flower.
+Owns: the results schema, the files in the output folder, choosing that folder (`prepare_out`:
+a `.../latest` out gets a fresh timestamped sibling, an earlier run is never overwritten without
+`force`), what a run resolved from its `auto` settings (`resolved_settings`) and the software
+versions it ran with (`environment`). Must not touch: training or Flower messaging.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import platform
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fedkd.config import Config
+
+if TYPE_CHECKING:
+    from fedkd.data import Splits
 
 # Set when the user interrupts a run: from then on no recorder in this process rewrites its files,
 # so the interrupted state written by the CLI is the last word (the ServerApp thread may still be
@@ -27,6 +35,155 @@ def halt_saving() -> None:
 
 
 FINAL_KEYS = ("student_accuracy", "ensemble_accuracy", "teacher_accuracy_mean", "seconds_total")
+# What a run writes into its folder: with `force`, an earlier run's copies are removed first.
+RUN_FILES = ("config.json", "results.json", "curves.png", "summary.txt", "run.log")
+
+
+class OutputError(ValueError):
+    """The output folder cannot be used; the message names it and says why, in one line."""
+
+
+# ---- the output folder -------------------------------------------------------------------------
+
+def prepare_out(out: str | os.PathLike, force: bool = False, now: datetime.datetime | None = None) -> Path:
+    """The folder this run writes into, created and checked writable before anything starts.
+
+    `DIR/latest` (the default `runs/latest`) keeps every run: the run goes to a fresh sibling
+    `DIR/<YYYYmmdd-HHMMSS>` and `DIR/latest` becomes a symlink to it (an old real `latest` folder
+    is renamed to its own timestamp). Any other folder is used as given, but one that already
+    holds a run's results.json is refused unless `force`, which removes that run's files first.
+    """
+    path = Path(out).expanduser()
+    try:
+        if path.name == "latest":
+            return _fresh_run_folder(path, now or datetime.datetime.now())
+        if (path / "results.json").exists():
+            if not force:
+                raise OutputError(f"out '{path}' already holds the results of an earlier run; choose another "
+                                  "out, delete it, or pass --force to replace them")
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        _check_writable(path)
+    except OSError as exc:
+        raise OutputError(f"out '{path}' cannot be created or written: {exc.strerror or exc}") from None
+    return path
+
+
+def _fresh_run_folder(latest: Path, now: datetime.datetime) -> Path:
+    parent = latest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if latest.is_dir() and not latest.is_symlink():  # an older fedkd wrote into latest itself: keep it
+        if any(latest.iterdir()):
+            stamp = datetime.datetime.fromtimestamp(latest.stat().st_mtime)
+            latest.rename(_unique_folder(parent, stamp, create=False))
+        else:
+            latest.rmdir()
+    folder = _unique_folder(parent, now, create=True)
+    _check_writable(folder)
+    tmp = parent / f".latest-{os.getpid()}-{threading.get_ident()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(folder.name, tmp)  # relative: the runs folder can be moved as a whole
+    os.replace(tmp, latest)  # atomic: `latest` always points at a complete folder name
+    return folder
+
+
+def _unique_folder(parent: Path, when: datetime.datetime, create: bool) -> Path:
+    """parent/YYYYmmdd-HHMMSS, with -2, -3, ... when two runs start in the same second."""
+    base = when.strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        folder = parent / (base if i == 1 else f"{base}-{i}")
+        if not create:
+            if not folder.exists():
+                return folder
+            continue
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise OSError(f"too many runs named {base}-* in {parent}")
+
+
+def _check_writable(folder: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        pass
+
+
+# ---- what the run ran with ---------------------------------------------------------------------
+
+def environment(now: datetime.datetime | None = None) -> dict:
+    """Versions of fedkd and what it runs on, and the date (local time with its offset)."""
+    from importlib import metadata
+
+    versions = {}
+    for package in ("fedkd", "flwr", "torch", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    if versions["fedkd"] is None:  # run from a checkout that is not installed
+        from fedkd import __version__
+
+        versions["fedkd"] = __version__
+    versions["python"] = platform.python_version()
+    versions["date"] = (now or datetime.datetime.now().astimezone()).isoformat(timespec="seconds")
+    return versions
+
+
+# How fedkd.data scales each built-in dataset's inputs (a .npz is taken as stored).
+SCALING = {"digits": "pixels / 16, to [0, 1]",
+           **dict.fromkeys(("mnist", "fashion-mnist", "cifar10"), "pixels / 255, standardised per channel")}
+
+
+def resolved_settings(config: Config, splits: "Splits") -> dict:
+    """What the run's `auto` and 0 (automatic) settings became for this data, and the data's
+    shape: input shape and scaling, models, partition sizes, secure-aggregation parameters.
+    One place to extend when more of the data is described."""
+    import numpy as np
+
+    from fedkd.models import auto_model
+
+    def model(name: str) -> str:
+        return auto_model(splits.input_shape) if name == "auto" else name
+
+    sizes = [int(len(p)) for p in splits.partitions]
+    resolved: dict = {
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "scaling": SCALING.get(config.dataset, "as stored in the .npz (float32)"),
+        "private_mean": round(float(np.mean(splits.private_x)), 4),
+        "private_std": round(float(np.std(splits.private_x)), 4),
+        "teacher_models": [model(config.teacher_model_for(i)) for i in range(config.num_clients)],
+        "student_model": model(config.student_model),
+        "partition_sizes": sizes,
+        "num_public": int(len(splits.public_y)),
+        "num_test": int(len(splits.test_y)),
+    }
+    if config.method == "fd" and config.aggregation == "secagg":
+        from fedkd.apps.secure import secagg_config
+        from fedkd.task import vector_layout
+
+        sa = secagg_config(config, splits.num_classes, 1)
+        m, n_test, k = vector_layout(config, splits, 1)
+        neighbours, threshold = sa.resolve(config.num_clients, (m + n_test) * k)
+        resolved["secagg"] = {"clip": sa.clip, "scale": sa.scale, "bit_width": sa.bit_width,
+                              "neighbors": neighbours, "threshold": threshold,
+                              "consistency_check": sa.consistency_check}
+    if config.dp_enabled:  # with dp-target-epsilon the noise multiplier is derived, not given
+        from fedkd.task import dp_params
+
+        resolved["dp_noise_multiplier"] = dp_params(config, splits.num_classes, 1).noise_multiplier
+    return resolved
+
+
+def student_to_ensemble(record: dict) -> float | None:
+    """student accuracy / ensemble-teacher accuracy: how much of the teacher the student kept."""
+    student, ensemble = record.get("student_accuracy"), record.get("ensemble_accuracy")
+    if student is None or ensemble is None or not ensemble > 0:
+        return None
+    return student / ensemble
+
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -68,12 +225,29 @@ class RunRecorder:
         self.rounds: list[dict] = []
         self.on_round = on_round
         self.extra: dict = {}
+        self.described: dict = {"environment": environment()}  # and "resolved", once the data is loaded
 
     def start(self) -> None:
-        write_json_atomic(self.out / "config.json", self.config.to_run_config())
+        self._write_config()
         self._save("running")
 
+    def describe(self, resolved: dict) -> None:
+        """Record what the run resolved (see `resolved_settings`) in config.json and results.json."""
+        self.described["resolved"] = resolved
+        self._write_config()
+        self._save("running")
+
+    def config_record(self) -> dict:
+        """config.json: every setting as given, then what it resolved to and the software versions."""
+        return {**self.config.to_run_config(), **self.described}
+
+    def _write_config(self) -> None:
+        if not _HALTED.is_set():
+            write_json_atomic(self.out / "config.json", self.config_record())
+
     def add_round(self, record: dict) -> None:
+        if "student_accuracy" in record and "ensemble_accuracy" in record:  # every round the server makes
+            record["student_to_ensemble"] = student_to_ensemble(record)
         self.rounds.append(record)
         self._save("running")
         if self.on_round is not None:
@@ -104,7 +278,7 @@ class RunRecorder:
         return final
 
     def results(self, status: str, final: dict | None = None) -> dict:
-        return {"status": status, "config": self.config.to_run_config(), "rounds": self.rounds,
+        return {"status": status, "config": self.config_record(), "rounds": self.rounds,
                 "final": final, **self.extra}
 
     def _save(self, status: str, final: dict | None = None) -> None:

@@ -97,3 +97,245 @@ def test_audit_is_a_fedkd_command(capsys, tmp_path):
     result = json.loads(capsys.readouterr().out)
     assert list(result["views"]) == ["secagg"] and result["setting"]["trials"] == 20
     assert (tmp_path / "b" / "audit.json").exists() and (tmp_path / "b" / "audit_roc.png").exists()
+
+
+# ---- the output folder (issue 11) ---------------------------------------------------------------
+
+def test_an_out_that_cannot_be_created_is_refused_before_anything_starts(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out in ("/proc/forbidden", str(blocker / "out")):
+        assert main(["run", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fedkd: error: out '{out}' cannot be created or written") and err.count("\n") == 1
+
+
+def test_latest_gets_a_fresh_timestamped_folder_and_earlier_runs_are_kept(tmp_path):
+    import datetime
+
+    from fedkd.results import prepare_out
+
+    when = datetime.datetime(2030, 1, 2, 3, 4, 5)
+    old = tmp_path / "runs" / "latest"  # what an older fedkd left: a real folder
+    old.mkdir(parents=True)
+    (old / "results.json").write_text("{}")
+    first = prepare_out(old, now=when)
+    second = prepare_out(old, now=when)  # same second: a suffix, not the same folder
+    assert first == tmp_path / "runs" / "20300102-030405" and second == tmp_path / "runs" / "20300102-030405-2"
+    assert old.is_symlink() and old.resolve() == second.resolve() and first.is_dir()
+    kept = [p for p in (tmp_path / "runs").iterdir() if (p / "results.json").exists() and not p.is_symlink()]
+    assert len(kept) == 1 and kept[0] not in (first, second)  # the old folder, renamed to its own time
+
+
+def test_a_folder_with_an_earlier_run_is_refused_unless_forced(capsys, tmp_path):
+    from fedkd.results import OutputError, prepare_out
+
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="already holds the results of an earlier run"):
+        prepare_out(tmp_path)
+    assert main(["run", "--out", str(tmp_path)]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert prepare_out(tmp_path, force=True) == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # only fedkd's own files go
+
+
+# ---- options ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], (False, False, False)),
+        (["--download", "--public-labels", "--secagg-consistency-check"], (True, True, True)),
+        (["--download", "true", "--public-labels", "yes"], (True, True, False)),
+        (["--download", "--no-download", "--secagg-consistency-check", "false"], (False, False, False)),
+        (["--public-labels", "--rounds", "2"], (False, True, False)),
+    ],
+)
+def test_boolean_options_are_bare_flags_with_no_twins(argv, expected):
+    from fedkd.cli import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["run", *argv]))
+    assert (config.download, config.public_labels, config.secagg_consistency_check) == expected
+
+
+# ---- what a run records -------------------------------------------------------------------------
+
+def test_config_json_records_versions_date_and_what_auto_resolved_to(tmp_path):
+    import json
+    import platform
+
+    import flwr
+    import numpy
+    import torch
+
+    from fedkd.config import Config
+    from fedkd.results import RunRecorder, resolved_settings
+    from fedkd.task import splits_for
+
+    config = Config(out=str(tmp_path), num_clients=10, teacher_models="auto,cnn")
+    rec = RunRecorder(config)
+    rec.start()
+    rec.describe(resolved_settings(config, splits_for(config)))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved == json.loads((tmp_path / "results.json").read_text())["config"]
+    env = saved["environment"]
+    assert (env["flwr"], env["numpy"], env["python"]) == (flwr.__version__, numpy.__version__, platform.python_version())
+    assert env["torch"] == torch.__version__ and env["fedkd"] and env["date"][:2] == "20"
+    resolved = saved["resolved"]
+    assert resolved["input_shape"] == [1, 8, 8] and resolved["num_classes"] == 10
+    assert resolved["teacher_models"][:2] == ["mlp", "cnn"] and resolved["student_model"] == "mlp"
+    assert len(resolved["partition_sizes"]) == 10 and resolved["num_public"] == 500
+    # 10 clients: k = 2 * ceil(log2 10) = 8 neighbours, t = 8 // 2 + 1; clip 1 for mean soft labels
+    assert resolved["secagg"] == {"clip": 1.0, "scale": 2.0**24, "bit_width": 32, "neighbors": 8, "threshold": 5,
+                                  "consistency_check": False}
+    assert saved["secagg-neighbors"] == 0  # the setting as given stays next to what it became
+
+
+def test_student_to_ensemble_is_recorded_per_round(tmp_path):
+    import json
+
+    from fedkd.config import Config
+    from fedkd.results import RunRecorder
+
+    rec = RunRecorder(Config(out=str(tmp_path)))
+    rec.start()
+    rec.add_round({"round": 1, "student_accuracy": 0.45, "ensemble_accuracy": 0.9})
+    rec.add_round({"round": 2, "student_accuracy": 0.5, "ensemble_accuracy": None})  # e.g. DP: no ensemble shown
+    rounds = json.loads((tmp_path / "results.json").read_text())["rounds"]
+    assert rounds[0]["student_to_ensemble"] == pytest.approx(0.5) and rounds[1]["student_to_ensemble"] is None
+
+
+# ---- what the console shows ---------------------------------------------------------------------
+
+RAY_ERROR = ("\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=1)\nTraceback (most recent call last):\n"
+             "  File \"secure.py\", line 200, in client_step\n    raise RuntimeError(...)\n"
+             "RuntimeError: client 7: simulated drop-out at stage 'share_keys' (config 'drop')\n\n"
+             "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException occurred. "
+             "Message: client 7: simulated drop-out at stage 'share_keys' (config 'drop')\n")
+
+
+def test_errors_are_one_console_line_and_run_log_keeps_them_whole(tmp_path):
+    import logging
+
+    from flwr.common.logger import ConsoleHandler, log
+
+    from fedkd.cli import run_logging
+
+    flwr_logger = logging.getLogger("flwr")
+    before = list(flwr_logger.handlers)
+    said: list[str] = []
+    with run_logging(tmp_path / "run.log", say=said.append):
+        for h in logging.getLogger("ray").handlers:  # what ray.init does to the handlers on its logger
+            h.setFormatter(logging.Formatter("\x1b[36m%(message)s"))
+        log(logging.ERROR, "An exception was raised when processing a message by RayBackend")
+        log(logging.ERROR, RAY_ERROR)
+        log(logging.ERROR, "Traceback (most recent call last):\n  ...\n" + RAY_ERROR)  # the same event again
+        log(logging.WARNING, "DEPRECATED FEATURE: run_simulation")
+        log(logging.INFO, "fedkd: waiting for 3 nodes, 2 connected")
+        logging.getLogger("ray").error("raylet: worker died")
+        assert not any(isinstance(h, ConsoleHandler) for h in flwr_logger.handlers)
+    assert said == ["flwr error: client 7: simulated drop-out at stage 'share_keys' (config 'drop')"]
+    text = (tmp_path / "run.log").read_text()
+    assert text.count("Traceback") == 3 and "DEPRECATED FEATURE" in text  # every record whole and "waiting for 3 nodes" in text
+    assert "raylet: worker died" in text and "\x1b" not in text
+    assert flwr_logger.handlers == before  # Flower's console handler is back after the run
+
+
+def _results(drops: dict | None = None) -> dict:
+    rounds = []
+    for r in (1, 2):
+        rounds.append({
+            "round": r, "student_accuracy": 0.8802, "student_nll": 0.41, "student_ece": 0.05,
+            "ensemble_accuracy": 0.9053, "student_to_ensemble": 0.8802 / 0.9053, "teacher_accuracy_mean": 0.5649,
+            "teacher_accuracy_std": 0.123, "upload_bytes_per_client": 35_512.0, "seconds": 47.04,
+            "secagg": {"seconds_total": 3.21, "survivors": list(range(8)), "dropped": drops or {}},
+            "privacy": {"epsilon": 1.234},
+        })
+    config = {"method": "fd", "dataset": "digits", "num-clients": 10, "partition": "dirichlet", "alpha": 0.5,
+              "temperature": 3.0}
+    return {"status": "completed", "config": config, "rounds": rounds, "final": {}}
+
+
+def test_summary_fits_80_columns_without_cutting_a_figure(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from fedkd.cli import summary_table, write_summary
+
+    results = _results({"share_keys": [7], "unmask": [3]})
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(summary_table(results, 50.3, width=80))
+    text = console.file.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for figure in ("0.8802", "0.9053", "0.97", "0.5649", "47.0", "1.234", "share_keys: 7; unmask: 3"):
+        assert figure in text, figure
+    write_summary(results, 50.3, tmp_path / "summary.txt")
+    full = (tmp_path / "summary.txt").read_text()
+    assert "…" not in full and "\x1b" not in full
+    for column in ("NLL", "ECE", "upload B/client", "student/ensemble", "survivors", "dropped (stage: ids)"):
+        assert column in full, column
+    assert max(len(line) for line in full.splitlines()) > 80  # the full table needs the room it takes
+    wide = Console(file=io.StringIO(), width=250, color_system=None)
+    wide.print(summary_table(results, 50.3, width=250))
+    assert "upload B/client" in wide.file.getvalue()  # a wide terminal gets every column
+
+
+def test_run_shows_one_line_per_drop_out_and_keeps_the_full_log(tmp_path):
+    """End to end (one small simulation): the default out, the console, run.log, summary.txt."""
+    import json
+    import os
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedkd.cli", "run", "--clients", "4", "--rounds", "1", "--drop", "unmask:1",
+         "--local-epochs", "1", "--digest-epochs", "0", "--distill-epochs", "2", "--num-public", "100"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console
+    assert "Traceback" not in console and "\x1b" not in console  # not a terminal: no colour codes
+    assert [line for line in console.splitlines() if "simulated drop-out" in line] == [
+        "flwr error: client 1: simulated drop-out at stage 'unmask' (config 'drop')"]
+    assert len(console.splitlines()) < 30, console
+    assert "input (1, 8, 8)" in console and "neighbours" in console  # what auto resolved to
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink()
+    out = latest.resolve()
+    assert out.parent == (tmp_path / "runs").resolve() and out.name[:2] == "20"
+    log = (out / "run.log").read_text()
+    assert "Traceback" in log and "simulated drop-out at stage 'unmask'" in log and "\x1b" not in log
+    saved = json.loads((out / "results.json").read_text())
+    assert (tmp_path / saved["config"]["out"]).resolve() == out and saved["config"]["environment"]["flwr"]
+    r = saved["rounds"][0]
+    assert r["student_to_ensemble"] == pytest.approx(r["student_accuracy"] / r["ensemble_accuracy"])
+    assert "dropped unmask: 1" in console and (out / "summary.txt").is_file()
+
+
+def test_waiting_for_nodes_says_at_once_what_it_waits_for():
+    import logging
+
+    from fedkd.apps.driver import wait_for_nodes
+    from fedkd.config import Config
+
+    class Grid:  # 2 nodes connected, the third one joins on the fourth look
+        calls = 0
+
+        def get_node_ids(self):
+            self.calls += 1
+            return [1, 2] if self.calls < 4 else [1, 2, 3]
+
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("flwr").addHandler(handler)
+    try:
+        nodes = wait_for_nodes(Grid(), Config(num_clients=3, timeout=600), poll=0.0, report_every=0.0)
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    assert nodes == [1, 2, 3]
+    assert len(said) == 3 and said[0].startswith("fedkd: waiting for 3 nodes, 2 connected")
+    assert "num-clients must equal the number of SuperNodes" in said[0]

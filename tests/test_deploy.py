@@ -5,6 +5,10 @@ whatever happens, every process it caused is found through an environment tag an
 failing test leaves nothing running. The default run keeps the plain 2-node round, the secure
 refusal, Ctrl-C and a SuperNode dying mid-run (about 90 s on 2 cores); the full secure round and
 the failing run are marked slow (`pytest -m slow tests/test_deploy.py`).
+
+No test depends on how fast a loaded machine is: each waits for the event itself (a line, an exit,
+a process count) and the bound it waits under (WAIT, or a deployment's own --timeout) is only
+there so that a hang ends, several times what the event takes on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from fedkd import deploy
 
 LINUX_PROC = pytest.mark.skipif(not Path("/proc").is_dir(), reason="orphan checks read /proc")
 TINY = "rounds=1 local-epochs=1 distill-epochs=2 num-public=100"
+WAIT = 120.0  # seconds: the bound for an event that takes a few seconds on an idle machine
+DEPLOY_TIMEOUT = "300"  # a test deployment's own --timeout (one round takes 40-50 s on 2 idle cores)
+RUN_WAIT = 360.0  # ... and how long a test waits for that deployment to exit
 TAG = "FEDKD_TEST_TAG"
 PROJECT = Path(__file__).resolve().parent.parent  # the app to submit, whether or not fedkd is installed editable
 
@@ -52,7 +59,7 @@ def kill_tagged(tag: str) -> set[int]:
     return pids
 
 
-def wait_untagged(tag: str, within: float = 10.0) -> set[int]:
+def wait_untagged(tag: str, within: float = WAIT) -> set[int]:
     end = time.monotonic() + within
     while (left := deploy.marked_pids(tag, name=TAG)) and time.monotonic() < end:
         time.sleep(0.2)
@@ -163,10 +170,10 @@ def test_a_tls_client_trusting_the_ca_accepts_the_server_on_127_0_0_1(tmp_path):
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
             with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
                 assert tls.recv(2) == b"ok"
-        thread.join(5)
+        thread.join(WAIT)
 
 
 def test_certificates_are_reused_while_valid_and_renewed_once_expired(tmp_path):
@@ -238,6 +245,19 @@ def test_bad_usage_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path, monk
     assert list(tmp_path.iterdir()) == []  # nothing was written or started
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_anything_starts(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert deploy.main(parse("2", "--run-config", 'out="/proc/forbidden"')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedkd deploy: error: out '/proc/forbidden' cannot be created or written") and \
+        err.count("\n") == 1
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text("{}")
+    assert deploy.main(parse("2", "--run-config", 'out="done"')) == 2
+    assert "already holds the results of an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # no process, no FLWR_HOME, nothing else
+
+
 def test_a_certs_dir_that_cannot_be_written_is_one_line(capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -256,7 +276,7 @@ def test_missing_flower_binaries_are_one_line(capsys, tmp_path, monkeypatch):
 
 def test_python_dash_m_reports_usage_errors_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fedkd.deploy", "1"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=WAIT)
     assert proc.returncode == 2
     assert proc.stderr.startswith("fedkd deploy: error: N=1") and "Traceback" not in proc.stderr
 
@@ -266,18 +286,23 @@ def test_python_dash_m_reports_usage_errors_without_traceback(tmp_path):
 @LINUX_PROC
 def test_teardown_kills_stubborn_processes_and_descendants_in_other_sessions(tmp_path):
     bins = {name: "/bin/true" for name in deploy.BINARIES}
-    dep = deploy.Deployment(tmp_path, bins, echo=None, grace=0.5)
+    # grace: the bound on the polite process's exit after SIGTERM (it stops at once when scheduled);
+    # the stubborn one ignores SIGTERM, so teardown waits all of it, then SIGKILLs
+    dep = deploy.Deployment(tmp_path, bins, echo=None, grace=10)
     try:
         # ignores SIGTERM, and leaves a grandchild in a session of its own (as flower-superexec does)
         stubborn = dep.start("stubborn", ["sh", "-c", "trap '' TERM; setsid sleep 300 & sleep 300 & wait"])
         polite = dep.start("polite", ["sleep", "300"])
-        end = time.monotonic() + 10
+        end = time.monotonic() + WAIT  # four processes: two shells' children start when they are scheduled
         while len(deploy.marked_pids(dep.marker)) < 4 and time.monotonic() < end:
             time.sleep(0.05)
         assert len(deploy.marked_pids(dep.marker)) >= 4
         t0 = time.monotonic()
         dep.stop_all()
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 200  # it did not wait out the 300 s sleeps
+        end = time.monotonic() + WAIT
+        while deploy.marked_pids(dep.marker) and time.monotonic() < end:
+            time.sleep(0.05)
         assert deploy.marked_pids(dep.marker) == set()
         assert polite.poll() == -signal.SIGTERM and stubborn.poll() == -signal.SIGKILL
     finally:
@@ -289,13 +314,18 @@ def test_teardown_kills_stubborn_processes_and_descendants_in_other_sessions(tmp
 
 @LINUX_PROC
 def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(run_deploy, tmp_path):
-    out = tmp_path / "out"
-    proc = run_deploy("2", "--quiet", "--timeout", "110", "--run-config", f'{TINY} out="{out}"')
-    code = proc.wait(within=150)
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY)  # default out: runs/latest
+    code = proc.wait(within=RUN_WAIT)
     assert code == 0, proc.text()
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink()  # the run went to a fresh runs/<date-time> folder
+    out = latest.resolve()
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed" and len(results["rounds"]) == 1
-    assert results["config"]["num-clients"] == 2
+    assert results["config"]["num-clients"] == 2 and results["config"]["out"] == str(out)
+    assert results["config"]["environment"]["flwr"] and "student_to_ensemble" in results["rounds"][0]
+    log = (out / "run.log").read_text()  # the processes' lines, though --quiet kept them off the console
+    assert "superlink |" in log and "node-0" in log and "\x1b" not in log
     assert "fedkd deploy: completed 1 round on 2 SuperNodes" in proc.text()
     assert wait_untagged(proc.tag) == set(), "processes outlived the deployment"
     assert len(proc.ports()) == 3 and all(port_is_free(p) for p in proc.ports())
@@ -310,15 +340,15 @@ def test_secure_superlink_refuses_a_node_whose_key_was_not_enrolled(tmp_path):
     try:
         with dep:
             ports = deploy.free_ports(5)
-            superlink = dep.start_superlink(ports[0], ready_within=60)
+            superlink = dep.start_superlink(ports[0], ready_within=WAIT)
             for key in enrolled:
                 dep.enroll(key)
             nodes = [dep.start_supernode(f"node-{i}", f"partition-id={i} num-partitions=2", ports[1 + i], key)
                      for i, key in enumerate(enrolled)]
             intruder = dep.start_supernode("intruder", "partition-id=0 num-partitions=2", ports[3], stranger)
             keyless = dep.start_supernode("keyless", "partition-id=1 num-partitions=2", ports[4])  # self-registers
-            dep.wait_nodes(2, nodes, within=60)
-            codes = {p.name: p.wait(timeout=60) for p in (intruder, keyless)}
+            dep.wait_nodes(2, nodes, within=WAIT)
+            codes = {p.name: p.wait(timeout=WAIT) for p in (intruder, keyless)}
             assert dep.online_nodes() == 2  # only the enrolled nodes ever count for a run
             assert superlink.poll() is None and all(n.poll() is None for n in nodes)
     finally:
@@ -334,11 +364,11 @@ def test_secure_superlink_refuses_a_node_whose_key_was_not_enrolled(tmp_path):
 
 @LINUX_PROC
 def test_ctrl_c_during_a_run_stops_every_process_and_frees_the_ports(run_deploy, tmp_path):
-    proc = run_deploy("2", "--quiet", "--timeout", "110", "--run-config", f'rounds=20 out="{tmp_path / "out"}"')
-    proc.wait_for("submitted", within=60)
-    time.sleep(3)  # let the ServerApp and ClientApps start
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'rounds=20 out="{tmp_path / "out"}"')
+    proc.wait_for("submitted", within=WAIT)
+    time.sleep(3)  # into the run (interrupting earlier would be just as valid; this is not a deadline)
     proc.popen.send_signal(signal.SIGINT)
-    assert proc.wait(within=30) == 130
+    assert proc.wait(within=WAIT) == 130
     assert proc.text().strip().endswith("fedkd deploy: interrupted; every process was stopped")
     assert wait_untagged(proc.tag) == set(), "processes outlived the deployment"
     assert all(port_is_free(p) for p in proc.ports())
@@ -349,8 +379,8 @@ def test_ctrl_c_during_a_run_stops_every_process_and_frees_the_ports(run_deploy,
 def test_secure_deployment_completes_a_round_with_an_unenrolled_probe_refused(run_deploy, tmp_path):
     out = tmp_path / "out"
     proc = run_deploy("2", "--quiet", "--secure", "--certs-dir", str(tmp_path / "certs"), "--probe-unenrolled",
-                      "--timeout", "150", "--run-config", f'{TINY} out="{out}"')
-    assert proc.wait(within=190) == 0, proc.text()
+                      "--timeout", DEPLOY_TIMEOUT, "--run-config", f'{TINY} out="{out}"')
+    assert proc.wait(within=RUN_WAIT) == 0, proc.text()
     assert "refused as expected" in proc.text()
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
     assert (tmp_path / "certs" / "ca.crt").is_file() and (tmp_path / "certs" / "nodes" / "node-1.key").is_file()
@@ -361,9 +391,9 @@ def test_secure_deployment_completes_a_round_with_an_unenrolled_probe_refused(ru
 @LINUX_PROC
 def test_a_run_that_fails_exits_1_with_its_reason_in_one_line(run_deploy, tmp_path):
     out = tmp_path / "out"
-    proc = run_deploy("2", "--quiet", "--timeout", "110",
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT,
                       "--run-config", f'rounds=1 dataset="{tmp_path / "missing.npz"}" out="{out}"')
-    assert proc.wait(within=150) == 1, proc.text()
+    assert proc.wait(within=RUN_WAIT) == 1, proc.text()
     last = proc.text().strip().splitlines()[-1]
     assert last.startswith("fedkd deploy: run failed: ") and "missing.npz" in last
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
@@ -372,14 +402,14 @@ def test_a_run_that_fails_exits_1_with_its_reason_in_one_line(run_deploy, tmp_pa
 
 @LINUX_PROC
 def test_a_supernode_dying_mid_run_fails_the_deployment_and_stops_the_rest(run_deploy, tmp_path):
-    proc = run_deploy("2", "--quiet", "--timeout", "110", "--run-config", f'rounds=20 out="{tmp_path / "out"}"')
-    proc.wait_for("submitted", within=60)
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'rounds=20 out="{tmp_path / "out"}"')
+    proc.wait_for("submitted", within=WAIT)
     victims = [pid for pid in deploy.marked_pids(proc.tag, name=TAG)
                if b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
                and b"partition-id=1 " in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
-    assert proc.wait(within=60) == 1, proc.text()
+    assert proc.wait(within=WAIT) == 1, proc.text()
     last = proc.text().strip().splitlines()[-1]
     assert last.startswith("fedkd deploy: run failed: node-1 exited with code -9 during run"), last
     assert wait_untagged(proc.tag) == set()

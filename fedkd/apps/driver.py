@@ -1,8 +1,9 @@
 """The federation loop on the server: one Flower message exchange per round, then the core.
 
-Owns: waiting for nodes, sending each round's train messages and turning replies into
-`ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg strategy, timing
-each round, and handing records to the `RunRecorder`. Must not touch: the maths (`fedkd.server`).
+Owns: waiting for nodes (saying what it waits for), sending each round's train messages and
+turning replies into `ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg
+strategy, timing each round, and handing records (and what the run resolved) to the
+`RunRecorder`. Must not touch: the maths (`fedkd.server`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedkd.apps.records import train_content, vector_from_message
 from fedkd.apps.secure import secure_sum
 from fedkd.config import Config
-from fedkd.results import RunRecorder
+from fedkd.results import RunRecorder, resolved_settings
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
 from fedkd.task import vector_layout
 
@@ -35,6 +36,7 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
     recorder.start()
     try:
         server = DistillationServer(config)
+        recorder.describe(resolved_settings(config, server.splits))
         status = "completed"
         if config.method == "central":
             for r in range(1, config.rounds + 1):
@@ -52,9 +54,15 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
         raise
 
 
-def wait_for_nodes(grid: Grid, config: Config) -> list[int]:
-    """All `num-clients` nodes, waiting up to `timeout` seconds for them to connect."""
-    deadline = time.monotonic() + config.timeout
+def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: float = 30.0) -> list[int]:
+    """All `num-clients` nodes, waiting up to `timeout` seconds for them to connect. While it
+    waits it logs what it waits for at once, then every `report_every` seconds."""
+    from logging import INFO
+
+    from flwr.common.logger import log
+
+    started = time.monotonic()
+    deadline, next_report = started + config.timeout, started
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= config.num_clients:
@@ -64,9 +72,15 @@ def wait_for_nodes(grid: Grid, config: Config) -> list[int]:
                     "set num-clients to the number of SuperNodes"
                 )
             return nodes
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise RunError(f"only {len(nodes)} of num-clients={config.num_clients} nodes connected within {config.timeout}s")
-        time.sleep(0.5)
+        if now >= next_report:
+            log(INFO, "fedkd: waiting for %d nodes, %d connected (%.0f s of timeout=%gs); num-clients must equal "
+                "the number of SuperNodes (num-supernodes of a simulation)", config.num_clients, len(nodes),
+                now - started, config.timeout)
+            next_report = now + report_every
+        time.sleep(poll)
 
 
 def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> str:

@@ -2,6 +2,8 @@
 
 `flwr run .` uses `app` (config from pyproject's `[tool.flwr.app.config]` and `--run-config`);
 `fedkd run` builds its own with `make_server_app`, because `run_simulation` passes no run config.
+With the run config, the output folder is chosen here (`fedkd.results.prepare_out`: a `latest` out
+becomes a fresh timestamped folder); `fedkd run` and `fedkd deploy` choose it before they start.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedkd.apps.driver import run_federation
 from fedkd.config import Config
-from fedkd.results import RunRecorder
+from fedkd.results import RunRecorder, prepare_out
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
@@ -25,7 +27,12 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = config if config is not None else Config.from_run_config(context.run_config)
+        if config is not None:
+            cfg = config
+        else:  # flwr run: the folder is chosen here, and a finished run's folder is not overwritten
+            cfg = Config.from_run_config(context.run_config)
+            cfg = cfg.replace(out=str(prepare_out(cfg.out)))
+            _log(f"fedkd: results go to {cfg.out}")
         if observe_grid is not None:
             grid = observe_grid(grid)
         final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round))
@@ -35,12 +42,18 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
     return server_app
 
 
-def _log_round(record: dict) -> None:
-    from flwr.common.logger import log
+def _log(text: str) -> None:
     from logging import INFO
 
-    acc = record.get("student_accuracy")
-    log(INFO, "fedkd round %s: student accuracy %s", record["round"], "n/a" if acc is None else f"{acc:.4f}")
+    from flwr.common.logger import log
+
+    log(INFO, "%s", text)
+
+
+def _log_round(record: dict) -> None:
+    acc, ratio = record.get("student_accuracy"), record.get("student_to_ensemble")
+    _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
+         f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}")
 
 
 app = make_server_app()
