@@ -30,7 +30,10 @@ ALIASES = {"num_clients": ("--clients",), "dp_delta": ("--delta",), "dp_epsilon_
            "dp_target_epsilon": ("--target-epsilon",), "public_sample": ("--queries-per-round",)}
 HELP = {
     "method": "fd (federated distillation), fedavg, central (upper bound) or local (teachers alone)",
-    "dataset": "digits (embedded), mnist, fashion-mnist, cifar10 (from --data-dir) or a path to a .npz",
+    "dataset": "digits (embedded); mnist, fashion-mnist, cifar10 (from --data-dir); a .npz (x/y, or Keras "
+               "x_train/y_train/x_test/y_test), .parquet, save_to_disk or image folder; or hf:NAME[?image=COL&label=COL]. "
+               "User images become channels first; 0..255 values are divided by 255 and standardised per channel "
+               "with public-set statistics, values in [0,1] standardised, anything else used as given",
     "alpha": "Dirichlet concentration for --partition dirichlet (smaller: more skewed)",
     "temperature": "softmax temperature T of the released predictions",
     "ensemble": "mean | geometric | logits | dsfl",

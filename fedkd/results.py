@@ -131,34 +131,27 @@ def environment(now: datetime.datetime | None = None) -> dict:
     return versions
 
 
-# How fedkd.data scales each built-in dataset's inputs (a .npz is taken as stored).
-SCALING = {"digits": "pixels / 16, to [0, 1]",
-           **dict.fromkeys(("mnist", "fashion-mnist", "cifar10"), "pixels / 255, standardised per channel")}
-
-
 def resolved_settings(config: Config, splits: "Splits") -> dict:
     """What the run's `auto` and 0 (automatic) settings became for this data, and the data's
     shape: input shape and scaling, models, partition sizes, secure-aggregation parameters.
     One place to extend when more of the data is described."""
-    import numpy as np
-
+    from fedkd.data import describe_splits
     from fedkd.models import auto_model
 
     def model(name: str) -> str:
         return auto_model(splits.input_shape) if name == "auto" else name
 
-    sizes = [int(len(p)) for p in splits.partitions]
+    data = describe_splits(splits)
     resolved: dict = {
-        "input_shape": list(splits.input_shape),
-        "num_classes": splits.num_classes,
-        "scaling": SCALING.get(config.dataset, "as stored in the .npz (float32)"),
-        "private_mean": round(float(np.mean(splits.private_x)), 4),
-        "private_std": round(float(np.std(splits.private_x)), 4),
+        "input_shape": data["input_shape"],
+        "num_classes": data["num_classes"],
+        "scaling": data["scaling"],
+        "data": data,  # everything fedkd.data resolved: layout, value kind, statistics, sizes
         "teacher_models": [model(config.teacher_model_for(i)) for i in range(config.num_clients)],
         "student_model": model(config.student_model),
-        "partition_sizes": sizes,
-        "num_public": int(len(splits.public_y)),
-        "num_test": int(len(splits.test_y)),
+        "partition_sizes": data["sizes"]["clients"],
+        "num_public": data["sizes"]["public"],
+        "num_test": data["sizes"]["test"],
     }
     if config.method == "fd" and config.aggregation == "secagg":
         from fedkd.apps.secure import secagg_config
