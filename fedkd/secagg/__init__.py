@@ -7,7 +7,9 @@ surviving clients' vectors and their count. See docs/secagg.md for the protocol 
 """
 
 from fedkd.secagg.client import SecAggClient
-from fedkd.secagg.config import SecAggConfig, default_neighbors, default_threshold
+from fedkd.secagg.config import (
+    Pins, SecAggConfig, default_colluders, default_neighbors, default_threshold, min_partners,
+)
 from fedkd.secagg.inmemory import run_in_memory
 from fedkd.secagg.messages import MESSAGE_TYPES, STAGE_MESSAGES, wire_size
 from fedkd.secagg.quantize import FixedPoint
@@ -19,6 +21,6 @@ from fedkd.secagg.stages import (
 __all__ = [
     "ADVERTISE_KEYS", "CONSISTENCY_CHECK", "MASKED_INPUT", "SHARE_KEYS", "STAGES", "UNMASK",
     "MESSAGE_TYPES", "STAGE_MESSAGES", "FixedPoint", "ProtocolError", "RoundFailed",
-    "SecAggClient", "SecAggConfig", "SecAggResult", "SecAggServer",
-    "default_neighbors", "default_threshold", "run_in_memory", "wire_size",
+    "Pins", "SecAggClient", "SecAggConfig", "SecAggResult", "SecAggServer",
+    "default_colluders", "default_neighbors", "default_threshold", "min_partners", "run_in_memory", "wire_size",
 ]

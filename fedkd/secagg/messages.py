@@ -57,7 +57,8 @@ class ShareKeysRequest:
 class ShareKeysReply:
     session_id: bytes
     sender: int
-    envelopes: dict[int, bytes]  # recipient -> encrypted (self-mask seed share, mask key share)
+    envelopes: dict[int, bytes]  # recipient -> encrypted share of the sender's self-mask seed
+    seed_commitment: bytes  # crypto.seed_commitment(): lets the server check the seed it rebuilds
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,14 @@ class ConsistencyCheckRequest:
     session_id: bytes
     recipient: int
     survivors: tuple[int, ...]  # clients whose masked input the server holds, sorted
+    dropped: tuple[int, ...]  # shared keys but sent no masked input, sorted
 
 
 @dataclass(frozen=True)
 class ConsistencyCheckReply:
     session_id: bytes
     sender: int
-    signature: bytes  # Ed25519 over crypto.survivors_statement(session_id, survivors)
+    signature: bytes  # Ed25519 over crypto.survivors_statement(session_id, survivors, dropped)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class UnmaskRequest:
     session_id: bytes
     recipient: int
     survivors: tuple[int, ...]  # sent masked input: reveal their self-mask seed shares
-    dropped: tuple[int, ...]  # shared keys but sent no masked input: reveal their mask key shares
+    dropped: tuple[int, ...]  # shared keys but sent no masked input: reveal the pairwise seed with them
     signatures: dict[int, bytes]  # neighbours' consistency signatures; empty when the check is off
 
 
@@ -102,7 +104,7 @@ class UnmaskReply:
     session_id: bytes
     sender: int
     seed_shares: dict[int, bytes]  # survivor -> share of its self-mask seed (33 bytes)
-    key_shares: dict[int, bytes]  # dropped client -> share of its mask private key (33 bytes)
+    pair_seeds: dict[int, bytes]  # dropped partner -> the 32-byte seed of the mask shared with it
 
 
 Message = (
