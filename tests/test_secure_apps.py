@@ -176,11 +176,15 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path):
     assert abs(plain["final"]["ensemble_accuracy"] - secure["final"]["ensemble_accuracy"]) <= 0.002
     info = secure["rounds"][0]["secagg"]
     assert info["survivors"] == [0, 1, 2, 3] and info["clipped"] == 0
-    assert set(info["seconds_per_stage"]) == {"advertise_keys", "share_keys", "masked_input", "unmask"}
+    # the consistency check is on by default (it was off before issue 13)
+    assert set(info["seconds_per_stage"]) == {"advertise_keys", "share_keys", "masked_input", "consistency_check",
+                                              "unmask"}
 
 
 def test_round_survives_a_client_dropping_after_masked_input(tmp_path):
-    cfg = Config(**SMALL, drop="unmask:2", secagg_consistency_check=True, out=str(tmp_path))
+    # 4 clients: k = 3; with c = 0, t = 2 and m = 2 leave room for one drop-out after masked input
+    # (the default c = 1 would need all 3 neighbours: t = 3)
+    cfg = Config(**SMALL, drop="unmask:2", secagg_max_colluders=0, out=str(tmp_path))
     results = simulate(cfg)
     info = results["rounds"][0]["secagg"]
     assert results["status"] == "completed"
@@ -213,22 +217,23 @@ def test_a_node_cannot_reply_in_another_clients_name():
 
 
 def test_refused_request_wipes_the_saved_secrets_and_vector():
-    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, client_step, keep_vector, secagg_config
+    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, client_step, keep_vector, secagg_config, session_for
     from fedkd.secagg.messages import ShareKeysRequest
 
     config = Config(num_clients=3)
     sa_config = secagg_config(config, 10)
-    server = SecAggServer(sa_config, b"s", [0, 1, 2], 4)
+    session = session_for(7, 1)
+    server = SecAggServer(sa_config, session, [0, 1, 2], 4)
     state = RecordDict()
     keep_vector(state, 0, np.zeros(4, np.float32))
-    client_step(codec.encode(server.start()[0]), state, config, 0, 10)  # advertise keys: state saved
+    client_step(codec.encode(server.start()[0]), state, config, 0, 10, run_id=7)  # advertise keys: state saved
     assert STATE_KEY in state and VECTOR_KEY in state
     forged = ShareKeysRequest(b"other-session", 0, {}, {}, {})
     with pytest.raises(ProtocolError):
-        client_step(codec.encode(forged), state, config, 0, 10)
+        client_step(codec.encode(forged), state, config, 0, 10, run_id=7)
     assert STATE_KEY not in state and VECTOR_KEY not in state  # nothing left to retry against
     with pytest.raises(ProtocolError, match="no secure-aggregation session"):
-        client_step(codec.encode(ShareKeysRequest(b"s", 0, {}, {}, {})), state, config, 0, 10)
+        client_step(codec.encode(ShareKeysRequest(session, 0, {}, {}, {})), state, config, 0, 10, run_id=7)
 
 
 def test_non_finite_vector_is_refused_before_masking():

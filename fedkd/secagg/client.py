@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from fedkd.secagg import crypto, shamir
-from fedkd.secagg.config import Pins, SecAggConfig
+from fedkd.secagg.config import Pins, SecAggConfig, default_colluders
 from fedkd.secagg.crypto import RandomBytes
 from fedkd.secagg.graph import neighbours_of
 from fedkd.secagg.messages import (
@@ -229,7 +229,7 @@ class SecAggClient:
             raise ProtocolError(f"server runs k={req.neighbors}, t={req.threshold} and digest "
                                 f"{req.config_digest.hex()[:16]}; this client has k={k}, t={t}, "
                                 f"digest {digest.hex()[:16]}")
-        self._check_pins(len(ids), c)
+        self._check_pins(len(ids), k, c)
         self._digest, self._ids, self._dim, self._threshold, self._min_partners = digest, ids, req.dim, t, m
         self._neighbours = neighbours_of(self.session_id, ids, k, self.client_id)
         rb = self._random_bytes
@@ -361,12 +361,13 @@ class SecAggClient:
 
     # --- checks and clean-up --------------------------------------------------------------
 
-    def _check_pins(self, num_clients: int, colluders: int) -> None:
+    def _check_pins(self, num_clients: int, k: int, colluders: int) -> None:
         pins = self.pins
         if num_clients < pins.min_clients:
             raise ProtocolError(f"session of {num_clients} clients; this node requires at least {pins.min_clients}")
-        if colluders < pins.max_colluders:
-            raise ProtocolError(f"session tolerates {colluders} colluders; this node requires {pins.max_colluders}")
+        want = default_colluders(num_clients, k) if pins.max_colluders is None else pins.max_colluders
+        if colluders < want:
+            raise ProtocolError(f"session tolerates {colluders} colluders; this node requires {want}")
         if pins.require_check and not self.config.consistency_check:
             raise ProtocolError("session runs without the consistency check; this node requires it")
 

@@ -65,19 +65,20 @@ class Pins:
     refuse sessions under 3 clients; a deployment pins its own (fedkd.apps.secure.node_pins).
 
     min_clients: sessions with fewer clients are refused (a 2-client sum is the other's vector).
-    max_colluders: the session's k, t, m must tolerate this many colluders (m + t >= k + c + 1).
+    max_colluders: the session's k, t, m must tolerate this many colluders (m + t >= k + c + 1);
+        None: as many as default_colluders gives for the session's n and k.
     require_check: the consistency check must be on.
     """
 
     min_clients: int = 3
-    max_colluders: int = 0
+    max_colluders: int | None = 0
     require_check: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.min_clients, int) and self.min_clients >= 3):
             raise ValueError(f"min_clients must be an int >= 3, got {self.min_clients!r}")
-        if not (isinstance(self.max_colluders, int) and self.max_colluders >= 0):
-            raise ValueError(f"max_colluders must be an int >= 0, got {self.max_colluders!r}")
+        if self.max_colluders is not None and not (isinstance(self.max_colluders, int) and self.max_colluders >= 0):
+            raise ValueError(f"max_colluders must be an int >= 0 or None, got {self.max_colluders!r}")
         if not isinstance(self.require_check, bool):
             raise ValueError(f"require_check must be True or False, got {self.require_check!r}")
 
