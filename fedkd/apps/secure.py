@@ -111,6 +111,25 @@ def node_pins(node_config: Mapping[str, object], config: Config) -> Pins:
         raise SecureAggregationError(f"this node's secure-aggregation minimums are invalid: {exc}") from None
 
 
+def fixed_point_sum(config: Config, num_classes: int):
+    """The aggregator of `--aggregation plain`: the same fixed-point encoding and decoding as the
+    secure sum, without masks, so the two give bit-identical sums and differ only in who sees what."""
+    codec = secagg_config(config, num_classes).fixed_point  # plain runs have no DP: no round dependence
+
+    def aggregate(vectors) -> Aggregate:
+        ids = sorted(vectors)
+        if not ids:
+            raise SecureAggregationError("no client contributed a vector this round")
+        length = len(vectors[ids[0]])
+        total = np.zeros(length, dtype=np.uint64)  # exact: n * max_code < 2^bit_width <= 2^64
+        for cid in ids:
+            check_contribution(cid, vectors[cid], length)
+            total += codec.encode(np.asarray(vectors[cid], dtype=np.float32))[0].astype(np.uint64)
+        return Aggregate(total=codec.decode(total, len(ids)), count=len(ids), contributors=tuple(ids))
+
+    return aggregate
+
+
 # ---- server ----------------------------------------------------------------------------------
 
 def secure_sum(
