@@ -197,9 +197,7 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path):
 
 
 def test_round_survives_a_client_dropping_after_masked_input(tmp_path):
-    # 4 clients: k = 3; with c = 0, t = 2 and m = 2 leave room for one drop-out after masked input
-    # (the default c = 1 would need all 3 neighbours: t = 3)
-    cfg = Config(**SMALL, drop="unmask:2", secagg_max_colluders=0, out=str(tmp_path))
+    cfg = Config(**SMALL, drop="unmask:2", secagg_consistency_check=True, out=str(tmp_path))
     results = simulate(cfg)
     info = results["rounds"][0]["secagg"]
     assert results["status"] == "completed"

@@ -16,7 +16,7 @@ m - c, so at most k - (m - c) neighbours are left to give seed shares, which is 
 
     m + t >= k + c + 1.
 
-Defaults: c = 2 for n >= 10 (fewer for tiny sessions), t = floor((k + c) / 2) + 1, m = k + c + 1 - t
+Defaults: c = 2 for n >= 10 (0 for smaller sessions), t = floor((k + c) / 2) + 1, m = k + c + 1 - t
 (so m <= t). Drop-outs tolerated per neighbourhood: k - m before masked input, k - t after it.
 n = 100 (k = 14): t = 9, m = 8. n = 1000 (k = 20): t = 12, m = 11.
 """
@@ -42,10 +42,9 @@ def default_neighbors(num_clients: int) -> int:
 
 
 def default_colluders(num_clients: int, neighbors: int) -> int:
-    """c = 2 for n >= 10; smaller sessions get what their k can carry (0 for k = 2)."""
-    if num_clients >= 10:
-        return min(2, neighbors - 2)
-    return min(1, max(0, neighbors - 2))
+    """c = 2 for n >= 10 (k >= 8 there); 0 below, where k <= 8 leaves no room to tolerate colluders
+    and drop-outs at once (n = 4, c = 1 would need every neighbour at every stage)."""
+    return min(2, neighbors - 2) if num_clients >= 10 else 0
 
 
 def default_threshold(neighbors: int, colluders: int = 0) -> int:
