@@ -403,7 +403,9 @@ class SecAggServer:
             xs = tuple(self._x[r] for r in subset)
             coefficients = self._lagrange.get(xs)
             if coefficients is None:
-                coefficients = self._lagrange[xs] = shamir.lagrange_at_zero(xs)
+                coefficients = shamir.lagrange_at_zero(xs)
+                if tried == 0:  # the usual case, shared by every owner with the same responders
+                    self._lagrange[xs] = coefficients
             try:
                 seed = shamir.combine([ys[r] for r in subset], coefficients, crypto.KEY_BYTES)
             except ValueError:
