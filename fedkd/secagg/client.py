@@ -137,7 +137,8 @@ class SecAggClient:
             if type(request) is not expected:
                 raise ProtocolError(f"client {self.client_id} expects {expected.__name__} at stage "
                                     f"{self.state!r}, got {type(request).__name__}")
-            if request.session_id != self.session_id or request.recipient != self.client_id:
+            if (request.session_id != self.session_id or type(request.recipient) is not int
+                    or request.recipient != self.client_id):
                 raise ProtocolError(f"message for session {request.session_id!r} / client "
                                     f"{request.recipient}, this is {self.session_id!r} / {self.client_id}")
         except ProtocolError:

@@ -161,13 +161,17 @@ class SecAggServer:
             if reply.session_id != self.session_id:
                 raise ProtocolError(f"reply for session {reply.session_id!r}, this is {self.session_id!r}")
             sender = reply.sender
-            if sender not in self._asked:
-                raise ProtocolError(f"client {sender!r} was not asked at stage {self.stage!r}")
-            if sender in self._replies:
-                raise ProtocolError(f"second {expected.__name__} from client {sender} (replay)")
-            getattr(self, f"_check_{self.stage}")(reply)
+            try:
+                if type(sender) is not int or sender not in self._asked:  # bool: True == 1
+                    raise ProtocolError(f"client {sender!r} was not asked at stage {self.stage!r}")
+                if sender in self._replies:
+                    raise ProtocolError(f"second {expected.__name__} from client {sender} (replay)")
+                size = wire_size(reply)
+                getattr(self, f"_check_{self.stage}")(reply)  # the last step: it may fold in a masked input
+            except (TypeError, ValueError, AttributeError, KeyError) as err:  # fields of the wrong type
+                raise ProtocolError(f"malformed {expected.__name__}: {err!r}") from err
             self._replies[sender] = reply if self.stage != MASKED_INPUT else None  # the sum keeps it
-            self.bytes_in[self.stage] = self.bytes_in.get(self.stage, 0) + wire_size(reply)
+            self.bytes_in[self.stage] = self.bytes_in.get(self.stage, 0) + size
         finally:
             self._tick(stage, began)
 

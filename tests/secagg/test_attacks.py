@@ -19,6 +19,8 @@ import dataclasses
 import numpy as np
 import pytest
 from flwr.app import RecordDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from secagg_testkit import seeded_random
 
 from fedkd.apps import codec
@@ -406,3 +408,62 @@ def test_after_masked_input_only_the_signing_key_held_shares_and_pair_seeds_rema
     assert set(after["secrets"]) == {"signing"}
     assert after["open_keys"] == {} and after["cipher_pks"] == {} and after["mask_pks"] == {}
     assert set(after["held"]) == set(after["pair_seeds"]) == set(after["masked_with"])
+
+
+# --- malformed fields: the protocol error, never TypeError / ValueError --------------------------
+
+_JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 2**70), st.floats(allow_nan=True), st.text(max_size=4),
+    st.binary(max_size=40), st.lists(st.integers(-3, 20), max_size=4), st.tuples(st.integers(-3, 20)),
+    st.dictionaries(st.integers(-3, 20), st.one_of(st.binary(max_size=70), st.integers()), max_size=4),
+)
+_STAGES = ["advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask"]
+
+
+def _at(stage):
+    """A 5-client round with the check on, driven until the server awaits `stage`'s replies:
+    (server, clients, that stage's requests, vectors); the clients have not seen them yet."""
+    config = _config(0, check=True)
+    vectors = _vectors(5)
+    server = SecAggServer(config, SESSION, sorted(vectors), DIM)
+    clients = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in vectors}
+    requests = server.start()
+    while server.stage != stage:
+        current = server.stage
+        requests = server.step(clients[c].handle(r, vectors[c] if current == "masked_input" else None)
+                               for c, r in requests.items())
+    return server, clients, requests, vectors
+
+
+def _mutate(data, message):
+    name = data.draw(st.sampled_from([f.name for f in dataclasses.fields(message)]))
+    return dataclasses.replace(message, **{name: data.draw(_JUNK)})
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(st.sampled_from(_STAGES), st.data())
+def test_a_malformed_field_is_a_protocol_error_on_either_side(stage, data):
+    server, clients, requests, vectors = _at(stage)
+    vector = vectors[0] if stage == "masked_input" else None
+    honest = clients[0].handle(requests[0], vector)
+    bad = _mutate(data, honest)
+    try:  # a well-typed replacement (32 other bytes for a key) may pass; anything else is refused
+        server.receive(bad)
+    except ProtocolError:
+        pass
+    _, clients, requests, vectors = _at(stage)
+    bad = _mutate(data, requests[0])
+    if bad != requests[0]:
+        try:
+            clients[0].handle(bad, vector)
+        except (ProtocolError, RoundFailed):
+            assert clients[0].state == "failed"
+
+
+def test_a_bool_is_not_a_client_id():
+    server, clients, requests, _ = _at("share_keys")
+    reply = clients[1].handle(requests[1])
+    with pytest.raises(ProtocolError, match="was not asked"):
+        server.receive(dataclasses.replace(reply, sender=True))  # True == 1 in Python
+    with pytest.raises(ProtocolError):
+        clients[1].handle(dataclasses.replace(requests[1], recipient=True))
