@@ -241,12 +241,12 @@ def test_refused_request_wipes_the_saved_secrets_and_vector():
     keep_vector(state, 0, np.zeros(4, np.float32))
     client_step(codec.encode(server.start()[0]), state, config, 0, 10, run_id=7)  # advertise keys: state saved
     assert STATE_KEY in state and VECTOR_KEY in state
-    forged = ShareKeysRequest(b"other-session", 0, {}, {}, {})
+    forged = ShareKeysRequest(b"other-session", 0, {}, {}, {}, {})
     with pytest.raises(ProtocolError):
         client_step(codec.encode(forged), state, config, 0, 10, run_id=7)
     assert STATE_KEY not in state and VECTOR_KEY not in state  # nothing left to retry against
     with pytest.raises(ProtocolError, match="no secure-aggregation session"):
-        client_step(codec.encode(ShareKeysRequest(session, 0, {}, {}, {})), state, config, 0, 10, run_id=7)
+        client_step(codec.encode(ShareKeysRequest(session, 0, {}, {}, {}, {})), state, config, 0, 10, run_id=7)
 
 
 def test_non_finite_vector_is_refused_before_masking():

@@ -11,7 +11,10 @@ What the client does not take from the server: the session id (it derives it fro
 Flower gives the node and the round, and refuses a round it has already started or passed), and
 its minimums (from the SuperNode's --node-config keys `secagg-min-clients`, `secagg-max-colluders`,
 `secagg-require-check`; where a key is absent, from the run's fedkd settings, which in a simulation
-are the user's own).
+are the user's own). Roster mode, from --node-config only: `secagg-identity-key` (this node's
+Ed25519 private key, 64 hex digits) and `secagg-roster` ("<partition id>:<public key hex>,..." for
+every enrolled node); then keys relayed without a valid identity signature, and ids outside the
+roster, are refused.
 """
 
 from __future__ import annotations
@@ -128,6 +131,25 @@ def fixed_point_sum(config: Config, num_classes: int):
         return Aggregate(total=codec.decode(total, len(ids)), count=len(ids), contributors=tuple(ids))
 
     return aggregate
+
+
+def node_roster(node_config: Mapping[str, object]) -> tuple[dict[int, bytes] | None, bytes | None]:
+    """(roster, identity key) from --node-config; (None, None) when roster mode is not set up."""
+    try:
+        key = node_config.get("secagg-identity-key")
+        identity = bytes.fromhex(str(key)) if key else None
+        text = node_config.get("secagg-roster")
+        roster = None
+        if text:
+            roster = {}
+            for item in str(text).split(","):
+                cid, _, pk = item.strip().partition(":")
+                roster[int(cid)] = bytes.fromhex(pk)
+        if identity is not None and len(identity) != 32 or roster and any(len(v) != 32 for v in roster.values()):
+            raise ValueError("keys must be 32 bytes (64 hex digits)")
+    except ValueError as exc:
+        raise SecureAggregationError(f"this node's roster settings are invalid: {exc}") from None
+    return roster, identity
 
 
 # ---- server ----------------------------------------------------------------------------------
@@ -264,6 +286,7 @@ def _client_step(content, state, config, client_id, num_classes, server_round, r
             raise RuntimeError(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
     sa_config = secagg_config(config, num_classes, server_round)
     pins = node_pins(node_config, config)
+    roster, identity = node_roster(node_config)
     session = session_for(run_id, server_round)
     if request.session_id != session:
         raise ProtocolError(f"client {client_id}: request for session {request.session_id!r}; run {run_id}, "
@@ -274,10 +297,11 @@ def _client_step(content, state, config, client_id, num_classes, server_round, r
             raise ProtocolError(f"client {client_id} already started a session for round {last}; "
                                 f"refusing another for round {server_round}")
         state[ROUND_KEY] = ConfigRecord({"round": server_round})
-        client = SecAggClient(client_id, sa_config, session, pins=pins)
+        client = SecAggClient(client_id, sa_config, session, pins=pins, roster=roster, identity_key=identity)
     elif STATE_KEY in state:
         try:
-            client = SecAggClient.from_state(codec.unpack_state(state[STATE_KEY]["state"]), sa_config, pins=pins)
+            client = SecAggClient.from_state(codec.unpack_state(state[STATE_KEY]["state"]), sa_config, pins=pins,
+                                             roster=roster, identity_key=identity)
         except (ValueError, KeyError, TypeError) as exc:
             raise ProtocolError(f"client {client_id} cannot resume its session: {exc}") from None
     else:

@@ -97,6 +97,8 @@ class SecAggClient:
         random_bytes: RandomBytes = os.urandom,
         add_noise: Callable[[np.ndarray], np.ndarray] | None = None,
         pins: Pins | None = None,
+        roster: Mapping[int, bytes] | None = None,
+        identity_key: bytes | None = None,
     ) -> None:
         if not (isinstance(client_id, int) and 0 <= client_id <= crypto.MAX_ID):
             raise ValueError(f"client_id must be an int in 0..2^64-1, got {client_id!r}")
@@ -104,6 +106,11 @@ class SecAggClient:
         self.config = config
         self.session_id = crypto.check_session_id(session_id)
         self.pins = Pins() if pins is None else pins
+        # Roster mode: enrolled clients' Ed25519 identity public keys, known out of band; every
+        # neighbour's advertised keys must carry its identity signature, and only enrolled ids may
+        # take part. identity_key: this client's own Ed25519 private key (32 bytes) that signs its keys.
+        self._roster = None if roster is None else dict(roster)
+        self._identity_key = identity_key
         self._random_bytes = random_bytes
         self._add_noise = add_noise  # quantize.FixedPoint.encode's noise hook
         self.state = ADVERTISE_KEYS
@@ -190,9 +197,13 @@ class SecAggClient:
         random_bytes: RandomBytes = os.urandom,
         add_noise: Callable[[np.ndarray], np.ndarray] | None = None,
         pins: Pins | None = None,
+        roster: Mapping[int, bytes] | None = None,
+        identity_key: bytes | None = None,
     ) -> SecAggClient:
-        """Rebuild a client from `to_state()`; refuses a state made under another config."""
-        client = cls(state["client_id"], config, state["session_id"], random_bytes, add_noise, pins)
+        """Rebuild a client from `to_state()`; refuses a state made under another config. The roster
+        and identity key are not in the state: pass them again."""
+        client = cls(state["client_id"], config, state["session_id"], random_bytes, add_noise, pins, roster,
+                     identity_key)
         if state["state"] not in (*ACCEPTS, DONE, FAILED):
             raise ValueError(f"unknown client state {state['state']!r}")
         ids = tuple(state["ids"])
@@ -231,6 +242,8 @@ class SecAggClient:
                                 f"{req.config_digest.hex()[:16]}; this client has k={k}, t={t}, "
                                 f"digest {digest.hex()[:16]}")
         self._check_pins(len(ids), k, c)
+        if self._roster is not None and not set(ids) <= set(self._roster):
+            raise ProtocolError(f"clients outside the roster: {sorted(set(ids) - set(self._roster))[:5]}")
         self._digest, self._ids, self._dim, self._threshold, self._min_partners = digest, ids, req.dim, t, m
         self._neighbours = neighbours_of(self.session_id, ids, k, self.client_id)
         rb = self._random_bytes
@@ -239,8 +252,12 @@ class SecAggClient:
         signing_pk = b""
         if self.config.consistency_check:
             self._secrets["signing"], signing_pk = crypto.ed25519_keypair(rb)
+        vouch = b""
+        if self._identity_key is not None:
+            statement = crypto.identity_statement(self.session_id, self.client_id, cipher_pk, mask_pk, signing_pk)
+            vouch = crypto.sign(self._identity_key, statement)
         self.state = SHARE_KEYS
-        return AdvertiseKeysReply(self.session_id, self.client_id, cipher_pk, mask_pk, signing_pk)
+        return AdvertiseKeysReply(self.session_id, self.client_id, cipher_pk, mask_pk, signing_pk, vouch)
 
     def _share_keys(self, req: ShareKeysRequest) -> ShareKeysReply:
         peers = set(req.cipher_public_keys)
@@ -256,6 +273,8 @@ class SecAggClient:
             raise ProtocolError("public keys must be 32 bytes")
         if len(set(keys)) != len(keys):
             raise ProtocolError("two advertised public keys are identical")
+        if self._roster is not None:
+            self._check_identities(req)
         need = max(self._threshold, self._min_partners)
         if len(peers) < need:
             raise RoundFailed(SHARE_KEYS, need, len(peers),
@@ -371,6 +390,19 @@ class SecAggClient:
             raise ProtocolError(f"session tolerates {colluders} colluders; this node requires {want}")
         if pins.require_check and not self.config.consistency_check:
             raise ProtocolError("session runs without the consistency check; this node requires it")
+
+    def _check_identities(self, req: ShareKeysRequest) -> None:
+        """Roster mode: each neighbour's keys must be vouched for by its enrolled identity key."""
+        vouches = req.identity_signatures
+        if not isinstance(vouches, dict):
+            raise ProtocolError("identity signatures must be a dict")
+        for j in sorted(req.cipher_public_keys):
+            statement = crypto.identity_statement(self.session_id, j, req.cipher_public_keys[j],
+                                                  req.mask_public_keys[j], req.signing_public_keys.get(j, b""))
+            vouch = vouches.get(j)
+            if not (isinstance(vouch, bytes) and crypto.verify(self._roster[j], vouch, statement)):
+                raise ProtocolError(f"the keys relayed for client {j} are not signed by its enrolled identity "
+                                    f"key (substituted keys, or a client outside the roster)")
 
     def _check_lists(self, survivors: object, dropped: object) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The survivor and drop-out lists, checked against what this client saw."""

@@ -193,6 +193,13 @@ def survivors_statement(session_id: bytes, survivors: Sequence[int], dropped: Se
     return out
 
 
+def identity_statement(session_id: bytes, client_id: int, cipher_pk: bytes, mask_pk: bytes, signing_pk: bytes) -> bytes:
+    """What a client signs with its long-term identity key (roster mode) to vouch for the keys it
+    advertises in one session: (domain, `identity`, session, client id, the three public keys)."""
+    return (DOMAIN + b"\x00identity\x00" + _session_bytes(session_id) + _id_bytes(client_id)
+            + cipher_pk + mask_pk + len(signing_pk).to_bytes(1, "big") + signing_pk)
+
+
 def seed_commitment(session_id: bytes, client_id: int, seed: bytes) -> bytes:
     """SHA-256 over (domain, session, client, self-mask seed): binds the seed a client shared, so the
     server can tell a correct reconstruction from one spoilt by a bad share. The seed is 32 random

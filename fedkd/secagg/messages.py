@@ -40,6 +40,7 @@ class AdvertiseKeysReply:
     cipher_public_key: bytes  # X25519, for the share envelopes
     mask_public_key: bytes  # X25519, for pairwise mask seeds
     signing_public_key: bytes  # Ed25519; b"" when the consistency check is off
+    identity_signature: bytes  # Ed25519 by the client's enrolled identity key over the three keys; b"": none
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ShareKeysRequest:
     cipher_public_keys: dict[int, bytes]
     mask_public_keys: dict[int, bytes]
     signing_public_keys: dict[int, bytes]
+    identity_signatures: dict[int, bytes]  # each neighbour's identity_signature, relayed as received
 
 
 @dataclass(frozen=True)

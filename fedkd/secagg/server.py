@@ -224,6 +224,8 @@ class SecAggServer:
         want = crypto.KEY_BYTES if self.config.consistency_check else 0
         if not isinstance(reply.signing_public_key, bytes) or len(reply.signing_public_key) != want:
             raise ProtocolError(f"signing_public_key from client {reply.sender} must be {want} bytes")
+        if not isinstance(reply.identity_signature, bytes) or len(reply.identity_signature) not in (0, 64):
+            raise ProtocolError(f"identity_signature from client {reply.sender} must be 0 or 64 bytes")
         # A low-order or copied key would make every honest neighbour refuse at share_keys and could
         # sink the round: refuse it here, so only its sender drops out.
         for name in ("cipher_public_key", "mask_public_key"):
@@ -286,6 +288,7 @@ class SecAggServer:
                 {j: keys[j].cipher_public_key for j in peers},
                 {j: keys[j].mask_public_key for j in peers},
                 {j: keys[j].signing_public_key for j in peers} if self.config.consistency_check else {},
+                {j: keys[j].identity_signature for j in peers if keys[j].identity_signature},
             )
         return dict(self._sent)
 

@@ -30,7 +30,7 @@ from fedkd.secagg import (
     ADVERTISE_KEYS, SHARE_KEYS, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer,
     crypto, run_in_memory, shamir,
 )
-from fedkd.secagg.messages import ConsistencyCheckRequest, UnmaskRequest
+from fedkd.secagg.messages import ConsistencyCheckRequest, MaskedInputRequest, UnmaskRequest
 from fedkd.secagg.quantize import ring_dtype, ring_mask, unpack
 
 DIM = 16
@@ -467,3 +467,105 @@ def test_a_bool_is_not_a_client_id():
         server.receive(dataclasses.replace(reply, sender=True))  # True == 1 in Python
     with pytest.raises(ProtocolError):
         clients[1].handle(dataclasses.replace(requests[1], recipient=True))
+
+
+# --- key substitution, and roster mode ----------------------------------------------------------
+
+
+def _substitute_keys(roster_mode):
+    """The server gives victim 0 keys of its own for every neighbour, then reads 0's envelopes and
+    strips its masks. Returns the victim's error, or the recovered vector and the true one."""
+    config = _config(0, check=True)
+    vectors = _vectors(10)
+    ids = sorted(vectors)
+    identities = {c: crypto.ed25519_keypair(seeded_random(500 + c)) for c in ids}  # (private, public)
+    roster = {c: pk for c, (_, pk) in identities.items()} if roster_mode else None
+    clients = {c: SecAggClient(c, config, SESSION, seeded_random(c), roster=roster,
+                               identity_key=identities[c][0] if roster_mode else None) for c in ids}
+    server = SecAggServer(config, SESSION, ids, DIM)
+    requests = server.step(clients[c].handle(r) for c, r in server.start().items())
+    victim, real = 0, requests[0]
+    rb = seeded_random(b"server")
+    fake = {j: (crypto.x25519_keypair(rb), crypto.x25519_keypair(rb), crypto.ed25519_keypair(rb))
+            for j in real.cipher_public_keys}
+    forged = dataclasses.replace(
+        real, cipher_public_keys={j: f[0][1] for j, f in fake.items()},
+        mask_public_keys={j: f[1][1] for j, f in fake.items()},
+        signing_public_keys={j: f[2][1] for j, f in fake.items()})
+    try:
+        shared = clients[victim].handle(forged)
+    except ProtocolError as err:
+        return err, None
+    v_keys = server._keys[victim]  # what the victim advertised
+    shares = {}
+    for j, envelope in shared.envelopes.items():
+        key = crypto.share_keys(fake[j][0][0], v_keys.cipher_public_key, SESSION, j, victim)[1]
+        shares[j] = shamir.decode_share(crypto.open_sealed(key, envelope, SESSION, victim, j))
+    k, t, _, _ = config.session(10, DIM)
+    holders = sorted(shares)[:t]
+    seed = shamir.combine([shares[h] for h in holders], shamir.lagrange_at_zero([ids.index(h) + 1 for h in holders]),
+                          crypto.KEY_BYTES)
+    junk = {j: bytes(crypto.NONCE_BYTES + shamir.SHARE_BYTES + 16) for j in fake}  # spoilt: still masked with
+    masked = clients[victim].handle(MaskedInputRequest(SESSION, victim, junk), vectors[victim]).masked
+    length = DIM + config.fixed_point.count_slots(DIM)
+    y = unpack(masked, length, config.bit_width).copy()
+    removals = [(seed, -1)] + [
+        (crypto.pair_mask_seed(fake[j][1][0], v_keys.mask_public_key, SESSION, victim, j), -1 if victim < j else +1)
+        for j in fake]
+    crypto.apply_masks(y, removals)
+    y &= ring_dtype(config.bit_width).type(ring_mask(config.bit_width))
+    return config.fixed_point.decode(y[:DIM], 1), vectors[victim]
+
+
+def test_without_a_roster_a_key_substituting_server_reads_a_vector():
+    """The limit docs/secagg.md states: without authenticated keys nothing holds."""
+    guess, truth = _substitute_keys(roster_mode=False)
+    assert np.abs(guess - truth).max() <= 1 / 2**10
+
+
+def test_in_roster_mode_substituted_keys_are_refused():
+    err, _ = _substitute_keys(roster_mode=True)
+    assert isinstance(err, ProtocolError) and "not signed by its enrolled identity key" in str(err)
+
+
+def test_roster_mode_refuses_ids_outside_the_roster_and_completes_an_honest_round():
+    config = _config(0, check=True)
+    vectors = _vectors(6)
+    identities = {c: crypto.ed25519_keypair(seeded_random(700 + c)) for c in vectors}
+    roster = {c: pk for c, (_, pk) in identities.items()}
+    server = SecAggServer(config, SESSION, sorted(vectors), DIM)
+    clients = {c: SecAggClient(c, config, SESSION, seeded_random(c), roster=roster, identity_key=identities[c][0])
+               for c in vectors}
+    requests = server.start()
+    while server.stage != "unmask":
+        stage = server.stage
+        requests = server.step(clients[c].handle(r, vectors[c] if stage == "masked_input" else None)
+                               for c, r in requests.items())
+    result = server.finish(clients[c].handle(r) for c, r in requests.items())
+    assert result.count == 6
+    sybil = SecAggServer(config, SESSION, [*sorted(vectors), 99], DIM).start()[0]  # a 7th, unenrolled id
+    with pytest.raises(ProtocolError, match="outside the roster"):
+        SecAggClient(0, config, SESSION, roster=roster).handle(sybil)
+
+
+def test_roster_mode_through_the_flower_handler():
+    """Node-configured roster: honest vouched keys pass, the same keys without vouches are refused."""
+    config = Config(num_clients=4)
+    sa = secagg_config(config, 10)
+    session = session_for(9, 1)
+    identities = {c: crypto.ed25519_keypair(seeded_random(900 + c)) for c in range(4)}
+    roster_text = ",".join(f"{c}:{pk.hex()}" for c, (_, pk) in identities.items())
+    node = {c: {"secagg-identity-key": identities[c][0].hex(), "secagg-roster": roster_text} for c in range(4)}
+    states = {c: RecordDict() for c in range(4)}
+    server = SecAggServer(sa, session, list(range(4)), DIM)
+
+    def step(c, request):
+        return codec.decode(client_step(codec.encode(request), states[c], config, c, 10, 1, run_id=9,
+                                        node_config=node[c]))
+
+    shares = server.step(step(c, r) for c, r in server.start().items())
+    assert all(r.identity_signatures for r in shares.values())
+    stripped = dataclasses.replace(shares[0], identity_signatures={})
+    with pytest.raises(ProtocolError, match="enrolled identity key"):
+        step(0, stripped)
+    assert step(1, shares[1]).envelopes  # an honest relay is accepted

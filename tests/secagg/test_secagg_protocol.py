@@ -354,7 +354,7 @@ def test_messages_hold_only_codec_friendly_fields():
         assert {"sender", "recipient"} & {f.name for f in dataclasses.fields(cls)}
         assert {f.type for f in dataclasses.fields(cls)} <= allowed, name
     with pytest.raises(dataclasses.FrozenInstanceError):
-        AdvertiseKeysReply(SESSION, 1, b"", b"", b"").sender = 2
+        AdvertiseKeysReply(SESSION, 1, b"", b"", b"", b"").sender = 2
 
 
 def test_unmask_request_type_is_registered_by_name():
