@@ -1,9 +1,12 @@
 """Secure aggregation (Bonawitz et al., CCS 2017) over the sparse graph of SecAgg+ (Bell et al.,
-CCS 2020), as a pure library: no flwr, no torch, no I/O.
+CCS 2020), as a pure library: no flwr, no torch, no I/O. Unlike both, mask keys are never
+secret-shared: a survivor reveals its pairwise seed with a drop-out itself, which gives a bound
+against a malicious server with c colluders that is local to one neighbourhood (m + t >= k + c + 1).
 
 Client and server are state machines that exchange the frozen messages of `messages`;
 `run_in_memory` drives a whole round in one process. The server learns the sum of the
-surviving clients' vectors and their count. See docs/secagg.md for the protocol and threat model.
+surviving clients' vectors and their count. See docs/secagg.md for the protocol, the threat
+model and the proof of the bound.
 """
 
 from fedkd.secagg.client import SecAggClient

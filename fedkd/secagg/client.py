@@ -30,7 +30,8 @@ non-neighbours, or duplicated keys; a masked-input request with fewer than m env
 and drop-out lists that overlap, omit a neighbour it masked with, name a neighbour it did not mask
 with, list itself as dropped, or leave fewer than m of its partners surviving; with the
 consistency check on, lists different from the pair it signed, or fewer than t valid neighbour
-signatures on that pair. Too few neighbours' keys at SHARE_KEYS raises RoundFailed.
+signatures on that pair; in roster mode, ids outside the roster or neighbours' keys not signed by
+their enrolled identity keys. Too few neighbours' keys at SHARE_KEYS raises RoundFailed.
 
 An envelope that fails to open or holds no field element is its sender's fault, not the server's:
 the client keeps the pairwise mask with that sender but holds no share of its seed (as if the
