@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import pytest
 from flwr.app import RecordDict
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from secagg_testkit import seeded_random
 
@@ -569,3 +569,30 @@ def test_roster_mode_through_the_flower_handler():
     with pytest.raises(ProtocolError, match="enrolled identity key"):
         step(0, stripped)
     assert step(1, shares[1]).envelopes  # an honest relay is accepted
+
+
+@st.composite
+def _sessions(draw):
+    n = draw(st.integers(6, 30))
+    k = draw(st.sampled_from([n - 1, *range(4, n - 1, 2)]))
+    t = draw(st.integers(k // 2 + 1, k))
+    c = draw(st.integers(0, t - 1))
+    return n, k, t, c
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(_sessions())
+def test_the_bound_is_exact_for_the_strongest_attack(case):
+    """For any (n, k, t, c): c colluders leave the adversary t - 1 shares of the victim's seed at
+    most; c + 1 give it the vector when they fit in the victim's m partners and m < k (with m = k
+    an honest partner told "v dropped" would keep fewer than m partners and refuse)."""
+    n, k, t, c = case
+    config = SecAggConfig(clip=1.0, scale=2.0**10, consistency_check=False, neighbors=k, threshold=t, max_colluders=c)
+    m = k + c + 1 - t
+    vectors = _vectors(n, seed=n)
+    out = attack_victim(config, SESSION, vectors, InMemory(config, SESSION, vectors), c)
+    assert not out["recovered"] and out["seed_shares"] <= t - 1
+    event(f"control ran: {c + 1 <= m < k}")
+    if c + 1 <= m < k:
+        out = attack_victim(config, SESSION, vectors, InMemory(config, SESSION, vectors), c + 1)
+        assert out["recovered"]
