@@ -67,8 +67,10 @@ class Config:
     secagg_scale: float = 0.0  # fixed-point steps per unit; 0: the finest that fits (<= 2^24). Error <= n / (2 * scale)
     secagg_bit_width: int = 32
     secagg_neighbors: int = 0  # k; 0: 2*ceil(log2 n) capped at n-1 (SecAgg+); n-1: classic SecAgg
-    secagg_threshold: int = 0  # t; 0: k // 2 + 1
-    secagg_consistency_check: bool = False  # clients sign the survivor set (Ed25519)
+    secagg_threshold: int = 0  # t; 0: floor((k + c) / 2) + 1
+    secagg_max_colluders: int = -1  # c, clients that may collude with a malicious server; -1: 2 for n >= 10
+    secagg_min_clients: int = 3  # a client refuses smaller sessions (a node's --node-config may raise it)
+    secagg_consistency_check: bool = True  # clients sign the survivor and drop-out lists (Ed25519)
     secagg_timeout: float = 120.0  # seconds to wait for each stage's replies
     drop: str = ""  # experiments: "stage:id,id;stage:id" makes those clients fail at that stage
     # Distributed differential privacy inside the secure sum (see fedkd.privacy); dp_clip > 0 turns it on
@@ -217,6 +219,8 @@ class Config:
             raise ConfigError(f"secagg-bit-width={self.secagg_bit_width} must lie in 2..64")
         _at_least("secagg-neighbors", self.secagg_neighbors, 0)
         _at_least("secagg-threshold", self.secagg_threshold, 0)
+        _at_least("secagg-max-colluders", self.secagg_max_colluders, -1)
+        _at_least("secagg-min-clients", self.secagg_min_clients, 3)
         self.drop_plan  # parses, or raises ConfigError
         if not 0 < self.era_temperature < 1:
             raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")

@@ -58,5 +58,6 @@ def secagg(msg: Message, context: Context) -> Message:
     config, server_round = config_from_message(msg)
     partition_id = int(context.node_config["partition-id"])
     num_classes = splits_for(config).num_classes
-    reply = client_step(msg.content, context.state, config, partition_id, num_classes, server_round)
+    reply = client_step(msg.content, context.state, config, partition_id, num_classes, server_round,
+                        run_id=context.run_id, node_config=context.node_config)
     return Message(reply, reply_to=msg)

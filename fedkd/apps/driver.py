@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedkd.apps.records import train_content, vector_from_message
-from fedkd.apps.secure import secure_sum
+from fedkd.apps.secure import fixed_point_sum, secure_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder, resolved_settings
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
@@ -37,6 +37,8 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
     try:
         server = DistillationServer(config)
         recorder.describe(resolved_settings(config, server.splits))
+        if config.method == "fd" and config.aggregation == "plain":  # secagg's fixed-point sum, unmasked
+            server.aggregate = fixed_point_sum(config, server.splits.num_classes)
         status = "completed"
         if config.method == "central":
             for r in range(1, config.rounds + 1):

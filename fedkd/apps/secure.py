@@ -1,17 +1,27 @@
 """Secure aggregation over Flower: the server drives `fedkd.secagg`'s state machines with one
 `query.secagg` message exchange per stage, and gets back only the sum.
 
-Owns: the fedkd -> SecAggConfig mapping (the clip range chosen per ensemble rule), the stage
-loop on the server (`secure_sum`), and the client's handler body (`client_step`), which keeps
-its protocol state and pending vector in the node's `context.state` between stages.
+Owns: the fedkd -> SecAggConfig mapping (the clip range chosen per ensemble rule), the session id
+both sides derive from (run id, round), the node's pinned minimums (`node_pins`), the stage loop on
+the server (`secure_sum`), and the client's handler body (`client_step`), which keeps its protocol
+state and pending vector in the node's `context.state` between stages.
 Must not touch: protocol maths (`fedkd.secagg`), distillation, files.
+
+What the client does not take from the server: the session id (it derives it from the run id
+Flower gives the node and the round, and refuses a round it has already started or passed), and
+its minimums (from the SuperNode's --node-config keys `secagg-min-clients`, `secagg-max-colluders`,
+`secagg-require-check`; where a key is absent, from the run's fedkd settings, which in a simulation
+are the user's own). Roster mode, from --node-config only: `secagg-identity-key` (this node's
+Ed25519 private key, 64 hex digits) and `secagg-roster` ("<partition id>:<public key hex>,..." for
+every enrolled node); then keys relayed without a valid identity signature, and ids outside the
+roster, are refused.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -23,12 +33,13 @@ from fedkd.apps.records import config_record
 from fedkd.config import Config
 from fedkd.distill import LOG_PROB_FLOOR
 from fedkd.task import dp_params
-from fedkd.secagg import UNMASK, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer
+from fedkd.secagg import UNMASK, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer
 from fedkd.secagg.messages import AdvertiseKeysRequest, MaskedInputRequest
 
 SECAGG_MESSAGE = f"{MessageType.QUERY}.secagg"
 VECTOR_KEY = "secagg-vector"  # context.state: this round's vector, waiting for the masked-input stage
 STATE_KEY = "secagg-client"  # context.state: the protocol client's saved state (private keys: node only)
+ROUND_KEY = "secagg-round"  # context.state: the last round this node started a session for
 
 
 class SecureAggregationError(RuntimeError):
@@ -76,9 +87,69 @@ def secagg_config(config: Config, num_classes: int, server_round: int = 1) -> Se
             clip=clip,
             scale=scale,
             consistency_check=config.secagg_consistency_check,
+            max_colluders=None if config.secagg_max_colluders < 0 else config.secagg_max_colluders,
         )
     except ValueError as exc:
         raise SecureAggregationError(f"secure-aggregation settings do not fit: {exc}") from None
+
+
+def session_for(run_id: int, server_round: int) -> bytes:
+    """The session id of one round: both sides derive it; a client never takes it from a request."""
+    return f"fedkd/run-{run_id}/round-{server_round}".encode()
+
+
+def node_pins(node_config: Mapping[str, object], config: Config) -> Pins:
+    """The minimums this node holds any session to: --node-config first, the fedkd settings second."""
+    def pick(key: str, fallback: object) -> object:
+        return node_config[key] if key in node_config else fallback
+
+    colluders = int(pick("secagg-max-colluders", config.secagg_max_colluders))
+    check = pick("secagg-require-check", config.secagg_consistency_check)
+    if isinstance(check, str):
+        check = check.strip().lower() in ("1", "true", "yes")
+    try:
+        return Pins(min_clients=int(pick("secagg-min-clients", config.secagg_min_clients)),
+                    max_colluders=None if colluders < 0 else colluders, require_check=bool(check))
+    except ValueError as exc:
+        raise SecureAggregationError(f"this node's secure-aggregation minimums are invalid: {exc}") from None
+
+
+def fixed_point_sum(config: Config, num_classes: int):
+    """The aggregator of `--aggregation plain`: the same fixed-point encoding and decoding as the
+    secure sum, without masks, so the two give bit-identical sums and differ only in who sees what."""
+    codec = secagg_config(config, num_classes).fixed_point  # plain runs have no DP: no round dependence
+
+    def aggregate(vectors) -> Aggregate:
+        ids = sorted(vectors)
+        if not ids:
+            raise SecureAggregationError("no client contributed a vector this round")
+        length = len(vectors[ids[0]])
+        total = np.zeros(length, dtype=np.uint64)  # exact: n * max_code < 2^bit_width <= 2^64
+        for cid in ids:
+            check_contribution(cid, vectors[cid], length)
+            total += codec.encode(np.asarray(vectors[cid], dtype=np.float32))[0].astype(np.uint64)
+        return Aggregate(total=codec.decode(total, len(ids)), count=len(ids), contributors=tuple(ids))
+
+    return aggregate
+
+
+def node_roster(node_config: Mapping[str, object]) -> tuple[dict[int, bytes] | None, bytes | None]:
+    """(roster, identity key) from --node-config; (None, None) when roster mode is not set up."""
+    try:
+        key = node_config.get("secagg-identity-key")
+        identity = bytes.fromhex(str(key)) if key else None
+        text = node_config.get("secagg-roster")
+        roster = None
+        if text:
+            roster = {}
+            for item in str(text).split(","):
+                cid, _, pk = item.strip().partition(":")
+                roster[int(cid)] = bytes.fromhex(pk)
+        if identity is not None and len(identity) != 32 or roster and any(len(v) != 32 for v in roster.values()):
+            raise ValueError("keys must be 32 bytes (64 hex digits)")
+    except ValueError as exc:
+        raise SecureAggregationError(f"this node's roster settings are invalid: {exc}") from None
+    return roster, identity
 
 
 # ---- server ----------------------------------------------------------------------------------
@@ -89,7 +160,7 @@ def secure_sum(
     """Run one secure-aggregation round with the clients `nodes` (client id -> node id) over
     vectors of length `dim` they already hold; returns the sum, the count and per-stage figures."""
     sa_config = secagg_config(config, num_classes, server_round)
-    session = f"fedkd/run-{grid.run.run_id}/round-{server_round}".encode()
+    session = session_for(grid.run.run_id, server_round)
     try:
         server = SecAggServer(sa_config, session, sorted(nodes), dim)
     except ValueError as exc:
@@ -190,28 +261,13 @@ def keep_vector(state: RecordDict, client_id: int, vector: np.ndarray) -> None:
 
 
 def client_step(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
-                server_round: int = 1) -> RecordDict:
+                server_round: int = 1, *, run_id: int, node_config: Mapping[str, object] | None = None
+                ) -> RecordDict:
     """Answer one protocol request (`content`), keeping the client between stages in the node's
-    `state`; raises on a refused request (Flower then sends an error reply)."""
-    request = codec.decode(content)
-    stage = type(request).__name__
-    for dropped_stage, ids in config.drop_plan.items():
-        if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
-            raise RuntimeError(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
-    sa_config = secagg_config(config, num_classes, server_round)
-    if isinstance(request, AdvertiseKeysRequest):
-        client = SecAggClient(client_id, sa_config, request.session_id)
-    elif STATE_KEY in state:
-        client = SecAggClient.from_state(codec.unpack_state(state[STATE_KEY]["state"]), sa_config)
-    else:
-        raise ProtocolError(f"client {client_id} has no secure-aggregation session for {stage}")
-    vector = None
-    if isinstance(request, MaskedInputRequest):
-        if VECTOR_KEY not in state:
-            raise ProtocolError(f"client {client_id} holds no vector for this round")
-        vector = state[VECTOR_KEY]["vector"].numpy()
+    `state`; raises on a refused request (Flower then sends an error reply). `run_id` is the run
+    Flower says this node is in (not the server's word); `node_config` is the SuperNode's own."""
     try:
-        reply = client.handle(request, vector)
+        reply = _client_step(content, state, config, client_id, num_classes, server_round, run_id, node_config or {})
     except (ProtocolError, RoundFailed):
         # the client has refused and wiped itself: its saved secrets and vector go too, so a
         # server cannot retry the stage against the old state
@@ -219,6 +275,43 @@ def client_step(content: RecordDict, state: RecordDict, config: Config, client_i
             if key in state:
                 del state[key]
         raise
+    return reply
+
+
+def _client_step(content, state, config, client_id, num_classes, server_round, run_id, node_config):
+    request = codec.decode(content)
+    stage = type(request).__name__
+    for dropped_stage, ids in config.drop_plan.items():
+        if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
+            raise RuntimeError(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
+    sa_config = secagg_config(config, num_classes, server_round)
+    pins = node_pins(node_config, config)
+    roster, identity = node_roster(node_config)
+    session = session_for(run_id, server_round)
+    if request.session_id != session:
+        raise ProtocolError(f"client {client_id}: request for session {request.session_id!r}; run {run_id}, "
+                            f"round {server_round} is {session!r}")
+    if isinstance(request, AdvertiseKeysRequest):
+        last = int(state[ROUND_KEY]["round"]) if ROUND_KEY in state else 0
+        if server_round <= last:
+            raise ProtocolError(f"client {client_id} already started a session for round {last}; "
+                                f"refusing another for round {server_round}")
+        state[ROUND_KEY] = ConfigRecord({"round": server_round})
+        client = SecAggClient(client_id, sa_config, session, pins=pins, roster=roster, identity_key=identity)
+    elif STATE_KEY in state:
+        try:
+            client = SecAggClient.from_state(codec.unpack_state(state[STATE_KEY]["state"]), sa_config, pins=pins,
+                                             roster=roster, identity_key=identity)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProtocolError(f"client {client_id} cannot resume its session: {exc}") from None
+    else:
+        raise ProtocolError(f"client {client_id} has no secure-aggregation session for {stage}")
+    vector = None
+    if isinstance(request, MaskedInputRequest):
+        if VECTOR_KEY not in state:
+            raise ProtocolError(f"client {client_id} holds no vector for this round")
+        vector = state[VECTOR_KEY]["vector"].numpy()
+    reply = client.handle(request, vector)
     if vector is not None:
         del state[VECTOR_KEY]  # masked and sent: nothing in the clear stays behind
     if client.state in ("done", "failed"):

@@ -1,7 +1,8 @@
 """`fedkd bench secagg`: time one in-memory secure-aggregation round and print its costs.
 
 Owns: the benchmark scenario (a fraction of clients drops after sharing keys and before
-sending masked input, the case that makes the server rebuild pairwise masks), its
+sending masked input, the case in which survivors reveal pairwise seeds for the server to
+remove), with the protocol's defaults (consistency check on, c colluders tolerated), its
 measurements, and their human (rich table) and --json output. It is a command, not a test.
 
 Memory: client vectors are made on demand from (seed, client id) and folded into a running
@@ -66,7 +67,8 @@ def run_bench(
     seed: int = 0,
     threshold: int | None = None,
     bit_width: int = 32,
-    consistency_check: bool = False,
+    consistency_check: bool = True,
+    max_colluders: int | None = None,
     dp_noise_multiplier: float = 0.0,
     dp_mechanism: str = "ddg",
 ) -> dict:
@@ -82,7 +84,7 @@ def run_bench(
     if not (isinstance(dp_noise_multiplier, (int, float)) and 0 <= dp_noise_multiplier < 1e4):
         raise ValueError(f"--dp-noise-multiplier must be a number in [0, 1e4), got {dp_noise_multiplier!r}")
     config = SecAggConfig(neighbors=neighbors, threshold=threshold, bit_width=bit_width,
-                          consistency_check=consistency_check)
+                          consistency_check=consistency_check, max_colluders=max_colluders)
     ids = list(range(clients))
     config.resolve(clients, dim)  # ValueError for parameters that do not fit, before any work
     n_drop = round(dropout * clients)
@@ -107,7 +109,7 @@ def run_bench(
                            dim=dim, observer=observe)
     wall = time.perf_counter() - began
 
-    k, t = config.resolve(clients, dim)
+    k, t, c, m = config.session(clients, dim)
     packed = packed_size(dim, bit_width)
     mean_upload = sum(upload[c] for c in result.survivors) / result.count  # clients that sent everything
     stages = [s for s in STAGES if s in result.seconds_per_stage]
@@ -118,6 +120,9 @@ def run_bench(
         "dropout": dropout,
         "neighbors": k,
         "threshold": t,
+        "colluders": c,
+        "min_partners": m,
+        "consistency_check": consistency_check,
         "bit_width": bit_width,
         "dropped": n_drop,
         "survivors": result.count,
@@ -193,9 +198,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", default=0.1, help="fraction dropping before masked input (default 0.1)")
     parser.add_argument("--neighbors", default=None,
                         help="neighbours per client, k (default 2*ceil(log2 n); n-1 = classic SecAgg)")
-    parser.add_argument("--threshold", default=None, help="shares needed, t (default k//2+1)")
+    parser.add_argument("--threshold", default=None, help="shares needed, t (default (k+c)//2+1)")
+    parser.add_argument("--max-colluders", default=None,
+                        help="colluders tolerated, c (default 2 for n >= 10, 0 below)")
     parser.add_argument("--bit-width", default=32, help="ring Z_2^b (default 32)")
-    parser.add_argument("--consistency-check", action="store_true", help="run the signed consistency check")
+    parser.add_argument("--no-consistency-check", dest="consistency_check", action="store_false",
+                        help="skip the signed consistency check (on by default)")
     parser.add_argument("--seed", default=0, help="seed of inputs and drop-outs (default 0)")
     parser.add_argument("--dp-noise-multiplier", default=0.0,
                         help="also time a client's distributed-DP encoding with this z (default 0: off)")
@@ -205,8 +213,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        optional = {name: None if getattr(args, name) is None else _count(name, getattr(args, name))
-                    for name in ("neighbors", "threshold")}
+        optional = {name: None if getattr(args, name) is None else _count(name.replace("_", "-"), getattr(args, name))
+                    for name in ("neighbors", "threshold", "max_colluders")}
         report = run_bench(
             _count("clients", args.clients), _count("dim", args.dim), _fraction("dropout", args.dropout),
             seed=_count("seed", args.seed), bit_width=_count("bit-width", args.bit_width),
@@ -229,7 +237,8 @@ def _print_table(r: dict) -> None:
     from rich.table import Table
 
     title = (f"SecAgg+ in memory: {r['clients']} clients, dim {r['dim']:,}, {r['dropped']} dropped before "
-             f"masked input, k={r['neighbors']}, t={r['threshold']}, b={r['bit_width']}")
+             f"masked input, k={r['neighbors']}, t={r['threshold']}, c={r['colluders']}, m={r['min_partners']}, "
+             f"check {'on' if r['consistency_check'] else 'off'}, b={r['bit_width']}")
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -19,11 +19,27 @@ caller's mistake, not the server's: it raises ValueError and leaves the state as
     CONSISTENCY_CHECK  ConsistencyCheckRequest   ConsistencyCheckReply     UNMASK
     UNMASK             UnmaskRequest             UnmaskReply               DONE
 
-Refusals an honest client makes (ProtocolError): parameters that differ from its own config;
-keys or envelopes from non-neighbours, or duplicated keys; an unmask request whose survivor
-and drop-out lists overlap, omit a neighbour it masked with, name a neighbour it did not mask
-with, or list itself as dropped; with the consistency check on, a survivor set different from
-the one it signed, or a bad neighbour signature. Fewer than t neighbours left raises RoundFailed.
+What it reveals, and when (the bound is in `config`'s module doc and docs/secagg.md): at UNMASK,
+for each neighbour j it masked with, either its share of j's self-mask seed (j listed as survivor)
+or the pairwise seed it shares with j (j listed as dropped), never both, in one answer per session;
+and only while at least m of the neighbours it masked with are listed as survivors.
+
+Refusals an honest client makes (ProtocolError): parameters that differ from its own config or
+fall below its `Pins` (fewer clients, fewer colluders tolerated, check off); keys or envelopes from
+non-neighbours, or duplicated keys; a masked-input request with fewer than m envelopes; survivor
+and drop-out lists that overlap, omit a neighbour it masked with, name a neighbour it did not mask
+with, list itself as dropped, or leave fewer than m of its partners surviving; with the
+consistency check on, lists different from the pair it signed, or fewer than t valid neighbour
+signatures on that pair; in roster mode, ids outside the roster or neighbours' keys not signed by
+their enrolled identity keys. Too few neighbours' keys at SHARE_KEYS raises RoundFailed.
+
+An envelope that fails to open or holds no field element is its sender's fault, not the server's:
+the client keeps the pairwise mask with that sender but holds no share of its seed (as if the
+sender's envelope had been lost), and the round goes on.
+
+After MASKED_INPUT only the signing key, the held seed shares and the pairwise seeds with the
+partners (needed if they turn out to have dropped) are kept; cipher key, mask key and self-mask
+seed are wiped.
 """
 
 from __future__ import annotations
@@ -35,7 +51,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from fedkd.secagg import crypto, shamir
-from fedkd.secagg.config import SecAggConfig
+from fedkd.secagg.config import Pins, SecAggConfig, default_colluders
 from fedkd.secagg.crypto import RandomBytes
 from fedkd.secagg.graph import neighbours_of
 from fedkd.secagg.messages import (
@@ -59,7 +75,7 @@ ACCEPTS: dict[str, type] = {
     UNMASK: UnmaskRequest,
 }
 
-ENVELOPE_PLAINTEXT = 2 * shamir.SHARE_BYTES  # seed share || key share
+ENVELOPE_PLAINTEXT = shamir.SHARE_BYTES  # one share of the sender's self-mask seed
 
 
 def _check_ids(ids: object, known: frozenset[int], what: str) -> tuple[int, ...]:
@@ -81,12 +97,21 @@ class SecAggClient:
         session_id: bytes,
         random_bytes: RandomBytes = os.urandom,
         add_noise: Callable[[np.ndarray], np.ndarray] | None = None,
+        pins: Pins | None = None,
+        roster: Mapping[int, bytes] | None = None,
+        identity_key: bytes | None = None,
     ) -> None:
         if not (isinstance(client_id, int) and 0 <= client_id <= crypto.MAX_ID):
             raise ValueError(f"client_id must be an int in 0..2^64-1, got {client_id!r}")
         self.client_id = client_id
         self.config = config
         self.session_id = crypto.check_session_id(session_id)
+        self.pins = Pins() if pins is None else pins
+        # Roster mode: enrolled clients' Ed25519 identity public keys, known out of band; every
+        # neighbour's advertised keys must carry its identity signature, and only enrolled ids may
+        # take part. identity_key: this client's own Ed25519 private key (32 bytes) that signs its keys.
+        self._roster = None if roster is None else dict(roster)
+        self._identity_key = identity_key
         self._random_bytes = random_bytes
         self._add_noise = add_noise  # quantize.FixedPoint.encode's noise hook
         self.state = ADVERTISE_KEYS
@@ -95,16 +120,18 @@ class SecAggClient:
         self._ids: tuple[int, ...] = ()  # sorted; a client's Shamir x coordinate is its index + 1
         self._dim = 0
         self._threshold = 0
+        self._min_partners = 0  # m: the fewest live partners this client masks with
         self._neighbours: frozenset[int] = frozenset()
         self._secrets: dict[str, bytes] = {}  # cipher, mask, signing private keys; self-mask seed
         self._cipher_pks: dict[int, bytes] = {}  # neighbours' public keys, as the server relayed them
         self._mask_pks: dict[int, bytes] = {}
         self._signing_pks: dict[int, bytes] = {}
         self._open_keys: dict[int, bytes] = {}  # neighbour -> key of the envelope it sends here
-        self._held: dict[int, tuple[int, int]] = {}  # neighbour -> (its seed share, its key share)
-        self._masked_with: frozenset[int] = frozenset()  # neighbours whose shares arrived
-        self._signed: tuple[int, ...] = ()  # the survivor set this client signed
-        self._revealed: dict[int, str] = {}  # peer -> "seed" or "key": never both for one peer
+        self._held: dict[int, int] = {}  # neighbour -> its seed share (valid envelopes only)
+        self._pair_seeds: dict[int, bytes] = {}  # partner -> seed of the mask shared with it
+        self._masked_with: frozenset[int] = frozenset()  # neighbours whose envelopes arrived
+        self._signed: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (survivors, dropped) signed
+        self._revealed: dict[int, str] = {}  # peer -> "seed" or "pair": never both for one peer
 
     # --- public ---------------------------------------------------------------------------
 
@@ -118,7 +145,8 @@ class SecAggClient:
             if type(request) is not expected:
                 raise ProtocolError(f"client {self.client_id} expects {expected.__name__} at stage "
                                     f"{self.state!r}, got {type(request).__name__}")
-            if request.session_id != self.session_id or request.recipient != self.client_id:
+            if (request.session_id != self.session_id or type(request.recipient) is not int
+                    or request.recipient != self.client_id):
                 raise ProtocolError(f"message for session {request.session_id!r} / client "
                                     f"{request.recipient}, this is {self.session_id!r} / {self.client_id}")
         except ProtocolError:
@@ -140,6 +168,9 @@ class SecAggClient:
         except (ProtocolError, RoundFailed):
             self._fail()
             raise
+        except (TypeError, ValueError, AttributeError, KeyError) as err:  # malformed fields of a request
+            self._fail()
+            raise ProtocolError(f"malformed {type(request).__name__}: {err!r}") from err
 
     def to_state(self) -> dict[str, object]:
         """Everything the client remembers between stages, as the plain values messages use
@@ -149,10 +180,12 @@ class SecAggClient:
         return {
             "client_id": self.client_id, "session_id": self.session_id, "state": self.state,
             "config_digest": self._digest, "ids": self._ids, "dim": self._dim, "threshold": self._threshold,
+            "min_partners": self._min_partners,
             "neighbours": tuple(sorted(self._neighbours)), "secrets": dict(self._secrets),
             "cipher_pks": dict(self._cipher_pks), "mask_pks": dict(self._mask_pks),
             "signing_pks": dict(self._signing_pks), "open_keys": dict(self._open_keys),
-            "held": {j: shamir.encode_share(s) + shamir.encode_share(k) for j, (s, k) in self._held.items()},
+            "held": {j: shamir.encode_share(y) for j, y in self._held.items()},
+            "pair_seeds": dict(self._pair_seeds),
             "masked_with": tuple(sorted(self._masked_with)), "signed": self._signed,
             "revealed": dict(self._revealed),
         }
@@ -164,9 +197,14 @@ class SecAggClient:
         config: SecAggConfig,
         random_bytes: RandomBytes = os.urandom,
         add_noise: Callable[[np.ndarray], np.ndarray] | None = None,
+        pins: Pins | None = None,
+        roster: Mapping[int, bytes] | None = None,
+        identity_key: bytes | None = None,
     ) -> SecAggClient:
-        """Rebuild a client from `to_state()`; refuses a state made under another config."""
-        client = cls(state["client_id"], config, state["session_id"], random_bytes, add_noise)
+        """Rebuild a client from `to_state()`; refuses a state made under another config. The roster
+        and identity key are not in the state: pass them again."""
+        client = cls(state["client_id"], config, state["session_id"], random_bytes, add_noise, pins, roster,
+                     identity_key)
         if state["state"] not in (*ACCEPTS, DONE, FAILED):
             raise ValueError(f"unknown client state {state['state']!r}")
         ids = tuple(state["ids"])
@@ -175,14 +213,15 @@ class SecAggClient:
         client.state = state["state"]
         client._digest, client._ids = state["config_digest"], ids
         client._dim, client._threshold = state["dim"], state["threshold"]
+        client._min_partners = state["min_partners"]
         client._neighbours = frozenset(state["neighbours"])
         client._secrets = dict(state["secrets"])
         client._cipher_pks, client._mask_pks = dict(state["cipher_pks"]), dict(state["mask_pks"])
         client._signing_pks, client._open_keys = dict(state["signing_pks"]), dict(state["open_keys"])
-        n = shamir.SHARE_BYTES
-        client._held = {j: (shamir.decode_share(v[:n]), shamir.decode_share(v[n:])) for j, v in state["held"].items()}
+        client._held = {j: shamir.decode_share(v) for j, v in state["held"].items()}
+        client._pair_seeds = dict(state["pair_seeds"])
         client._masked_with = frozenset(state["masked_with"])
-        client._signed = tuple(state["signed"])
+        client._signed = (tuple(state["signed"][0]), tuple(state["signed"][1]))
         client._revealed = dict(state["revealed"])
         return client
 
@@ -195,7 +234,7 @@ class SecAggClient:
         if any(not (isinstance(i, int) and 0 <= i <= crypto.MAX_ID) for i in ids):
             raise ProtocolError("client ids must be ints in 0..2^64-1")
         try:
-            k, t = self.config.resolve(len(ids), req.dim)
+            k, t, c, m = self.config.session(len(ids), req.dim)
             digest = self.config.digest(self.session_id, ids, req.dim)
         except ValueError as err:
             raise ProtocolError(f"session parameters do not fit this client's config: {err}") from err
@@ -203,7 +242,10 @@ class SecAggClient:
             raise ProtocolError(f"server runs k={req.neighbors}, t={req.threshold} and digest "
                                 f"{req.config_digest.hex()[:16]}; this client has k={k}, t={t}, "
                                 f"digest {digest.hex()[:16]}")
-        self._digest, self._ids, self._dim, self._threshold = digest, ids, req.dim, t
+        self._check_pins(len(ids), k, c)
+        if self._roster is not None and not set(ids) <= set(self._roster):
+            raise ProtocolError(f"clients outside the roster: {sorted(set(ids) - set(self._roster))[:5]}")
+        self._digest, self._ids, self._dim, self._threshold, self._min_partners = digest, ids, req.dim, t, m
         self._neighbours = neighbours_of(self.session_id, ids, k, self.client_id)
         rb = self._random_bytes
         self._secrets["cipher"], cipher_pk = crypto.x25519_keypair(rb)
@@ -211,8 +253,12 @@ class SecAggClient:
         signing_pk = b""
         if self.config.consistency_check:
             self._secrets["signing"], signing_pk = crypto.ed25519_keypair(rb)
+        vouch = b""
+        if self._identity_key is not None:
+            statement = crypto.identity_statement(self.session_id, self.client_id, cipher_pk, mask_pk, signing_pk)
+            vouch = crypto.sign(self._identity_key, statement)
         self.state = SHARE_KEYS
-        return AdvertiseKeysReply(self.session_id, self.client_id, cipher_pk, mask_pk, signing_pk)
+        return AdvertiseKeysReply(self.session_id, self.client_id, cipher_pk, mask_pk, signing_pk, vouch)
 
     def _share_keys(self, req: ShareKeysRequest) -> ShareKeysReply:
         peers = set(req.cipher_public_keys)
@@ -228,8 +274,11 @@ class SecAggClient:
             raise ProtocolError("public keys must be 32 bytes")
         if len(set(keys)) != len(keys):
             raise ProtocolError("two advertised public keys are identical")
-        if len(peers) < self._threshold:
-            raise RoundFailed(SHARE_KEYS, self._threshold, len(peers),
+        if self._roster is not None:
+            self._check_identities(req)
+        need = max(self._threshold, self._min_partners)
+        if len(peers) < need:
+            raise RoundFailed(SHARE_KEYS, need, len(peers),
                               f"client {self.client_id} received keys of too few neighbours")
         self._cipher_pks = dict(req.cipher_public_keys)
         self._mask_pks = dict(req.mask_public_keys)
@@ -239,15 +288,15 @@ class SecAggClient:
         holders = sorted(peers)
         xs = [bisect.bisect_left(self._ids, j) + 1 for j in holders]
         seed_shares = shamir.split(seed, self._threshold, xs, rb)
-        key_shares = shamir.split(self._secrets["mask"], self._threshold, xs, rb)
         cipher = crypto.x25519_private(self._secrets["cipher"])
         envelopes, self._open_keys = {}, {}
-        for j, s, k in zip(holders, seed_shares, key_shares):
+        for j, s in zip(holders, seed_shares):
             key, self._open_keys[j] = crypto.share_keys(cipher, self._cipher_pks[j], self.session_id, self.client_id, j)
-            plaintext = shamir.encode_share(s) + shamir.encode_share(k)
-            envelopes[j] = crypto.seal(key, rb(crypto.NONCE_BYTES), plaintext, self.session_id, self.client_id, j)
+            envelopes[j] = crypto.seal(key, rb(crypto.NONCE_BYTES), shamir.encode_share(s), self.session_id,
+                                       self.client_id, j)
         self.state = MASKED_INPUT
-        return ShareKeysReply(self.session_id, self.client_id, envelopes)
+        commitment = crypto.seed_commitment(self.session_id, self.client_id, seed)
+        return ShareKeysReply(self.session_id, self.client_id, envelopes, commitment)
 
     def _encode(self, vector: np.ndarray) -> tuple[np.ndarray, int]:
         x = np.asarray(vector)
@@ -261,19 +310,16 @@ class SecAggClient:
         if not senders <= set(self._cipher_pks):
             raise ProtocolError(f"envelopes from clients whose keys this client never got: "
                                 f"{sorted(senders - set(self._cipher_pks))[:5]}")
-        if len(senders) < self._threshold:
-            raise RoundFailed(MASKED_INPUT, self._threshold, len(senders),
-                              f"client {self.client_id} received shares from too few neighbours")
+        if len(senders) < self._min_partners:  # an honest server excludes such a client beforehand
+            raise ProtocolError(f"client {self.client_id} got envelopes from {len(senders)} neighbours; it masks "
+                                f"with no fewer than m={self._min_partners}")
+        if any(not isinstance(e, bytes) for e in req.envelopes.values()):
+            raise ProtocolError("envelopes must be bytes")
         held = {}
         for j in sorted(senders):
-            plaintext = crypto.open_sealed(self._open_keys[j], req.envelopes[j], self.session_id, j, self.client_id)
-            if len(plaintext) != ENVELOPE_PLAINTEXT:
-                raise ProtocolError(f"envelope from {j} holds {len(plaintext)} bytes, not {ENVELOPE_PLAINTEXT}")
-            try:
-                held[j] = (shamir.decode_share(plaintext[: shamir.SHARE_BYTES]),
-                           shamir.decode_share(plaintext[shamir.SHARE_BYTES:]))
-            except ValueError as err:
-                raise ProtocolError(f"envelope from {j}: {err}") from err
+            share = self._open_envelope(j, req.envelopes[j])
+            if share is not None:
+                held[j] = share
         self._held = held
         self._masked_with = frozenset(senders)
 
@@ -286,87 +332,124 @@ class SecAggClient:
         private = crypto.x25519_private(self._secrets["mask"])
         masks = [(self._secrets["seed"], +1)]  # the self mask
         for j in sorted(senders):  # the lower id adds a pair's mask, the higher subtracts it
-            seed = crypto.pair_mask_seed(private, self._mask_pks[j], self.session_id, self.client_id, j)
+            seed = self._pair_seeds[j] = crypto.pair_mask_seed(private, self._mask_pks[j], self.session_id,
+                                                               self.client_id, j)
             masks.append((seed, +1 if self.client_id < j else -1))
         crypto.apply_masks(y, masks)
         y &= dtype.type(ring_mask(self.config.bit_width))
+        for name in ("cipher", "mask", "seed"):  # only the signing key is needed from here on
+            self._secrets.pop(name, None)
+        self._open_keys, self._cipher_pks, self._mask_pks = {}, {}, {}
         self.state = CONSISTENCY_CHECK if self.config.consistency_check else UNMASK
         return MaskedInputReply(self.session_id, self.client_id, pack(y, self.config.bit_width))
 
+    def _open_envelope(self, sender: int, envelope: bytes) -> int | None:
+        """The seed share in `sender`'s envelope, or None when the envelope is spoilt (its sender's
+        doing, or the server's: either way this client just holds no share of that sender)."""
+        try:
+            plaintext = crypto.open_sealed(self._open_keys[sender], envelope, self.session_id, sender, self.client_id)
+            if len(plaintext) != ENVELOPE_PLAINTEXT:
+                return None
+            return shamir.decode_share(plaintext)
+        except (ProtocolError, ValueError):
+            return None
+
     def _consistency_check(self, req: ConsistencyCheckRequest) -> ConsistencyCheckReply:
-        survivors = _check_ids(req.survivors, frozenset(self._ids), "survivors")
-        self._check_survivors(set(survivors))
-        self._signed = survivors
-        statement = crypto.survivors_statement(self.session_id, survivors)
+        survivors, dropped = self._check_lists(req.survivors, req.dropped)
+        self._signed = (survivors, dropped)
+        statement = crypto.survivors_statement(self.session_id, survivors, dropped)
         self.state = UNMASK
         return ConsistencyCheckReply(self.session_id, self.client_id, crypto.sign(self._secrets["signing"], statement))
 
     def _unmask(self, req: UnmaskRequest) -> UnmaskReply:
+        survivors, dropped = self._check_lists(req.survivors, req.dropped)
+        if self.config.consistency_check:
+            self._check_signatures(survivors, dropped, req.signatures)
+        elif req.signatures:
+            raise ProtocolError("signatures sent but the consistency check is off")
+        seed_shares, pair_seeds = {}, {}
+        for j in sorted(self._masked_with):
+            kind = "seed" if j in survivors else "pair"
+            if self._revealed.setdefault(j, kind) != kind:  # unreachable: one answer per session
+                raise ProtocolError(f"refusing to reveal both secrets of client {j}")
+            if kind == "pair":
+                pair_seeds[j] = self._pair_seeds[j]
+            elif j in self._held:  # no share of a neighbour whose envelope was spoilt
+                seed_shares[j] = shamir.encode_share(self._held[j])
+        self._wipe()
+        self.state = DONE
+        return UnmaskReply(self.session_id, self.client_id, seed_shares, pair_seeds)
+
+    # --- checks and clean-up --------------------------------------------------------------
+
+    def _check_pins(self, num_clients: int, k: int, colluders: int) -> None:
+        pins = self.pins
+        if num_clients < pins.min_clients:
+            raise ProtocolError(f"session of {num_clients} clients; this node requires at least {pins.min_clients}")
+        want = default_colluders(num_clients, k) if pins.max_colluders is None else pins.max_colluders
+        if colluders < want:
+            raise ProtocolError(f"session tolerates {colluders} colluders; this node requires {want}")
+        if pins.require_check and not self.config.consistency_check:
+            raise ProtocolError("session runs without the consistency check; this node requires it")
+
+    def _check_identities(self, req: ShareKeysRequest) -> None:
+        """Roster mode: each neighbour's keys must be vouched for by its enrolled identity key."""
+        vouches = req.identity_signatures
+        if not isinstance(vouches, dict):
+            raise ProtocolError("identity signatures must be a dict")
+        for j in sorted(req.cipher_public_keys):
+            statement = crypto.identity_statement(self.session_id, j, req.cipher_public_keys[j],
+                                                  req.mask_public_keys[j], req.signing_public_keys.get(j, b""))
+            vouch = vouches.get(j)
+            if not (isinstance(vouch, bytes) and crypto.verify(self._roster[j], vouch, statement)):
+                raise ProtocolError(f"the keys relayed for client {j} are not signed by its enrolled identity "
+                                    f"key (substituted keys, or a client outside the roster)")
+
+    def _check_lists(self, survivors: object, dropped: object) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The survivor and drop-out lists, checked against what this client saw."""
         known = frozenset(self._ids)
-        survivors = _check_ids(req.survivors, known, "survivors")
-        dropped = _check_ids(req.dropped, known, "dropped")
+        survivors = _check_ids(survivors, known, "survivors")
+        dropped = _check_ids(dropped, known, "dropped")
         both = set(survivors) & set(dropped)
         if both:
             raise ProtocolError(f"server asks for both secrets of clients {sorted(both)[:5]}")
         if self.client_id in dropped:
             raise ProtocolError(f"client {self.client_id} sent masked input but is listed as dropped")
-        self._check_survivors(set(survivors))
+        if self.client_id not in survivors:
+            raise ProtocolError(f"client {self.client_id} sent masked input but is not listed as a survivor")
         listed = (set(survivors) | set(dropped)) & self._neighbours
         if listed != self._masked_with:
             raise ProtocolError(
                 f"survivors and drop-outs do not match this client's neighbourhood: masked with "
                 f"{sorted(self._masked_with)[:5]}..., listed {sorted(listed)[:5]}..."
             )
-        if self.config.consistency_check:
-            self._check_signatures(survivors, req.signatures)
-        elif req.signatures:
-            raise ProtocolError("signatures sent but the consistency check is off")
-        seed_shares, key_shares = {}, {}
-        for j in sorted(self._masked_with):
-            kind = "seed" if j in survivors else "key"
-            if self._revealed.setdefault(j, kind) != kind:  # unreachable after the checks above
-                raise ProtocolError(f"refusing to reveal both secrets of client {j}")
-            seed_share, key_share = self._held[j]
-            if kind == "seed":
-                seed_shares[j] = shamir.encode_share(seed_share)
-            else:
-                key_shares[j] = shamir.encode_share(key_share)
-        self._wipe()
-        self.state = DONE
-        return UnmaskReply(self.session_id, self.client_id, seed_shares, key_shares)
+        alive = len(set(survivors) & self._masked_with)
+        if alive < self._min_partners:
+            raise ProtocolError(f"only {alive} of client {self.client_id}'s partners listed as survivors; it "
+                                f"reveals pairwise seeds only while at least m={self._min_partners} survive")
+        return survivors, dropped
 
-    # --- checks and clean-up --------------------------------------------------------------
-
-    def _check_survivors(self, survivors: set[int]) -> None:
-        if self.client_id not in survivors:
-            raise ProtocolError(f"client {self.client_id} sent masked input but is not listed as a survivor")
-        strangers = (survivors & self._neighbours) - self._masked_with
-        if strangers:
-            raise ProtocolError(f"neighbours {sorted(strangers)[:5]} listed as survivors, but this "
-                                f"client never received their shares")
-        alive = len(survivors & self._masked_with)
-        if alive < self._threshold:
-            raise RoundFailed(self.state, self._threshold, alive,
-                              f"client {self.client_id} has too few surviving neighbours")
-
-    def _check_signatures(self, survivors: tuple[int, ...], signatures: dict[int, bytes]) -> None:
-        if survivors != self._signed:
-            raise ProtocolError("the survivor set differs from the one this client signed")
+    def _check_signatures(self, survivors: tuple[int, ...], dropped: tuple[int, ...], signatures: object) -> None:
+        if (survivors, dropped) != self._signed:
+            raise ProtocolError("the survivor and drop-out lists: the pair differs from the one this client signed")
+        if not isinstance(signatures, dict):
+            raise ProtocolError("signatures must be a dict")
         strangers = set(signatures) - (self._masked_with & set(survivors))
         if strangers:
             raise ProtocolError(f"signatures from clients that are not surviving neighbours: {sorted(strangers)[:5]}")
-        statement = crypto.survivors_statement(self.session_id, survivors)
+        statement = crypto.survivors_statement(self.session_id, survivors, dropped)
         for j, signature in signatures.items():
-            if not crypto.verify(self._signing_pks[j], signature, statement):
-                raise ProtocolError(f"client {j}'s signature on the survivor set does not verify")
+            if not (isinstance(signature, bytes) and crypto.verify(self._signing_pks[j], signature, statement)):
+                raise ProtocolError(f"client {j}'s signature on the survivor and drop-out lists does not verify")
         if len(signatures) < self._threshold:
-            raise RoundFailed(UNMASK, self._threshold, len(signatures),
-                              f"client {self.client_id} got too few neighbour signatures")
+            raise ProtocolError(f"client {self.client_id} got {len(signatures)} neighbour signatures on the "
+                                f"lists; it needs t={self._threshold}")
 
     def _wipe(self) -> None:
         self._secrets.clear()
         self._open_keys = {}
         self._held = {}
+        self._pair_seeds = {}
 
     def _fail(self) -> None:
         self._wipe()

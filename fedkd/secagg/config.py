@@ -1,9 +1,24 @@
 """Parameters of a secure-aggregation round: one frozen dataclass, checked on construction.
 
-Owns: defaults and validation of k (neighbours), t (threshold), the fixed-point encoding and
-the consistency-check switch, and the digest that client and server compare at set-up so a
-client never runs a round under parameters it did not agree to.
+Owns: defaults and validation of k (neighbours), t (threshold), c (colluders tolerated), m (the
+fewest live partners a client masks with), the fixed-point encoding and the consistency-check
+switch; the `Pins` a node holds independently of the server; and the digest that client and server
+compare at set-up so a client never runs a round under parameters it did not agree to.
 Must not touch: protocol state, keys, I/O.
+
+The bound (proved in docs/secagg.md, "Malicious server"): a client v masks with the set M(v) of
+neighbours whose envelopes reached it, |M(v)| >= m; each neighbour answers one unmask request and
+reveals, about v, either its share of v's self-mask seed (v listed as survivor) or its own pairwise
+seed with v (v listed as dropped), never both; v itself reveals pairwise seeds only while at least m
+of M(v) are listed as survivors. Recovering v's vector needs t seed shares from N(v) and every
+pairwise seed of v with an honest partner; the honest partners that keep their seed are at least
+m - c, so at most k - (m - c) neighbours are left to give seed shares, which is fewer than t when
+
+    m + t >= k + c + 1.
+
+Defaults: c = 2 for n >= 10 (0 for smaller sessions), t = floor((k + c) / 2) + 1, m = k + c + 1 - t
+(so m <= t). Drop-outs tolerated per neighbourhood: k - m before masked input, k - t after it.
+n = 100 (k = 14): t = 9, m = 8. n = 1000 (k = 20): t = 12, m = 11.
 """
 
 from __future__ import annotations
@@ -26,9 +41,45 @@ def default_neighbors(num_clients: int) -> int:
     return min(num_clients - 1, 2 * math.ceil(math.log2(num_clients)))
 
 
-def default_threshold(neighbors: int) -> int:
-    """The smallest t > k / 2: an honest majority of a neighbourhood is needed to unmask."""
-    return neighbors // 2 + 1
+def default_colluders(num_clients: int, neighbors: int) -> int:
+    """c = 2 for n >= 10 (k >= 8 there); 0 below, where k <= 8 leaves no room to tolerate colluders
+    and drop-outs at once (n = 4, c = 1 would need every neighbour at every stage)."""
+    return min(2, neighbors - 2) if num_clients >= 10 else 0
+
+
+def default_threshold(neighbors: int, colluders: int = 0) -> int:
+    """t = floor((k + c) / 2) + 1: more than half of a neighbourhood, and with m = k + c + 1 - t
+    the two drop-out budgets (k - m before masked input, k - t after) differ by at most one."""
+    return (neighbors + colluders) // 2 + 1
+
+
+def min_partners(neighbors: int, threshold: int, colluders: int) -> int:
+    """m = k + c + 1 - t, the fewest live partners a client masks with (see the module doc)."""
+    return neighbors + colluders + 1 - threshold
+
+
+@dataclass(frozen=True)
+class Pins:
+    """What a node requires of any session, whatever the server's messages say. The defaults only
+    refuse sessions under 3 clients; a deployment pins its own (fedkd.apps.secure.node_pins).
+
+    min_clients: sessions with fewer clients are refused (a 2-client sum is the other's vector).
+    max_colluders: the session's k, t, m must tolerate this many colluders (m + t >= k + c + 1);
+        None: as many as default_colluders gives for the session's n and k.
+    require_check: the consistency check must be on.
+    """
+
+    min_clients: int = 3
+    max_colluders: int | None = 0
+    require_check: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.min_clients, int) and self.min_clients >= 3):
+            raise ValueError(f"min_clients must be an int >= 3, got {self.min_clients!r}")
+        if self.max_colluders is not None and not (isinstance(self.max_colluders, int) and self.max_colluders >= 0):
+            raise ValueError(f"max_colluders must be an int >= 0 or None, got {self.max_colluders!r}")
+        if not isinstance(self.require_check, bool):
+            raise ValueError(f"require_check must be True or False, got {self.require_check!r}")
 
 
 @dataclass(frozen=True)
@@ -39,11 +90,13 @@ class SecAggConfig:
         against it up front (the session always re-checks against its real client count).
     neighbors: k, each client's number of neighbours; None -> default_neighbors(n).
         Must be even and < n - 1, or exactly n - 1 (classic SecAgg, everyone pairs with everyone).
-    threshold: t, shares needed to rebuild a client's secret; None -> k // 2 + 1. k/2 < t <= k.
+    threshold: t, shares needed to rebuild a client's secret; None -> floor((k + c) / 2) + 1;
+        k/2 < t <= k and t > c.
+    max_colluders: c, clients that may collude with a malicious server; None -> default_colluders.
     bit_width: b, the ring is Z_{2^b}; the masked vector travels as b bits per value.
     clip, scale: values are clipped to [-clip, clip] and encoded with `scale` steps per unit.
     stochastic_rounding: unbiased random rounding instead of round-to-nearest.
-    consistency_check: clients sign the survivor set (Ed25519) before revealing shares.
+    consistency_check: clients sign the survivor and drop-out lists (Ed25519) before revealing.
     """
 
     max_clients: int | None = None
@@ -53,7 +106,8 @@ class SecAggConfig:
     clip: float = 1.0
     scale: float = 2.0**16
     stochastic_rounding: bool = False
-    consistency_check: bool = False
+    consistency_check: bool = True
+    max_colluders: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,6 +132,8 @@ class SecAggConfig:
                 raise ValueError(f"threshold must be an int >= 1 or None, got {self.threshold!r}")
             if self.neighbors is not None:
                 self._check_threshold(self.neighbors, self.threshold)
+        if self.max_colluders is not None and not (isinstance(self.max_colluders, int) and self.max_colluders >= 0):
+            raise ValueError(f"max_colluders must be an int >= 0 or None, got {self.max_colluders!r}")
         for name in ("stochastic_rounding", "consistency_check"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -95,6 +151,11 @@ class SecAggConfig:
     def resolve(self, num_clients: int, dim: int) -> tuple[int, int]:
         """(k, t) for a session of `num_clients` clients and vectors of length `dim`; checks that
         the session fits the config and that its sum cannot wrap around."""
+        k, t, _, _ = self.session(num_clients, dim)
+        return k, t
+
+    def session(self, num_clients: int, dim: int) -> tuple[int, int, int, int]:
+        """(k, t, c, m) for a session; the checks of `resolve`, and t > c."""
         if not (isinstance(num_clients, int) and num_clients >= 2):
             raise ValueError(f"a session needs at least 2 clients, got {num_clients!r}")
         if self.max_clients is not None and num_clients > self.max_clients:
@@ -105,15 +166,19 @@ class SecAggConfig:
         if not (k == num_clients - 1 or (k % 2 == 0 and 2 <= k < num_clients - 1)):
             raise ValueError(f"neighbors must be {num_clients - 1} (n-1) or an even number in "
                              f"2..{num_clients - 2} for {num_clients} clients, got {k}")
-        t = default_threshold(k) if self.threshold is None else self.threshold
+        c = default_colluders(num_clients, k) if self.max_colluders is None else self.max_colluders
+        t = default_threshold(k, c) if self.threshold is None else self.threshold
         self._check_threshold(k, t)
+        if c >= t:
+            raise ValueError(f"max_colluders={c} must be below the threshold t={t} (k={k}): raise k or t, "
+                             f"or lower max_colluders")
         self.fixed_point.check_capacity(num_clients)
-        return k, t
+        return k, t, c, min_partners(k, t, c)
 
     def digest(self, session_id: bytes, client_ids: tuple[int, ...], dim: int) -> bytes:
         """SHA-256 over everything both sides must agree on for a session."""
-        k, t = self.resolve(len(client_ids), dim)
-        text = (f"k={k};t={t};b={self.bit_width};clip={float(self.clip)!r};scale={float(self.scale)!r};"
+        k, t, c, m = self.session(len(client_ids), dim)
+        text = (f"k={k};t={t};c={c};m={m};b={self.bit_width};clip={float(self.clip)!r};scale={float(self.scale)!r};"
                 f"sr={self.stochastic_rounding};cc={self.consistency_check};dim={dim};"
                 f"ids={','.join(map(str, client_ids))}")
         return hashlib.sha256(session_id + b"\x00" + text.encode()).digest()

@@ -26,6 +26,7 @@ Byte layouts (fixed, so tests can recompute them straight from the primitives):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -183,13 +184,27 @@ def apply_masks(acc: np.ndarray, masks: Iterable[tuple[bytes, int]]) -> None:
 # --- consistency-check signatures ---------------------------------------------------------
 
 
-def survivors_statement(session_id: bytes, survivors: Sequence[int]) -> bytes:
-    """The bytes a client signs to say "in this session, these clients sent masked input"."""
-    ids = sorted(survivors)
-    return (
-        DOMAIN + b"\x00consistency\x00" + _session_bytes(session_id)
-        + len(ids).to_bytes(4, "big") + b"".join(_id_bytes(i) for i in ids)
-    )
+def survivors_statement(session_id: bytes, survivors: Sequence[int], dropped: Sequence[int]) -> bytes:
+    """The bytes a client signs to say "in this session, these clients sent masked input and
+    these shared keys but did not": each list as a 4-byte count then 8-byte ids, sorted."""
+    out = DOMAIN + b"\x00consistency\x00" + _session_bytes(session_id)
+    for ids in (sorted(survivors), sorted(dropped)):
+        out += len(ids).to_bytes(4, "big") + b"".join(_id_bytes(i) for i in ids)
+    return out
+
+
+def identity_statement(session_id: bytes, client_id: int, cipher_pk: bytes, mask_pk: bytes, signing_pk: bytes) -> bytes:
+    """What a client signs with its long-term identity key (roster mode) to vouch for the keys it
+    advertises in one session: (domain, `identity`, session, client id, the three public keys)."""
+    return (DOMAIN + b"\x00identity\x00" + _session_bytes(session_id) + _id_bytes(client_id)
+            + cipher_pk + mask_pk + len(signing_pk).to_bytes(1, "big") + signing_pk)
+
+
+def seed_commitment(session_id: bytes, client_id: int, seed: bytes) -> bytes:
+    """SHA-256 over (domain, session, client, self-mask seed): binds the seed a client shared, so the
+    server can tell a correct reconstruction from one spoilt by a bad share. The seed is 32 random
+    bytes, so the hash says nothing about it beyond letting a guess be checked."""
+    return hashlib.sha256(DOMAIN + b"\x00seed\x00" + _session_bytes(session_id) + _id_bytes(client_id) + seed).digest()
 
 
 def sign(private: bytes, statement: bytes) -> bytes:

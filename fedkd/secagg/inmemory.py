@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 
 from fedkd.secagg.client import SecAggClient
-from fedkd.secagg.config import SecAggConfig
+from fedkd.secagg.config import Pins, SecAggConfig
 from fedkd.secagg.crypto import RandomBytes
 from fedkd.secagg.messages import wire_size
 from fedkd.secagg.server import SecAggResult, SecAggServer
@@ -37,6 +37,7 @@ def run_in_memory(
     dim: int | None = None,
     observer: Observer | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    pins: Pins | None = None,
 ) -> SecAggResult:
     """Sum `vectors` (client id -> (dim,) float vector) under secure aggregation.
 
@@ -53,7 +54,7 @@ def run_in_memory(
     if dim is None:
         dim = int(np.asarray(vectors[ids[0]]).shape[0])
     server = SecAggServer(config, session_id, ids, dim, clock=clock)
-    clients = {cid: SecAggClient(cid, config, session_id, random_bytes) for cid in ids}
+    clients = {cid: SecAggClient(cid, config, session_id, random_bytes, pins=pins) for cid in ids}
 
     def replies(requests: dict[int, object], stage: str) -> Iterator[object]:
         for cid, request in requests.items():

@@ -40,6 +40,7 @@ class AdvertiseKeysReply:
     cipher_public_key: bytes  # X25519, for the share envelopes
     mask_public_key: bytes  # X25519, for pairwise mask seeds
     signing_public_key: bytes  # Ed25519; b"" when the consistency check is off
+    identity_signature: bytes  # Ed25519 by the client's enrolled identity key over the three keys; b"": none
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,15 @@ class ShareKeysRequest:
     cipher_public_keys: dict[int, bytes]
     mask_public_keys: dict[int, bytes]
     signing_public_keys: dict[int, bytes]
+    identity_signatures: dict[int, bytes]  # each neighbour's identity_signature, relayed as received
 
 
 @dataclass(frozen=True)
 class ShareKeysReply:
     session_id: bytes
     sender: int
-    envelopes: dict[int, bytes]  # recipient -> encrypted (self-mask seed share, mask key share)
+    envelopes: dict[int, bytes]  # recipient -> encrypted share of the sender's self-mask seed
+    seed_commitment: bytes  # crypto.seed_commitment(): lets the server check the seed it rebuilds
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,14 @@ class ConsistencyCheckRequest:
     session_id: bytes
     recipient: int
     survivors: tuple[int, ...]  # clients whose masked input the server holds, sorted
+    dropped: tuple[int, ...]  # shared keys but sent no masked input, sorted
 
 
 @dataclass(frozen=True)
 class ConsistencyCheckReply:
     session_id: bytes
     sender: int
-    signature: bytes  # Ed25519 over crypto.survivors_statement(session_id, survivors)
+    signature: bytes  # Ed25519 over crypto.survivors_statement(session_id, survivors, dropped)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class UnmaskRequest:
     session_id: bytes
     recipient: int
     survivors: tuple[int, ...]  # sent masked input: reveal their self-mask seed shares
-    dropped: tuple[int, ...]  # shared keys but sent no masked input: reveal their mask key shares
+    dropped: tuple[int, ...]  # shared keys but sent no masked input: reveal the pairwise seed with them
     signatures: dict[int, bytes]  # neighbours' consistency signatures; empty when the check is off
 
 
@@ -102,7 +106,7 @@ class UnmaskReply:
     session_id: bytes
     sender: int
     seed_shares: dict[int, bytes]  # survivor -> share of its self-mask seed (33 bytes)
-    key_shares: dict[int, bytes]  # dropped client -> share of its mask private key (33 bytes)
+    pair_seeds: dict[int, bytes]  # dropped partner -> the 32-byte seed of the mask shared with it
 
 
 Message = (

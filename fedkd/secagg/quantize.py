@@ -17,7 +17,8 @@ Error bound per coordinate of the decoded sum, against the sum of the *clipped* 
 Noise hook: `encode(..., add_noise=f)` calls f(codes) on the int64 codes before they are
 masked and must return int64 codes of the same shape. It is the place for a later step that
 adds integer noise (e.g. distributed discrete Gaussian); such a step must also leave headroom
-so that the noisy sum stays within [0, 2^b), which `required_bits` does not know about.
+so that the noisy sum stays within [0, 2^b), which `required_bits` does not know about, and keep
+it within [0, n * max_code], which the server's range check (SecAggServer) enforces.
 """
 
 from __future__ import annotations

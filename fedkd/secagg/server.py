@@ -18,10 +18,20 @@ which returns the requests for the next stage, addressed by client id. `step(rep
     CONSISTENCY_CHECK  ConsistencyCheckReply    UnmaskRequest              signers
     UNMASK             UnmaskReply              finish() -> SecAggResult
 
-(*) Before masks exist, a client left with fewer than t live neighbours cannot have its
-secrets held safely, so it is excluded (recorded as dropped at that stage), repeatedly until
-every remaining client has t live neighbours. From MASKED_INPUT on, masks are committed: if any
-mask that must be removed can no longer be rebuilt from t shares, the round raises RoundFailed.
+(*) Before masks exist, a client left with fewer than max(t, m) live neighbours cannot have its
+seed held safely or mask with enough partners, so it is excluded (recorded as dropped at that
+stage), repeatedly until every remaining client has that many. From MASKED_INPUT on, masks are
+committed: if a survivor's self-mask seed can no longer be rebuilt from t shares, or a survivor
+that masked with a drop-out stops answering (only it can reveal that pairwise seed), the round
+raises RoundFailed.
+
+Unmasking: for each survivor, its self-mask seed is rebuilt from the seed shares its neighbours
+reveal and checked against the commitment it sent at SHARE_KEYS; when a bad share spoils the first
+t, other t-subsets of the shares received are tried (up to MAX_SUBSETS), so one malicious holder
+cannot sink the round while t honest shares are there. For each pair (survivor, drop-out) the
+survivor reveals the pairwise seed itself. The decoded sum is then range-checked: every coordinate
+of the integer sum must be at most count * max_code and the clipped count at most count * dim,
+else the round fails (a survivor sent a masked input or a pairwise seed that does not add up).
 
 `receive` raises ProtocolError for a reply of the wrong type or session, from a client that
 was not asked in this stage, a repeat (replay), or with bad content; the server's state is
@@ -31,6 +41,7 @@ left untouched, so the caller may log and drop that one message and carry on.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +62,8 @@ from fedkd.secagg.stages import (
 )
 
 DONE, FAILED = "done", "failed"  # terminal values of SecAggServer.stage
-ENVELOPE_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16  # nonce, two shares, GCM tag
+ENVELOPE_BYTES = crypto.NONCE_BYTES + shamir.SHARE_BYTES + 16  # nonce, one seed share, GCM tag
+MAX_SUBSETS = 20_000  # t-subsets of one seed's shares tried before giving up on bad shares
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,9 @@ class SecAggServer:
         self.session_id = crypto.check_session_id(session_id)
         self.client_ids = ids
         self.dim = dim
-        self.neighbors, self.threshold = config.resolve(len(ids), dim)  # ValueError if they do not fit
+        # ValueError if they do not fit
+        self.neighbors, self.threshold, self.colluders, self.min_partners = config.session(len(ids), dim)
+        self._need = max(self.threshold, self.min_partners)  # live neighbours a client must keep
         self.graph = neighbour_graph(session_id, ids, self.neighbors)
         self._x = {cid: pos + 1 for pos, cid in enumerate(ids)}
         self._clock = clock
@@ -147,13 +161,17 @@ class SecAggServer:
             if reply.session_id != self.session_id:
                 raise ProtocolError(f"reply for session {reply.session_id!r}, this is {self.session_id!r}")
             sender = reply.sender
-            if sender not in self._asked:
-                raise ProtocolError(f"client {sender!r} was not asked at stage {self.stage!r}")
-            if sender in self._replies:
-                raise ProtocolError(f"second {expected.__name__} from client {sender} (replay)")
-            getattr(self, f"_check_{self.stage}")(reply)
+            try:
+                if type(sender) is not int or sender not in self._asked:  # bool: True == 1
+                    raise ProtocolError(f"client {sender!r} was not asked at stage {self.stage!r}")
+                if sender in self._replies:
+                    raise ProtocolError(f"second {expected.__name__} from client {sender} (replay)")
+                size = wire_size(reply)
+                getattr(self, f"_check_{self.stage}")(reply)  # the last step: it may fold in a masked input
+            except (TypeError, ValueError, AttributeError, KeyError) as err:  # fields of the wrong type
+                raise ProtocolError(f"malformed {expected.__name__}: {err!r}") from err
             self._replies[sender] = reply if self.stage != MASKED_INPUT else None  # the sum keeps it
-            self.bytes_in[self.stage] = self.bytes_in.get(self.stage, 0) + wire_size(reply)
+            self.bytes_in[self.stage] = self.bytes_in.get(self.stage, 0) + size
         finally:
             self._tick(stage, began)
 
@@ -206,6 +224,8 @@ class SecAggServer:
         want = crypto.KEY_BYTES if self.config.consistency_check else 0
         if not isinstance(reply.signing_public_key, bytes) or len(reply.signing_public_key) != want:
             raise ProtocolError(f"signing_public_key from client {reply.sender} must be {want} bytes")
+        if not isinstance(reply.identity_signature, bytes) or len(reply.identity_signature) not in (0, 64):
+            raise ProtocolError(f"identity_signature from client {reply.sender} must be 0 or 64 bytes")
         # A low-order or copied key would make every honest neighbour refuse at share_keys and could
         # sink the round: refuse it here, so only its sender drops out.
         for name in ("cipher_public_key", "mask_public_key"):
@@ -216,7 +236,9 @@ class SecAggServer:
 
     def _check_share_keys(self, reply) -> None:
         sent_keys = set(self._sent[reply.sender].cipher_public_keys)
-        if set(reply.envelopes) != sent_keys:
+        if not isinstance(reply.seed_commitment, bytes) or len(reply.seed_commitment) != 32:
+            raise ProtocolError(f"seed commitment from client {reply.sender} must be 32 bytes")
+        if not isinstance(reply.envelopes, dict) or set(reply.envelopes) != sent_keys:
             raise ProtocolError(f"client {reply.sender} must send envelopes to exactly the "
                                 f"{len(sent_keys)} neighbours whose keys it got")
         if any(not isinstance(e, bytes) or len(e) != ENVELOPE_BYTES for e in reply.envelopes.values()):
@@ -231,16 +253,22 @@ class SecAggServer:
         self._sum += unpack(reply.masked, self._length, self.config.bit_width)  # wraps mod 2^32/2^64
 
     def _check_consistency_check(self, reply) -> None:
-        statement = crypto.survivors_statement(self.session_id, self._survivors)
-        if not crypto.verify(self._keys[reply.sender].signing_public_key, reply.signature, statement):
+        statement = crypto.survivors_statement(self.session_id, self._survivors, self._late_dropped())
+        if not (isinstance(reply.signature, bytes)
+                and crypto.verify(self._keys[reply.sender].signing_public_key, reply.signature, statement)):
             raise ProtocolError(f"client {reply.sender}'s signature on the survivor set does not verify")
 
     def _check_unmask(self, reply) -> None:
         mine = self._relayed[reply.sender]
         survivors = set(self._survivors)
-        if set(reply.seed_shares) != mine & survivors or set(reply.key_shares) != mine - survivors:
+        if not (isinstance(reply.seed_shares, dict) and isinstance(reply.pair_seeds, dict)):
+            raise ProtocolError(f"client {reply.sender}'s unmask reply is malformed")
+        # seed shares may be fewer: a holder of a spoilt envelope has none to give
+        if not set(reply.seed_shares) <= mine & survivors or set(reply.pair_seeds) != mine - survivors:
             raise ProtocolError(f"client {reply.sender} revealed shares other than the ones asked for")
-        for share in (*reply.seed_shares.values(), *reply.key_shares.values()):
+        if any(not (isinstance(s, bytes) and len(s) == crypto.KEY_BYTES) for s in reply.pair_seeds.values()):
+            raise ProtocolError(f"pairwise seeds from client {reply.sender} must be 32 bytes")
+        for share in reply.seed_shares.values():
             try:
                 shamir.decode_share(share)
             except (ValueError, TypeError) as err:
@@ -260,12 +288,14 @@ class SecAggServer:
                 {j: keys[j].cipher_public_key for j in peers},
                 {j: keys[j].mask_public_key for j in peers},
                 {j: keys[j].signing_public_key for j in peers} if self.config.consistency_check else {},
+                {j: keys[j].identity_signature for j in peers if keys[j].identity_signature},
             )
         return dict(self._sent)
 
     def _close_share_keys(self, answered: set[int]) -> dict[int, MaskedInputRequest]:
         kept = self._keep_well_connected(SHARE_KEYS, answered)
         envelopes = {cid: self._replies[cid].envelopes for cid in kept}
+        self._commitments = {cid: self._replies[cid].seed_commitment for cid in kept}
         self._holders = {cid: frozenset(self.graph[cid] & kept) for cid in kept}
         self._relayed = self._holders  # the graph is symmetric: i holds j's shares iff j holds i's
         del self._sent
@@ -280,7 +310,9 @@ class SecAggServer:
         self._survivors = tuple(sorted(answered))
         self._check_recoverable(MASKED_INPUT, answered)
         if self.config.consistency_check:
-            return {cid: ConsistencyCheckRequest(self.session_id, cid, self._survivors) for cid in self._survivors}
+            dropped = self._late_dropped()
+            return {cid: ConsistencyCheckRequest(self.session_id, cid, self._survivors, dropped)
+                    for cid in self._survivors}
         return self._unmask_requests(answered, {})
 
     def _close_consistency_check(self, answered: set[int]) -> dict[int, UnmaskRequest]:
@@ -288,9 +320,13 @@ class SecAggServer:
         signatures = {cid: self._replies[cid].signature for cid in answered}
         return self._unmask_requests(answered, signatures)
 
+    def _late_dropped(self) -> tuple[int, ...]:
+        """Clients that shared keys but sent no masked input."""
+        return tuple(sorted(set(self._holders) - set(self._survivors)))
+
     def _unmask_requests(self, responders: set[int], signatures: dict[int, bytes]) -> dict[int, UnmaskRequest]:
         survivors = self._survivors
-        dropped = tuple(sorted(set(self._holders) - set(survivors)))
+        dropped = self._late_dropped()
         return {
             cid: UnmaskRequest(self.session_id, cid, survivors, dropped,
                                {j: signatures[j] for j in sorted(self._relayed[cid] & signatures.keys())})
@@ -304,26 +340,18 @@ class SecAggServer:
         dtype = ring_dtype(self.config.bit_width)
         total = self._sum
         removals = []  # (seed, sign) of every mask left in the sum, with the sign that removes it
-        for owner, holders in sorted(self._holders.items()):
-            responders = sorted(holders & answered)
-            if owner in survivors:
-                shares = [self._replies[r].seed_shares[owner] for r in responders]
-                removals.append((self._reconstruct(responders, shares, owner), -1))
-                continue
-            masked_with = sorted(holders & survivors)  # survivors whose input carries a mask with owner
-            if not masked_with:
-                continue
-            shares = [self._replies[r].key_shares[owner] for r in responders]
-            private = crypto.x25519_private(self._reconstruct(responders, shares, owner))
-            if crypto.public_bytes(private) != self._keys[owner].mask_public_key:
-                raise ProtocolError(f"shares of client {owner}'s mask key rebuild the wrong key")
-            for r in masked_with:  # r added the pair's mask if r < owner; the cancelling half never came
-                seed = crypto.pair_mask_seed(private, self._keys[r].mask_public_key, self.session_id, owner, r)
-                removals.append((seed, -1 if r < owner else +1))
+        for owner in self._survivors:
+            holders = sorted(r for r in self._holders[owner] & answered if owner in self._replies[r].seed_shares)
+            shares = [self._replies[r].seed_shares[owner] for r in holders]
+            removals.append((self._reconstruct(holders, shares, owner), -1))
+            if owner in answered:  # owner added the pair's mask if owner < gone; the other half never came
+                for gone, seed in self._replies[owner].pair_seeds.items():
+                    removals.append((seed, -1 if owner < gone else +1))
         crypto.apply_masks(total, removals)
         total &= dtype.type(ring_mask(self.config.bit_width))
         count = len(self._survivors)
         codec = self.config.fixed_point
+        self._check_range(total, count)
         return SecAggResult(
             sum=codec.decode(total[: self.dim], count),
             integer_sum=total[: self.dim],
@@ -341,43 +369,71 @@ class SecAggServer:
         kept = set(alive)
         best = 0
         while True:
-            thin = {cid for cid in kept if len(self.graph[cid] & kept) < self.threshold}
+            thin = {cid for cid in kept if len(self.graph[cid] & kept) < self._need}
             if not thin:
                 break
             best = max(len(self.graph[cid] & kept) for cid in thin)
             kept -= thin
         if not kept:
-            raise RoundFailed(stage, self.threshold, best,
+            raise RoundFailed(stage, self._need, best,
                               f"{len(alive)} of {len(self._asked)} clients answered and no client kept "
                               f"enough live neighbours")
         self._dropped[stage] = tuple(sorted(set(self._dropped[stage]) | (alive - kept)))
         return kept
 
     def _check_recoverable(self, stage: str, responders: set[int]) -> None:
-        """Every mask left in the sum must be rebuildable from t shares held by `responders`."""
+        """Every survivor's self-mask seed must be rebuildable from t shares held by `responders`,
+        and a survivor that masked with a drop-out must itself be among them."""
         survivors = set(self._survivors)
         short = []
-        for owner, holders in self._holders.items():
-            needed = owner in survivors or bool(holders & survivors)
-            have = len(holders & responders)
-            if needed and have < self.threshold:
-                short.append((have, owner))
+        for owner in survivors:
+            have = len(self._holders[owner] & responders)
+            if have < self._need:  # t shares to rebuild its seed; m live partners or it refuses
+                short.append((have, owner, "neighbours left to reveal its seed shares"))
+            elif owner not in responders and self._holders[owner] - survivors:
+                short.append((0, owner, "stopped answering, and only it can reveal its seeds with drop-outs"))
         if short:
-            have, owner = min(short)
-            raise RoundFailed(stage, self.threshold, have,
-                              f"{len(short)} client(s) can no longer be unmasked; client {owner} has "
-                              f"{have} neighbours left to reveal its shares")
+            have, owner, why = min(short)
+            raise RoundFailed(stage, self._need, have,
+                              f"{len(short)} client(s) can no longer be unmasked; client {owner} has {have} {why}")
 
-    def _reconstruct(self, responders: list[int], shares: list[bytes], owner: int) -> bytes:
-        xs = tuple(self._x[r] for r in responders[: self.threshold])
-        coefficients = self._lagrange.get(xs)
-        if coefficients is None:
-            coefficients = self._lagrange[xs] = shamir.lagrange_at_zero(xs)
-        ys = [shamir.decode_share(s) for s in shares[: self.threshold]]
-        try:
-            return shamir.combine(ys, coefficients, crypto.KEY_BYTES)
-        except ValueError as err:
-            raise ProtocolError(f"shares of client {owner}'s secret are inconsistent") from err
+    def _reconstruct(self, holders: list[int], shares: list[bytes], owner: int) -> bytes:
+        """`owner`'s self-mask seed from the shares of `holders`: the first t, then other t-subsets
+        until one matches the owner's commitment (a bad share spoils only the subsets holding it)."""
+        t = self.threshold
+        if len(holders) < t:
+            raise RoundFailed(UNMASK, t, len(holders), f"client {owner}'s seed has too few valid shares")
+        ys = dict(zip(holders, (shamir.decode_share(s) for s in shares)))
+        for tried, subset in enumerate(itertools.combinations(holders, t)):
+            if tried >= MAX_SUBSETS:
+                break
+            xs = tuple(self._x[r] for r in subset)
+            coefficients = self._lagrange.get(xs)
+            if coefficients is None:
+                coefficients = shamir.lagrange_at_zero(xs)
+                if tried == 0:  # the usual case, shared by every owner with the same responders
+                    self._lagrange[xs] = coefficients
+            try:
+                seed = shamir.combine([ys[r] for r in subset], coefficients, crypto.KEY_BYTES)
+            except ValueError:
+                continue
+            if crypto.seed_commitment(self.session_id, owner, seed) == self._commitments[owner]:
+                return seed
+        raise RoundFailed(UNMASK, t, 0, f"no {t} of the {len(holders)} shares of client {owner}'s seed "
+                                        f"match its commitment (too many bad shares)")
+
+    def _check_range(self, total: np.ndarray, count: int) -> None:
+        """A sum of `count` honest codes lies in [0, count * max_code] everywhere, and the clipped
+        count in [0, count * dim]; anything else means a masked input or seed that does not add up."""
+        codec = self.config.fixed_point
+        bound = count * codec.max_code
+        worst = int(total.max()) if total.size else 0
+        clipped = codec.decode_count(total[self.dim :])
+        if worst > bound or clipped > count * self.dim:
+            raise RoundFailed(UNMASK, bound, worst,
+                              f"the unmasked sum is out of range (largest word {worst} > {bound} = count x "
+                              f"max code, or clipped count {clipped} > {count * self.dim}): a survivor sent a "
+                              f"malformed masked input or seed")
 
     def _ask(self, requests: dict[int, object]) -> dict[int, object]:
         self._asked = set(requests)

@@ -13,8 +13,9 @@ def _parse(argv):
 
 
 def test_small_run_is_exact_and_reports_every_figure():
-    report = bench.run_bench(clients=12, dim=300, dropout=0.25, seed=3)
-    assert report["exact"] and report["survivors"] == 9 and report["dropped"] == 3
+    # k = 8, t = 6 (c = 2): each neighbourhood survives 2 drop-outs after masked input
+    report = bench.run_bench(clients=12, dim=300, dropout=0.17, seed=3)
+    assert report["exact"] and report["survivors"] == 10 and report["dropped"] == 2
     assert report["masked_input_expansion_vs_packed"] < 1.1
     for key in ("total_s", "client_mean_s", "server_s", "peak_rss_mib", "mask_expansion_gbps",
                 "upload_expansion_vs_float32", "server_per_stage_s", "client_mean_per_stage_s"):

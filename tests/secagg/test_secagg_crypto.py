@@ -79,15 +79,18 @@ def test_low_order_peer_key_is_a_protocol_error():
 
 def test_survivor_signatures_cover_the_exact_set():
     sk, pk = crypto.ed25519_keypair(seeded_random(1))
-    signature = crypto.sign(sk, crypto.survivors_statement(SESSION, [3, 1, 2]))
-    assert crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2, 3]))
-    assert not crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2]))
-    assert not crypto.verify(pk, signature, crypto.survivors_statement(b"other", [1, 2, 3]))
+    signature = crypto.sign(sk, crypto.survivors_statement(SESSION, [3, 1, 2], [5]))
+    assert crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2, 3], [5]))
+    assert not crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2], [5]))
+    assert not crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2, 3], []))
+    assert not crypto.verify(pk, signature, crypto.survivors_statement(SESSION, [1, 2, 3, 5], []))
+    assert not crypto.verify(pk, signature, crypto.survivors_statement(b"other", [1, 2, 3], [5]))
 
 
 def test_a_clients_masked_input_is_the_documented_sum_of_streams():
     """Known answer for a whole masked input, with the client's randomness injected: the draws
-    are cipher key, mask key, then the self-mask seed; everything else is recomputed here."""
+    are cipher key, mask key, signing key (the check is on by default), then the self-mask seed;
+    everything else is recomputed here."""
     from secagg_testkit import Recorder
 
     from fedkd.secagg import MASKED_INPUT, SecAggClient, SecAggConfig, SecAggServer
@@ -105,7 +108,7 @@ def test_a_clients_masked_input_is_the_documented_sum_of_streams():
 
     codes = np.floor((np.clip(x.astype(np.float64), -1, 1) + 1) * 65536 + 0.5).astype(np.uint64)
     expected = np.append(codes, 1).astype(np.uint64)  # one entry (-2.0) was clipped
-    expected += stream(recorders[8].draws[2], dim + 1)  # the self mask
+    expected += stream(recorders[8].draws[3], dim + 1)  # the self mask
     mask_sk = recorders[8].draws[1]
     for peer in (4, 15):
         shared = X25519PrivateKey.from_private_bytes(mask_sk).exchange(

@@ -16,7 +16,8 @@ def _start(n=4):
 
 def test_low_order_key_is_refused_and_round_goes_on():
     server, replies = _start()
-    bad = AdvertiseKeysReply(b"s", 3, bytes(32), replies[3].mask_public_key, b"")  # the all-zero point
+    bad = AdvertiseKeysReply(b"s", 3, bytes(32), replies[3].mask_public_key,  # the all-zero point
+                             replies[3].signing_public_key, b"")
     for i in range(3):
         server.receive(replies[i])
     with pytest.raises(ProtocolError, match="unusable X25519"):
@@ -28,9 +29,11 @@ def test_low_order_key_is_refused_and_round_goes_on():
 def test_copied_key_is_refused():
     server, replies = _start()
     server.receive(replies[0])
-    thief = AdvertiseKeysReply(b"s", 1, replies[0].cipher_public_key, replies[1].mask_public_key, b"")
+    thief = AdvertiseKeysReply(b"s", 1, replies[0].cipher_public_key, replies[1].mask_public_key,
+                               replies[1].signing_public_key, b"")
     with pytest.raises(ProtocolError, match="not its own"):
         server.receive(thief)
-    same = AdvertiseKeysReply(b"s", 2, replies[2].mask_public_key, replies[2].mask_public_key, b"")
+    same = AdvertiseKeysReply(b"s", 2, replies[2].mask_public_key, replies[2].mask_public_key,
+                              replies[2].signing_public_key, b"")
     with pytest.raises(ProtocolError, match="not its own"):
         server.receive(same)
