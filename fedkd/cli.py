@@ -176,8 +176,10 @@ def describe(config: Config, resolved: dict) -> list[str]:
         scale = sa["scale"]
         scale_text = f"2^{int(scale).bit_length() - 1}" if scale >= 1 and float(scale).is_integer() \
             and int(scale) & (int(scale) - 1) == 0 else f"{scale:g}"
+        check = "consistency check on" if sa["consistency_check"] else "consistency check OFF"
         lines.append(f"secure aggregation: {sa['neighbors']} neighbours, threshold {sa['threshold']}, "
-                     f"clip {sa['clip']:g}, scale {scale_text}, {sa['bit_width']} bits")
+                     f"sized for {sa['max_colluders']} colluding clients ({check}; docs/secagg.md says "
+                     f"against whom); clip {sa['clip']:g}, scale {scale_text}, {sa['bit_width']} bits")
     if "dp_noise_multiplier" in resolved:
         lines.append(f"distributed DP: noise multiplier {resolved['dp_noise_multiplier']:.4g}")
     return lines

@@ -159,10 +159,10 @@ def resolved_settings(config: Config, splits: "Splits") -> dict:
 
         sa = secagg_config(config, splits.num_classes, 1)
         m, n_test, k = vector_layout(config, splits, 1)
-        neighbours, threshold = sa.resolve(config.num_clients, (m + n_test) * k)
+        neighbours, threshold, colluders, partners = sa.session(config.num_clients, (m + n_test) * k)
         resolved["secagg"] = {"clip": sa.clip, "scale": sa.scale, "bit_width": sa.bit_width,
-                              "neighbors": neighbours, "threshold": threshold,
-                              "consistency_check": sa.consistency_check}
+                              "neighbors": neighbours, "threshold": threshold, "max_colluders": colluders,
+                              "min_partners": partners, "consistency_check": sa.consistency_check}
     if config.dp_enabled:  # with dp-target-epsilon the noise multiplier is derived, not given
         from fedkd.task import dp_params
 

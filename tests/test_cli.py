@@ -145,11 +145,11 @@ def test_a_folder_with_an_earlier_run_is_refused_unless_forced(capsys, tmp_path)
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        ([], (False, False, False)),
-        (["--download", "--public-labels", "--secagg-consistency-check"], (True, True, True)),
-        (["--download", "true", "--public-labels", "yes"], (True, True, False)),
+        ([], (False, False, True)),  # the consistency check is on by default
+        (["--download", "--public-labels", "--no-secagg-consistency-check"], (True, True, False)),
+        (["--download", "true", "--public-labels", "yes"], (True, True, True)),
         (["--download", "--no-download", "--secagg-consistency-check", "false"], (False, False, False)),
-        (["--public-labels", "--rounds", "2"], (False, True, False)),
+        (["--public-labels", "--rounds", "2", "--secagg-consistency-check"], (False, True, True)),
     ],
 )
 def test_boolean_options_are_bare_flags_with_no_twins(argv, expected):
@@ -186,9 +186,10 @@ def test_config_json_records_versions_date_and_what_auto_resolved_to(tmp_path):
     assert resolved["input_shape"] == [1, 8, 8] and resolved["num_classes"] == 10
     assert resolved["teacher_models"][:2] == ["mlp", "cnn"] and resolved["student_model"] == "mlp"
     assert len(resolved["partition_sizes"]) == 10 and resolved["num_public"] == 500
-    # 10 clients: k = 2 * ceil(log2 10) = 8 neighbours, t = 8 // 2 + 1; clip 1 for mean soft labels
-    assert resolved["secagg"] == {"clip": 1.0, "scale": 2.0**24, "bit_width": 32, "neighbors": 8, "threshold": 5,
-                                  "consistency_check": False}
+    # 10 clients: k = 2 * ceil(log2 10) = 8 neighbours, c = 2 colluders, t = (k + c) // 2 + 1 = 6,
+    # m = k + c + 1 - t = 5 partners at least; clip 1 for mean soft labels
+    assert resolved["secagg"] == {"clip": 1.0, "scale": 2.0**24, "bit_width": 32, "neighbors": 8, "threshold": 6,
+                                  "max_colluders": 2, "min_partners": 5, "consistency_check": True}
     assert saved["secagg-neighbors"] == 0  # the setting as given stays next to what it became
 
 
