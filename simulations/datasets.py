@@ -14,15 +14,20 @@ but for the dataset, the method and `out`.
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from pathlib import Path
 
-import numpy as np
+# This file's name would shadow Hugging Face's `datasets` package (which flwr-datasets imports)
+# for as long as its folder leads sys.path, as it does when run as a script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from fedkd.cli import simulate
-from fedkd.config import Config
-from fedkd.results import student_to_ensemble, write_json_atomic
+import argparse  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from fedkd.cli import simulate  # noqa: E402
+from fedkd.config import Config  # noqa: E402
+from fedkd.results import student_to_ensemble, write_json_atomic  # noqa: E402
 
 METHODS = ("fd", "fedavg", "central", "local")
 

@@ -150,7 +150,10 @@ def _collect(replies: list[Message], server_round: int, config: Config) -> list[
 def last_line(reason: str | None) -> str:
     """The informative end of a client's error (Ray wraps it in a long traceback)."""
     lines = [ln.strip() for ln in (reason or "unknown error").strip().splitlines() if ln.strip()]
-    return lines[-1].rstrip("'>") if lines else "unknown error"
+    last = lines[-1].rstrip("'>") if lines else "unknown error"
+    # Flower's wrapper of an exception raised in a ClientApp adds nothing a user needs
+    _, found, message = last.partition("Exception ClientAppException occurred. Message: ")
+    return message if found and message else last
 
 
 def _run_fedavg(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
