@@ -226,6 +226,11 @@ class Config:
         _at_least("secagg-threshold", self.secagg_threshold, 0)
         _at_least("secagg-max-colluders", self.secagg_max_colluders, -1)
         _at_least("secagg-min-clients", self.secagg_min_clients, 3)
+        if self.method == "fd" and self.aggregation == "secagg" and self.num_clients < self.secagg_min_clients:
+            raise ConfigError(
+                f"num-clients={self.num_clients}: secure aggregation needs at least secagg-min-clients="
+                f"{self.secagg_min_clients} clients (with 2, one of them run by the server would hold the other's "
+                "secrets); add clients or use aggregation=plain")
         self.drop_plan  # parses, or raises ConfigError
         if not 0 < self.era_temperature < 1:
             raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")

@@ -314,7 +314,8 @@ def test_teardown_kills_stubborn_processes_and_descendants_in_other_sessions(tmp
 
 @LINUX_PROC
 def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(run_deploy, tmp_path):
-    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY)  # default out: runs/latest
+    # secure aggregation refuses 2-client sessions (tests/secagg/test_attacks.py): this one sums in the clear
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY + " aggregation=plain")
     code = proc.wait(within=RUN_WAIT)
     assert code == 0, proc.text()
     latest = tmp_path / "runs" / "latest"
