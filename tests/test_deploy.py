@@ -34,7 +34,9 @@ import pytest
 from fedkd import deploy
 
 LINUX_PROC = pytest.mark.skipif(not Path("/proc").is_dir(), reason="orphan checks read /proc")
-TINY = "rounds=1 local-epochs=1 distill-epochs=2 num-public=100"
+# 2 SuperNodes sum in the clear: secure aggregation refuses sessions of fewer than 3 (secagg-min-clients)
+TINY = 'rounds=1 local-epochs=1 distill-epochs=2 num-public=100 aggregation="plain"'
+PLAIN = 'aggregation="plain"'
 WAIT = 120.0  # seconds: the bound for an event that takes a few seconds on an idle machine
 DEPLOY_TIMEOUT = "300"  # a test deployment's own --timeout (one round takes 40-50 s on 2 idle cores)
 RUN_WAIT = 360.0  # ... and how long a test waits for that deployment to exit
@@ -210,7 +212,7 @@ def test_free_ports_are_distinct_and_bindable():
 def test_run_config_gets_num_clients_and_an_absolute_out(tmp_path):
     config = deploy.build_run_config('rounds=2 out="runs/x"', 3, {"out": "runs/latest"}, tmp_path)
     assert config == {"rounds": 2, "num-clients": 3, "out": str(tmp_path / "runs" / "x")}
-    assert deploy.build_run_config("", 2, {"out": "runs/latest"}, tmp_path)["out"] == str(tmp_path / "runs/latest")
+    assert deploy.build_run_config("", 3, {"out": "runs/latest"}, tmp_path)["out"] == str(tmp_path / "runs/latest")
 
 
 def test_the_app_is_found_beside_the_package_or_else_in_the_current_folder(tmp_path, monkeypatch):
@@ -232,6 +234,7 @@ def test_the_app_is_found_beside_the_package_or_else_in_the_current_folder(tmp_p
         (["2", "--run-config", 'colour="red"'], "unknown setting 'colour'"),
         (["2", "--run-config", "rounds=0"], "rounds=0 is too small"),
         (["2", "--run-config", "num-clients=3"], "sets num-clients=3 but the deployment has 2 SuperNodes"),
+        (["2"], "secure aggregation needs at least secagg-min-clients=3 clients"),
         (["2", "--run-config", "rounds=1 oops"], "is not 'key=value ...'"),
         (["2", "--run-config", "out=unquoted/path"], "is not 'key=value ...'"),
     ],
@@ -247,13 +250,13 @@ def test_bad_usage_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path, monk
 
 def test_an_out_that_cannot_be_written_is_refused_before_anything_starts(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert deploy.main(parse("2", "--run-config", 'out="/proc/forbidden"')) == 2
+    assert deploy.main(parse("3", "--run-config", 'out="/proc/forbidden"')) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedkd deploy: error: out '/proc/forbidden' cannot be created or written") and \
         err.count("\n") == 1
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.json").write_text("{}")
-    assert deploy.main(parse("2", "--run-config", 'out="done"')) == 2
+    assert deploy.main(parse("3", "--run-config", 'out="done"')) == 2
     assert "already holds the results of an earlier run" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # no process, no FLWR_HOME, nothing else
 
@@ -261,7 +264,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_starts(capsys,
 def test_a_certs_dir_that_cannot_be_written_is_one_line(capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    assert deploy.main(parse("2", "--secure", "--certs-dir", str(blocker / "certs"))) == 2
+    assert deploy.main(parse("3", "--secure", "--certs-dir", str(blocker / "certs"))) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fedkd deploy: error: certs dir '{blocker / 'certs'}' is not writable") and err.count("\n") == 1
 
@@ -269,7 +272,7 @@ def test_a_certs_dir_that_cannot_be_written_is_one_line(capsys, tmp_path):
 def test_missing_flower_binaries_are_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert deploy.main(parse("2")) == 2
+    assert deploy.main(parse("3")) == 2
     err = capsys.readouterr().err
     assert "'flower-superlink' was not found" in err and err.count("\n") == 1
 
@@ -314,8 +317,7 @@ def test_teardown_kills_stubborn_processes_and_descendants_in_other_sessions(tmp
 
 @LINUX_PROC
 def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(run_deploy, tmp_path):
-    # secure aggregation refuses 2-client sessions (tests/secagg/test_attacks.py): this one sums in the clear
-    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY + " aggregation=plain")
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY)
     code = proc.wait(within=RUN_WAIT)
     assert code == 0, proc.text()
     latest = tmp_path / "runs" / "latest"
@@ -365,7 +367,7 @@ def test_secure_superlink_refuses_a_node_whose_key_was_not_enrolled(tmp_path):
 
 @LINUX_PROC
 def test_ctrl_c_during_a_run_stops_every_process_and_frees_the_ports(run_deploy, tmp_path):
-    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'rounds=20 out="{tmp_path / "out"}"')
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'rounds=20 {PLAIN} out="{tmp_path / "out"}"')
     proc.wait_for("submitted", within=WAIT)
     time.sleep(3)  # into the run (interrupting earlier would be just as valid; this is not a deadline)
     proc.popen.send_signal(signal.SIGINT)
@@ -393,7 +395,7 @@ def test_secure_deployment_completes_a_round_with_an_unenrolled_probe_refused(ru
 def test_a_run_that_fails_exits_1_with_its_reason_in_one_line(run_deploy, tmp_path):
     out = tmp_path / "out"
     proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT,
-                      "--run-config", f'rounds=1 dataset="{tmp_path / "missing.npz"}" out="{out}"')
+                      "--run-config", f'rounds=1 {PLAIN} dataset="{tmp_path / "missing.npz"}" out="{out}"')
     assert proc.wait(within=RUN_WAIT) == 1, proc.text()
     last = proc.text().strip().splitlines()[-1]
     assert last.startswith("fedkd deploy: run failed: ") and "missing.npz" in last
@@ -403,7 +405,7 @@ def test_a_run_that_fails_exits_1_with_its_reason_in_one_line(run_deploy, tmp_pa
 
 @LINUX_PROC
 def test_a_supernode_dying_mid_run_fails_the_deployment_and_stops_the_rest(run_deploy, tmp_path):
-    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'rounds=20 out="{tmp_path / "out"}"')
+    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'rounds=20 {PLAIN} out="{tmp_path / "out"}"')
     proc.wait_for("submitted", within=WAIT)
     victims = [pid for pid in deploy.marked_pids(proc.tag, name=TAG)
                if b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
