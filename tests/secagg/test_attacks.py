@@ -55,14 +55,15 @@ class InMemory:
 class FlowerHandler:
     """Honest clients through `fedkd.apps.secure.client_step`, each with its own node state."""
 
-    def __init__(self, config, vectors, run_id):
-        self.config, self.run_id = config, run_id
+    def __init__(self, config, vectors, run_id, node_config=None):
+        self.config, self.run_id, self.node_config = config, run_id, node_config
         self.states = {c: RecordDict() for c in vectors}
         for c, v in vectors.items():
             keep_vector(self.states[c], c, v)
 
     def __call__(self, cid, request, vector=None):
-        reply = client_step(codec.encode(request), self.states[cid], self.config, cid, 10, 1, run_id=self.run_id)
+        reply = client_step(codec.encode(request), self.states[cid], self.config, cid, 10, 1, run_id=self.run_id,
+                            node_config=self.node_config)
         return codec.decode(reply)
 
 
@@ -219,9 +220,10 @@ def test_victim_refuses_fewer_envelopes_than_m():
 
 
 def test_through_the_flower_handler_default_config_refuses_and_a_weak_config_leaks():
-    """The attack against client_step: fedkd's defaults (c = 2 at n = 10, check on) refuse; a run
-    configured with c = 1 and the check off (no node pins, so the node takes the run's settings)
-    gives the victim's vector away to a server with 2 colluders."""
+    """The attack against client_step: fedkd's defaults (c = 2 at n = 10, check on) refuse. A run
+    configured with c = 1 and the check off is refused too when the node has no pins of its own (the
+    run config travels in the server's messages, so it cannot relax the node's defaults); only a node
+    operator who relaxes its own --node-config gives the victim's vector away to 2 colluders."""
     run_id = 5
     session = session_for(run_id, 1)
     vectors = _vectors(10)
@@ -229,18 +231,58 @@ def test_through_the_flower_handler_default_config_refuses_and_a_weak_config_lea
     out = attack_victim(secagg_config(strong, 10), session, vectors, FlowerHandler(strong, vectors, run_id), 2)
     assert not out["recovered"] and out["refused"]
     weak = Config(num_clients=10, secagg_max_colluders=1, secagg_consistency_check=False)
-    out = attack_victim(secagg_config(weak, 10), session, vectors, FlowerHandler(weak, vectors, run_id), 2)
+    with pytest.raises(ProtocolError, match="tolerates 1 colluders; this node requires 2"):
+        attack_victim(secagg_config(weak, 10), session, vectors, FlowerHandler(weak, vectors, run_id), 2)
+    relaxed = {"secagg-max-colluders": 1, "secagg-require-check": "false"}
+    out = attack_victim(secagg_config(weak, 10), session, vectors, FlowerHandler(weak, vectors, run_id, relaxed), 2)
     assert out["recovered"]
 
 
 # --- session id, downgrade ----------------------------------------------------------------------
 
 
-def _flower_start(config, session, n=10, round_=1, run_id=5, node_config=None):
+def _flower_start(config, session, n=10, round_=1, run_id=5, node_config=None, state=None):
+    """A function that hands client 0 (with a trained vector in its node state) the server's first
+    request of a session."""
     server = SecAggServer(secagg_config(config, 10), session, list(range(n)), DIM)
-    state = RecordDict()
+    if state is None:
+        state = RecordDict()
+        keep_vector(state, 0, _vectors(1)[0])
     request = codec.encode(server.start()[0])
     return lambda: client_step(request, state, config, 0, 10, round_, run_id=run_id, node_config=node_config)
+
+
+def test_a_server_grinding_round_numbers_gets_one_session_per_training_round():
+    """Issue F3: the round number comes from the server. A client accepted round 1 and then round
+    4711 with the same state; now a vector serves one session, so a second try needs a new training
+    exchange (keep_vector), and rounds only go up."""
+    config = Config(num_clients=10)
+    state = RecordDict()
+    keep_vector(state, 0, _vectors(1)[0])
+    _flower_start(config, session_for(5, 1), state=state)()
+    with pytest.raises(ProtocolError, match="committed to the session of round 1; a new session needs a new training"):
+        _flower_start(config, session_for(5, 4711), round_=4711, state=state)()
+    state = RecordDict()  # the refusal wiped the node's secrets and vector; start over
+    keep_vector(state, 0, _vectors(1)[0])
+    _flower_start(config, session_for(5, 2), round_=2, state=state)()
+    keep_vector(state, 0, _vectors(1)[0])  # the next training round: one more session, never an older round
+    with pytest.raises(ProtocolError, match="already started a session for round 2"):
+        _flower_start(config, session_for(5, 2), round_=2, state=state)()
+    keep_vector(state, 0, _vectors(1)[0])
+    _flower_start(config, session_for(5, 3), round_=3, state=state)()
+
+
+def test_run_config_cannot_relax_the_node_defaults():
+    """Issue F1: the fedkd Config arrives in every server message, so node pins never fall back to it
+    for c or the check: with no --node-config the node requires c = 2 (n = 10) and the check."""
+    session = session_for(5, 1)
+    for weak, message in ((dict(secagg_consistency_check=False), "requires it"),
+                          (dict(secagg_max_colluders=0), "tolerates 0 colluders; this node requires 2")):
+        with pytest.raises(ProtocolError, match=message):
+            _flower_start(Config(num_clients=10, **weak), session)()
+    _flower_start(Config(num_clients=10), session)()  # the defaults pass
+    with pytest.raises(ProtocolError, match="this node requires at least 11"):  # the run config may tighten
+        _flower_start(Config(num_clients=10, secagg_min_clients=11), session)()
 
 
 def test_client_refuses_a_server_chosen_session_id_and_a_second_session_for_a_round():
@@ -608,6 +650,8 @@ def test_roster_mode_through_the_flower_handler():
     roster_text = ",".join(f"{c}:{pk.hex()}" for c, (_, pk) in identities.items())
     node = {c: {"secagg-identity-key": identities[c][0].hex(), "secagg-roster": roster_text} for c in range(4)}
     states = {c: RecordDict() for c in range(4)}
+    for c in range(4):
+        keep_vector(states[c], c, _vectors(4)[c])
     server = SecAggServer(sa, session, list(range(4)), DIM)
 
     def step(c, request):
