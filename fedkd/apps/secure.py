@@ -8,10 +8,11 @@ state and pending vector in the node's `context.state` between stages.
 Must not touch: protocol maths (`fedkd.secagg`), distillation, files.
 
 What the client does not take from the server: the session id (it derives it from the run id
-Flower gives the node and the round, and refuses a round it has already started or passed), and
-its minimums (from the SuperNode's --node-config keys `secagg-min-clients`, `secagg-max-colluders`,
-`secagg-require-check`; where a key is absent, from the run's fedkd settings, which in a simulation
-are the user's own). Roster mode, from --node-config only: `secagg-identity-key` (this node's
+Flower gives the node and the round, refuses a round it has already started or passed, and runs
+one session per vector it trained: a second session needs a new training round), and its
+minimums (`node_pins`: the SuperNode's --node-config keys `secagg-min-clients`,
+`secagg-max-colluders`, `secagg-require-check`; where a key is absent, the node's own default,
+which the run's fedkd settings, carried in the server's messages, may tighten but never relax). Roster mode, from --node-config only: `secagg-identity-key` (this node's
 Ed25519 private key, 64 hex digits) and `secagg-roster` ("<partition id>:<public key hex>,..." for
 every enrolled node); then keys relayed without a valid identity signature, and ids outside the
 roster, are refused.
@@ -40,6 +41,7 @@ SECAGG_MESSAGE = f"{MessageType.QUERY}.secagg"
 VECTOR_KEY = "secagg-vector"  # context.state: this round's vector, waiting for the masked-input stage
 STATE_KEY = "secagg-client"  # context.state: the protocol client's saved state (private keys: node only)
 ROUND_KEY = "secagg-round"  # context.state: the last round this node started a session for
+CLAIM_KEY = "secagg-vector-claimed"  # context.state: the round whose session the held vector is committed to
 
 
 class SecureAggregationError(RuntimeError):
@@ -99,17 +101,19 @@ def session_for(run_id: int, server_round: int) -> bytes:
 
 
 def node_pins(node_config: Mapping[str, object], config: Config) -> Pins:
-    """The minimums this node holds any session to: --node-config first, the fedkd settings second."""
-    def pick(key: str, fallback: object) -> object:
-        return node_config[key] if key in node_config else fallback
+    """The minimums this node holds any session to. A key in --node-config wins; where it is absent
+    the node's default holds: at least 3 clients, the default number of colluders for the session's
+    size (2 for n >= 10), the consistency check required. The run's fedkd settings arrive in the
+    server's messages, so they may tighten these (a larger `secagg-min-clients`) but never relax them:
+    relaxing takes the node operator's own `--node-config`."""
+    def flag(value: object) -> bool:
+        return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
 
-    colluders = int(pick("secagg-max-colluders", config.secagg_max_colluders))
-    check = pick("secagg-require-check", config.secagg_consistency_check)
-    if isinstance(check, str):
-        check = check.strip().lower() in ("1", "true", "yes")
+    min_clients = int(node_config.get("secagg-min-clients", max(3, config.secagg_min_clients)))
+    colluders = int(node_config.get("secagg-max-colluders", -1))
+    check = flag(node_config.get("secagg-require-check", True))
     try:
-        return Pins(min_clients=int(pick("secagg-min-clients", config.secagg_min_clients)),
-                    max_colluders=None if colluders < 0 else colluders, require_check=bool(check))
+        return Pins(min_clients=min_clients, max_colluders=None if colluders < 0 else colluders, require_check=check)
     except ValueError as exc:
         raise SecureAggregationError(f"this node's secure-aggregation minimums are invalid: {exc}") from None
 
@@ -258,6 +262,8 @@ def keep_vector(state: RecordDict, client_id: int, vector: np.ndarray) -> None:
     # float64 stays float64: DP vectors hold integers that float32 would round above 2^24
     dtype = np.float64 if vector.dtype == np.float64 else np.float32
     state[VECTOR_KEY] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=dtype))})
+    if CLAIM_KEY in state:  # a fresh vector: one new session may use it
+        del state[CLAIM_KEY]
 
 
 def client_step(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
@@ -271,7 +277,7 @@ def client_step(content: RecordDict, state: RecordDict, config: Config, client_i
     except (ProtocolError, RoundFailed):
         # the client has refused and wiped itself: its saved secrets and vector go too, so a
         # server cannot retry the stage against the old state
-        for key in (STATE_KEY, VECTOR_KEY):
+        for key in (STATE_KEY, VECTOR_KEY, CLAIM_KEY):
             if key in state:
                 del state[key]
         raise
@@ -297,6 +303,14 @@ def _client_step(content, state, config, client_id, num_classes, server_round, r
             raise ProtocolError(f"client {client_id} already started a session for round {last}; "
                                 f"refusing another for round {server_round}")
         state[ROUND_KEY] = ConfigRecord({"round": server_round})
+        # One session per trained vector: the server picks the round number (and with it the ring
+        # placement), but each further try costs it a training exchange with every client.
+        if VECTOR_KEY not in state:
+            raise ProtocolError(f"client {client_id} holds no vector for round {server_round}")
+        if CLAIM_KEY in state:
+            raise ProtocolError(f"client {client_id}'s vector is committed to the session of round "
+                                f"{int(state[CLAIM_KEY]['round'])}; a new session needs a new training round")
+        state[CLAIM_KEY] = ConfigRecord({"round": server_round})
         client = SecAggClient(client_id, sa_config, session, pins=pins, roster=roster, identity_key=identity)
     elif STATE_KEY in state:
         try:

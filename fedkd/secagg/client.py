@@ -75,7 +75,7 @@ ACCEPTS: dict[str, type] = {
     UNMASK: UnmaskRequest,
 }
 
-ENVELOPE_PLAINTEXT = shamir.SHARE_BYTES  # one share of the sender's self-mask seed
+ENVELOPE_PLAINTEXT = shamir.SHARE_BYTES + crypto.SALT_BYTES  # one share of the sender's seed, its salt
 
 
 def _check_ids(ids: object, known: frozenset[int], what: str) -> tuple[int, ...]:
@@ -128,6 +128,7 @@ class SecAggClient:
         self._signing_pks: dict[int, bytes] = {}
         self._open_keys: dict[int, bytes] = {}  # neighbour -> key of the envelope it sends here
         self._held: dict[int, int] = {}  # neighbour -> its seed share (valid envelopes only)
+        self._salts: dict[int, bytes] = {}  # neighbour -> the salt of its share's commitment
         self._pair_seeds: dict[int, bytes] = {}  # partner -> seed of the mask shared with it
         self._masked_with: frozenset[int] = frozenset()  # neighbours whose envelopes arrived
         self._signed: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (survivors, dropped) signed
@@ -185,6 +186,7 @@ class SecAggClient:
             "cipher_pks": dict(self._cipher_pks), "mask_pks": dict(self._mask_pks),
             "signing_pks": dict(self._signing_pks), "open_keys": dict(self._open_keys),
             "held": {j: shamir.encode_share(y) for j, y in self._held.items()},
+            "salts": dict(self._salts),
             "pair_seeds": dict(self._pair_seeds),
             "masked_with": tuple(sorted(self._masked_with)), "signed": self._signed,
             "revealed": dict(self._revealed),
@@ -219,6 +221,7 @@ class SecAggClient:
         client._cipher_pks, client._mask_pks = dict(state["cipher_pks"]), dict(state["mask_pks"])
         client._signing_pks, client._open_keys = dict(state["signing_pks"]), dict(state["open_keys"])
         client._held = {j: shamir.decode_share(v) for j, v in state["held"].items()}
+        client._salts = dict(state["salts"])
         client._pair_seeds = dict(state["pair_seeds"])
         client._masked_with = frozenset(state["masked_with"])
         client._signed = (tuple(state["signed"][0]), tuple(state["signed"][1]))
@@ -289,14 +292,15 @@ class SecAggClient:
         xs = [bisect.bisect_left(self._ids, j) + 1 for j in holders]
         seed_shares = shamir.split(seed, self._threshold, xs, rb)
         cipher = crypto.x25519_private(self._secrets["cipher"])
-        envelopes, self._open_keys = {}, {}
+        envelopes, commitments, self._open_keys = {}, {}, {}
         for j, s in zip(holders, seed_shares):
             key, self._open_keys[j] = crypto.share_keys(cipher, self._cipher_pks[j], self.session_id, self.client_id, j)
-            envelopes[j] = crypto.seal(key, rb(crypto.NONCE_BYTES), shamir.encode_share(s), self.session_id,
-                                       self.client_id, j)
+            share, salt = shamir.encode_share(s), rb(crypto.SALT_BYTES)
+            commitments[j] = crypto.share_commitment(self.session_id, self.client_id, j, share, salt)
+            envelopes[j] = crypto.seal(key, rb(crypto.NONCE_BYTES), share + salt, self.session_id, self.client_id, j)
         self.state = MASKED_INPUT
         commitment = crypto.seed_commitment(self.session_id, self.client_id, seed)
-        return ShareKeysReply(self.session_id, self.client_id, envelopes, commitment)
+        return ShareKeysReply(self.session_id, self.client_id, envelopes, commitment, commitments)
 
     def _encode(self, vector: np.ndarray) -> tuple[np.ndarray, int]:
         x = np.asarray(vector)
@@ -315,12 +319,12 @@ class SecAggClient:
                                 f"with no fewer than m={self._min_partners}")
         if any(not isinstance(e, bytes) for e in req.envelopes.values()):
             raise ProtocolError("envelopes must be bytes")
-        held = {}
+        held, salts = {}, {}
         for j in sorted(senders):
-            share = self._open_envelope(j, req.envelopes[j])
-            if share is not None:
-                held[j] = share
-        self._held = held
+            opened = self._open_envelope(j, req.envelopes[j])
+            if opened is not None:
+                held[j], salts[j] = opened
+        self._held, self._salts = held, salts
         self._masked_with = frozenset(senders)
 
         codes, clipped = encoded
@@ -343,14 +347,14 @@ class SecAggClient:
         self.state = CONSISTENCY_CHECK if self.config.consistency_check else UNMASK
         return MaskedInputReply(self.session_id, self.client_id, pack(y, self.config.bit_width))
 
-    def _open_envelope(self, sender: int, envelope: bytes) -> int | None:
-        """The seed share in `sender`'s envelope, or None when the envelope is spoilt (its sender's
+    def _open_envelope(self, sender: int, envelope: bytes) -> tuple[int, bytes] | None:
+        """(seed share, salt) in `sender`'s envelope, or None when the envelope is spoilt (its sender's
         doing, or the server's: either way this client just holds no share of that sender)."""
         try:
             plaintext = crypto.open_sealed(self._open_keys[sender], envelope, self.session_id, sender, self.client_id)
             if len(plaintext) != ENVELOPE_PLAINTEXT:
                 return None
-            return shamir.decode_share(plaintext)
+            return shamir.decode_share(plaintext[: shamir.SHARE_BYTES]), plaintext[shamir.SHARE_BYTES :]
         except (ProtocolError, ValueError):
             return None
 
@@ -375,7 +379,7 @@ class SecAggClient:
             if kind == "pair":
                 pair_seeds[j] = self._pair_seeds[j]
             elif j in self._held:  # no share of a neighbour whose envelope was spoilt
-                seed_shares[j] = shamir.encode_share(self._held[j])
+                seed_shares[j] = shamir.encode_share(self._held[j]) + self._salts[j]
         self._wipe()
         self.state = DONE
         return UnmaskReply(self.session_id, self.client_id, seed_shares, pair_seeds)
@@ -449,6 +453,7 @@ class SecAggClient:
         self._secrets.clear()
         self._open_keys = {}
         self._held = {}
+        self._salts = {}
         self._pair_seeds = {}
 
     def _fail(self) -> None:

@@ -47,6 +47,7 @@ DOMAIN = b"fedkd/secagg/v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 SIGNATURE_BYTES = 64
+SALT_BYTES = 16  # per-share commitment salt; it travels only inside the envelope and the unmask reply
 MAX_ID = 2**64 - 1
 
 
@@ -205,6 +206,16 @@ def seed_commitment(session_id: bytes, client_id: int, seed: bytes) -> bytes:
     server can tell a correct reconstruction from one spoilt by a bad share. The seed is 32 random
     bytes, so the hash says nothing about it beyond letting a guess be checked."""
     return hashlib.sha256(DOMAIN + b"\x00seed\x00" + _session_bytes(session_id) + _id_bytes(client_id) + seed).digest()
+
+
+def share_commitment(session_id: bytes, dealer: int, holder: int, share: bytes, salt: bytes) -> bytes:
+    """SHA-256 over (domain, `share`, session, dealer, holder, salt, share): the dealer sends it to the
+    server with its envelopes, before any share is revealed, so the server can check each revealed
+    share on its own and drop a bad one before interpolating. The 16-byte salt is random and reaches
+    the server only with the revealed share, so the hash of an unrevealed share cannot be tested
+    against guesses."""
+    return hashlib.sha256(DOMAIN + b"\x00share\x00" + _session_bytes(session_id) + _id_bytes(dealer)
+                          + _id_bytes(holder) + salt + share).digest()
 
 
 def sign(private: bytes, statement: bytes) -> bytes:

@@ -59,8 +59,9 @@ class ShareKeysRequest:
 class ShareKeysReply:
     session_id: bytes
     sender: int
-    envelopes: dict[int, bytes]  # recipient -> encrypted share of the sender's self-mask seed
+    envelopes: dict[int, bytes]  # recipient -> encrypted (share of the sender's self-mask seed, salt)
     seed_commitment: bytes  # crypto.seed_commitment(): lets the server check the seed it rebuilds
+    share_commitments: dict[int, bytes]  # recipient -> crypto.share_commitment() of the share sealed to it
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class UnmaskRequest:
 class UnmaskReply:
     session_id: bytes
     sender: int
-    seed_shares: dict[int, bytes]  # survivor -> share of its self-mask seed (33 bytes)
+    seed_shares: dict[int, bytes]  # survivor -> share of its self-mask seed (33 bytes) and its salt (16)
     pair_seeds: dict[int, bytes]  # dropped partner -> the 32-byte seed of the mask shared with it
 
 

@@ -25,10 +25,11 @@ committed: if a survivor's self-mask seed can no longer be rebuilt from t shares
 that masked with a drop-out stops answering (only it can reveal that pairwise seed), the round
 raises RoundFailed.
 
-Unmasking: for each survivor, its self-mask seed is rebuilt from the seed shares its neighbours
-reveal and checked against the commitment it sent at SHARE_KEYS; when a bad share spoils the first
-t, other t-subsets of the shares received are tried (up to MAX_SUBSETS), so one malicious holder
-cannot sink the round while t honest shares are there. For each pair (survivor, drop-out) the
+Unmasking: for each survivor, every seed share its neighbours reveal is checked on its own against
+the commitment the survivor sent for that holder at SHARE_KEYS (before any share was revealed); bad
+shares are dropped, the seed is rebuilt from the first t good ones and checked against the
+survivor's seed commitment. So malicious holders cannot sink the round while t honest shares are
+there, and the server interpolates once per seed. For each pair (survivor, drop-out) the
 survivor reveals the pairwise seed itself. The decoded sum is then range-checked: every coordinate
 of the integer sum must be at most count * max_code and the clipped count at most count * dim,
 else the round fails (a survivor sent a masked input or a pairwise seed that does not add up).
@@ -41,7 +42,6 @@ left untouched, so the caller may log and drop that one message and carry on.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -62,8 +62,8 @@ from fedkd.secagg.stages import (
 )
 
 DONE, FAILED = "done", "failed"  # terminal values of SecAggServer.stage
-ENVELOPE_BYTES = crypto.NONCE_BYTES + shamir.SHARE_BYTES + 16  # nonce, one seed share, GCM tag
-MAX_SUBSETS = 20_000  # t-subsets of one seed's shares tried before giving up on bad shares
+ENVELOPE_BYTES = crypto.NONCE_BYTES + shamir.SHARE_BYTES + crypto.SALT_BYTES + 16  # nonce, share, salt, GCM tag
+REVEALED_SHARE_BYTES = shamir.SHARE_BYTES + crypto.SALT_BYTES  # a share at unmask, with its salt
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,10 @@ class SecAggServer:
                                 f"{len(sent_keys)} neighbours whose keys it got")
         if any(not isinstance(e, bytes) or len(e) != ENVELOPE_BYTES for e in reply.envelopes.values()):
             raise ProtocolError(f"envelopes from client {reply.sender} must be {ENVELOPE_BYTES} bytes")
+        commitments = reply.share_commitments
+        if (not isinstance(commitments, dict) or set(commitments) != sent_keys
+                or any(not isinstance(h, bytes) or len(h) != 32 for h in commitments.values())):
+            raise ProtocolError(f"client {reply.sender} must send one 32-byte share commitment per envelope")
 
     def _check_masked_input(self, reply) -> None:
         want = packed_size(self._length, self.config.bit_width)
@@ -269,10 +273,8 @@ class SecAggServer:
         if any(not (isinstance(s, bytes) and len(s) == crypto.KEY_BYTES) for s in reply.pair_seeds.values()):
             raise ProtocolError(f"pairwise seeds from client {reply.sender} must be 32 bytes")
         for share in reply.seed_shares.values():
-            try:
-                shamir.decode_share(share)
-            except (ValueError, TypeError) as err:
-                raise ProtocolError(f"bad share from client {reply.sender}: {err}") from err
+            if not (isinstance(share, bytes) and len(share) == REVEALED_SHARE_BYTES):
+                raise ProtocolError(f"seed shares from client {reply.sender} must be {REVEALED_SHARE_BYTES} bytes")
 
     # --- closing stages -------------------------------------------------------------------
 
@@ -296,6 +298,7 @@ class SecAggServer:
         kept = self._keep_well_connected(SHARE_KEYS, answered)
         envelopes = {cid: self._replies[cid].envelopes for cid in kept}
         self._commitments = {cid: self._replies[cid].seed_commitment for cid in kept}
+        self._share_commitments = {cid: self._replies[cid].share_commitments for cid in kept}
         self._holders = {cid: frozenset(self.graph[cid] & kept) for cid in kept}
         self._relayed = self._holders  # the graph is symmetric: i holds j's shares iff j holds i's
         del self._sent
@@ -398,29 +401,36 @@ class SecAggServer:
                               f"{len(short)} client(s) can no longer be unmasked; client {owner} has {have} {why}")
 
     def _reconstruct(self, holders: list[int], shares: list[bytes], owner: int) -> bytes:
-        """`owner`'s self-mask seed from the shares of `holders`: the first t, then other t-subsets
-        until one matches the owner's commitment (a bad share spoils only the subsets holding it)."""
+        """`owner`'s self-mask seed from the shares of `holders`: each share is checked against the
+        commitment `owner` made for its holder, bad ones are dropped, the first t good ones rebuild
+        the seed, and the seed is checked against `owner`'s seed commitment."""
         t = self.threshold
-        if len(holders) < t:
-            raise RoundFailed(UNMASK, t, len(holders), f"client {owner}'s seed has too few valid shares")
-        ys = dict(zip(holders, (shamir.decode_share(s) for s in shares)))
-        for tried, subset in enumerate(itertools.combinations(holders, t)):
-            if tried >= MAX_SUBSETS:
+        committed = self._share_commitments[owner]
+        good = []  # (holder, share value) whose salted hash matches owner's commitment for that holder
+        for r, revealed in zip(holders, shares):
+            share, salt = revealed[: shamir.SHARE_BYTES], revealed[shamir.SHARE_BYTES :]
+            if crypto.share_commitment(self.session_id, owner, r, share, salt) == committed[r]:
+                try:
+                    good.append((r, shamir.decode_share(share)))
+                except ValueError:  # committed to a non-element: the owner's own doing
+                    continue
+            if len(good) == t:
                 break
-            xs = tuple(self._x[r] for r in subset)
-            coefficients = self._lagrange.get(xs)
-            if coefficients is None:
-                coefficients = shamir.lagrange_at_zero(xs)
-                if tried == 0:  # the usual case, shared by every owner with the same responders
-                    self._lagrange[xs] = coefficients
-            try:
-                seed = shamir.combine([ys[r] for r in subset], coefficients, crypto.KEY_BYTES)
-            except ValueError:
-                continue
-            if crypto.seed_commitment(self.session_id, owner, seed) == self._commitments[owner]:
-                return seed
-        raise RoundFailed(UNMASK, t, 0, f"no {t} of the {len(holders)} shares of client {owner}'s seed "
-                                        f"match its commitment (too many bad shares)")
+        if len(good) < t:
+            raise RoundFailed(UNMASK, t, len(good), f"client {owner}'s seed has too few valid shares "
+                                                    f"({len(holders)} revealed, {len(good)} match their commitments)")
+        xs = tuple(self._x[r] for r, _ in good)
+        coefficients = self._lagrange.get(xs)
+        if coefficients is None:
+            coefficients = self._lagrange[xs] = shamir.lagrange_at_zero(xs)
+        try:
+            seed = shamir.combine([y for _, y in good], coefficients, crypto.KEY_BYTES)
+        except ValueError:
+            seed = b""
+        if crypto.seed_commitment(self.session_id, owner, seed) != self._commitments[owner]:
+            raise RoundFailed(UNMASK, t, 0, f"client {owner}'s committed shares do not rebuild its committed seed "
+                                            f"(it dealt inconsistent shares)")
+        return seed
 
     def _check_range(self, total: np.ndarray, count: int) -> None:
         """A sum of `count` honest codes lies in [0, count * max_code] everywhere, and the clipped

@@ -55,14 +55,15 @@ class InMemory:
 class FlowerHandler:
     """Honest clients through `fedkd.apps.secure.client_step`, each with its own node state."""
 
-    def __init__(self, config, vectors, run_id):
-        self.config, self.run_id = config, run_id
+    def __init__(self, config, vectors, run_id, node_config=None):
+        self.config, self.run_id, self.node_config = config, run_id, node_config
         self.states = {c: RecordDict() for c in vectors}
         for c, v in vectors.items():
             keep_vector(self.states[c], c, v)
 
     def __call__(self, cid, request, vector=None):
-        reply = client_step(codec.encode(request), self.states[cid], self.config, cid, 10, 1, run_id=self.run_id)
+        reply = client_step(codec.encode(request), self.states[cid], self.config, cid, 10, 1, run_id=self.run_id,
+                            node_config=self.node_config)
         return codec.decode(reply)
 
 
@@ -135,7 +136,7 @@ def attack_victim(config, session, vectors, honest, colluder_count, victim=0):
             refused[h] = err
             continue
         if victim in reply.seed_shares:
-            seed_shares[h] = shamir.decode_share(reply.seed_shares[victim])
+            seed_shares[h] = _share_value(reply.seed_shares[victim])
         if victim in reply.pair_seeds:
             pair_seeds[h] = reply.pair_seeds[victim]
     for j, obj in colluder_objects.items():  # colluders hand over both kinds
@@ -159,6 +160,11 @@ def attack_victim(config, session, vectors, honest, colluder_count, victim=0):
     outcome["error"] = float(np.abs(guess - vectors[victim]).max())
     outcome["recovered"] = outcome["error"] <= 1 / codec_.scale
     return outcome
+
+
+def _share_value(revealed):
+    """The field element of a revealed seed share (share, then its 16-byte salt)."""
+    return shamir.decode_share(revealed[: shamir.SHARE_BYTES])
 
 
 def _config(tolerated, check, k=None):
@@ -214,9 +220,10 @@ def test_victim_refuses_fewer_envelopes_than_m():
 
 
 def test_through_the_flower_handler_default_config_refuses_and_a_weak_config_leaks():
-    """The attack against client_step: fedkd's defaults (c = 2 at n = 10, check on) refuse; a run
-    configured with c = 1 and the check off (no node pins, so the node takes the run's settings)
-    gives the victim's vector away to a server with 2 colluders."""
+    """The attack against client_step: fedkd's defaults (c = 2 at n = 10, check on) refuse. A run
+    configured with c = 1 and the check off is refused too when the node has no pins of its own (the
+    run config travels in the server's messages, so it cannot relax the node's defaults); only a node
+    operator who relaxes its own --node-config gives the victim's vector away to 2 colluders."""
     run_id = 5
     session = session_for(run_id, 1)
     vectors = _vectors(10)
@@ -224,18 +231,58 @@ def test_through_the_flower_handler_default_config_refuses_and_a_weak_config_lea
     out = attack_victim(secagg_config(strong, 10), session, vectors, FlowerHandler(strong, vectors, run_id), 2)
     assert not out["recovered"] and out["refused"]
     weak = Config(num_clients=10, secagg_max_colluders=1, secagg_consistency_check=False)
-    out = attack_victim(secagg_config(weak, 10), session, vectors, FlowerHandler(weak, vectors, run_id), 2)
+    with pytest.raises(ProtocolError, match="tolerates 1 colluders; this node requires 2"):
+        attack_victim(secagg_config(weak, 10), session, vectors, FlowerHandler(weak, vectors, run_id), 2)
+    relaxed = {"secagg-max-colluders": 1, "secagg-require-check": "false"}
+    out = attack_victim(secagg_config(weak, 10), session, vectors, FlowerHandler(weak, vectors, run_id, relaxed), 2)
     assert out["recovered"]
 
 
 # --- session id, downgrade ----------------------------------------------------------------------
 
 
-def _flower_start(config, session, n=10, round_=1, run_id=5, node_config=None):
+def _flower_start(config, session, n=10, round_=1, run_id=5, node_config=None, state=None):
+    """A function that hands client 0 (with a trained vector in its node state) the server's first
+    request of a session."""
     server = SecAggServer(secagg_config(config, 10), session, list(range(n)), DIM)
-    state = RecordDict()
+    if state is None:
+        state = RecordDict()
+        keep_vector(state, 0, _vectors(1)[0])
     request = codec.encode(server.start()[0])
     return lambda: client_step(request, state, config, 0, 10, round_, run_id=run_id, node_config=node_config)
+
+
+def test_a_server_grinding_round_numbers_gets_one_session_per_training_round():
+    """Issue F3: the round number comes from the server. A client accepted round 1 and then round
+    4711 with the same state; now a vector serves one session, so a second try needs a new training
+    exchange (keep_vector), and rounds only go up."""
+    config = Config(num_clients=10)
+    state = RecordDict()
+    keep_vector(state, 0, _vectors(1)[0])
+    _flower_start(config, session_for(5, 1), state=state)()
+    with pytest.raises(ProtocolError, match="committed to the session of round 1; a new session needs a new training"):
+        _flower_start(config, session_for(5, 4711), round_=4711, state=state)()
+    state = RecordDict()  # the refusal wiped the node's secrets and vector; start over
+    keep_vector(state, 0, _vectors(1)[0])
+    _flower_start(config, session_for(5, 2), round_=2, state=state)()
+    keep_vector(state, 0, _vectors(1)[0])  # the next training round: one more session, never an older round
+    with pytest.raises(ProtocolError, match="already started a session for round 2"):
+        _flower_start(config, session_for(5, 2), round_=2, state=state)()
+    keep_vector(state, 0, _vectors(1)[0])
+    _flower_start(config, session_for(5, 3), round_=3, state=state)()
+
+
+def test_run_config_cannot_relax_the_node_defaults():
+    """Issue F1: the fedkd Config arrives in every server message, so node pins never fall back to it
+    for c or the check: with no --node-config the node requires c = 2 (n = 10) and the check."""
+    session = session_for(5, 1)
+    for weak, message in ((dict(secagg_consistency_check=False), "requires it"),
+                          (dict(secagg_max_colluders=0), "tolerates 0 colluders; this node requires 2")):
+        with pytest.raises(ProtocolError, match=message):
+            _flower_start(Config(num_clients=10, **weak), session)()
+    _flower_start(Config(num_clients=10), session)()  # the defaults pass
+    with pytest.raises(ProtocolError, match="this node requires at least 11"):  # the run config may tighten
+        _flower_start(Config(num_clients=10, secagg_min_clients=11), session)()
 
 
 def test_client_refuses_a_server_chosen_session_id_and_a_second_session_for_a_round():
@@ -311,7 +358,8 @@ def _spoil(bad, how_many):
         me, envelopes = clients[bad], dict(reply.envelopes)
         for j in sorted(envelopes)[:how_many]:
             key = crypto.share_keys(me._secrets["cipher"], me._cipher_pks[j], SESSION, bad, j)[0]
-            envelopes[j] = crypto.seal(key, bytes(12), shamir.PRIME.to_bytes(33, "big"), SESSION, bad, j)
+            not_an_element = shamir.PRIME.to_bytes(33, "big") + bytes(crypto.SALT_BYTES)
+            envelopes[j] = crypto.seal(key, bytes(12), not_an_element, SESSION, bad, j)
         return dataclasses.replace(reply, envelopes=envelopes)
     return tamper
 
@@ -330,26 +378,71 @@ def test_a_client_that_spoils_its_seed_beyond_recovery_fails_the_round_by_name_n
     assert isinstance(result, RoundFailed) and "client 3's seed has too few valid shares" in str(result)
 
 
-@pytest.mark.parametrize("bad_holders", [1, 2])
-def test_bad_seed_shares_are_outvoted_by_the_commitment(bad_holders):
-    """Up to k - t holders send a wrong share of a survivor's seed: other t-subsets are tried."""
-    config = _config(2, check=True)
-    victim_of_bad = 5
-    liars = []
+def _lie_about(owner, liars):
+    """A tamper for `_round`: the first `liars` holders of `owner`'s seed to answer at unmask (the
+    lowest ids) reveal a wrong share, with their real salt. Returns (tamper, the liars so far)."""
+    told = []
 
     def tamper(stage, cid, reply, clients):
-        if stage == "unmask" and victim_of_bad in reply.seed_shares and len(liars) < bad_holders:
-            liars.append(cid)
-            wrong = (shamir.decode_share(reply.seed_shares[victim_of_bad]) + 1) % shamir.PRIME
-            return dataclasses.replace(reply, seed_shares={**reply.seed_shares,
-                                                           victim_of_bad: shamir.encode_share(wrong)})
+        if stage == "unmask" and owner in reply.seed_shares and len(told) < liars:
+            told.append(cid)
+            revealed = reply.seed_shares[owner]
+            wrong = shamir.encode_share((_share_value(revealed) + 1) % shamir.PRIME) + revealed[shamir.SHARE_BYTES:]
+            return dataclasses.replace(reply, seed_shares={**reply.seed_shares, owner: wrong})
         return reply
 
-    result, vectors, client_errors = _round(12, config, tamper)
-    assert len(liars) == bad_holders and not client_errors
+    return tamper, told
+
+
+# (n, liars): at n = 12, k = 8, t = 6 (c = 2): k - t = 2; at n = 1000, k = 20, t = 12: k - t = 8
+@pytest.mark.parametrize("n, liars", [(12, 1), (12, 2), (1000, 1), (1000, 8)])
+def test_bad_seed_shares_are_dropped_one_by_one_and_each_seed_is_interpolated_once(n, liars, monkeypatch):
+    """Up to k - t holders reveal a wrong share of one survivor's seed: each share is checked against
+    the survivor's per-holder commitment, so the round is exact and the server interpolates once per
+    survivor. Before, the server searched t-subsets (up to 20 000) and at n = 1000 every early subset
+    held the lowest holder's bad share, so one liar sank the round."""
+    config = _config(2, check=True)
+    k, t, _, _ = config.session(n, DIM)
+    assert liars <= k - t
+    interpolations = []
+    combine = shamir.combine
+    monkeypatch.setattr(shamir, "combine", lambda *a: interpolations.append(1) or combine(*a))
+    tamper, told = _lie_about(5, liars)
+    result, vectors, client_errors = _round(n, config, tamper)
+    assert len(told) == liars and not client_errors
     assert not isinstance(result, Exception) and _exact(result, vectors, config)
-    # the first bad share is among the first t (the lowest-id holders), the only ones used before issue 13
-    assert liars[0] == min(SecAggServer(config, SESSION, list(range(12)), DIM).graph[victim_of_bad])
+    assert len(interpolations) == result.count  # one per survivor's seed: no subset search
+    # the first bad share is among the first t (the lowest-id holders): interpolating those would fail
+    assert told[0] == min(SecAggServer(config, SESSION, list(range(n)), DIM).graph[5])
+
+
+def test_one_liar_more_than_k_minus_t_fails_the_round_by_name():
+    """The control: with k - t + 1 bad shares only t - 1 good ones are left."""
+    config = _config(2, check=True)
+    k, t, _, _ = config.session(12, DIM)
+    tamper, told = _lie_about(5, k - t + 1)
+    result, _, _ = _round(12, config, tamper)
+    assert isinstance(result, RoundFailed) and "client 5's seed has too few valid shares" in str(result)
+
+
+def test_a_share_cannot_be_checked_without_its_salt():
+    """The server sees the per-share commitment at share keys, the salt only when the share is
+    revealed: a commitment recomputed without the salt (or with another) does not match."""
+    config = _config(2, check=True)
+    server = SecAggServer(config, SESSION, list(range(12)), DIM)
+    clients = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in range(12)}
+    replies = {}
+    requests = server.step(clients[c].handle(r) for c, r in server.start().items())
+    for c, r in requests.items():
+        replies[c] = clients[c].handle(r)
+    holder = min(replies[5].share_commitments)
+    envelopes = server.step(replies.values())[holder].envelopes
+    clients[holder].handle(MaskedInputRequest(SESSION, holder, envelopes), _vectors(12)[holder])
+    share = shamir.encode_share(clients[holder]._held[5])
+    salt = clients[holder]._salts[5]
+    committed = replies[5].share_commitments[holder]
+    assert crypto.share_commitment(SESSION, 5, holder, share, salt) == committed
+    assert crypto.share_commitment(SESSION, 5, holder, share, bytes(crypto.SALT_BYTES)) != committed
 
 
 def test_a_wrong_pairwise_seed_is_caught_by_the_range_check():
@@ -500,12 +593,12 @@ def _substitute_keys(roster_mode):
     shares = {}
     for j, envelope in shared.envelopes.items():
         key = crypto.share_keys(fake[j][0][0], v_keys.cipher_public_key, SESSION, j, victim)[1]
-        shares[j] = shamir.decode_share(crypto.open_sealed(key, envelope, SESSION, victim, j))
+        shares[j] = _share_value(crypto.open_sealed(key, envelope, SESSION, victim, j))
     k, t, _, _ = config.session(10, DIM)
     holders = sorted(shares)[:t]
     seed = shamir.combine([shares[h] for h in holders], shamir.lagrange_at_zero([ids.index(h) + 1 for h in holders]),
                           crypto.KEY_BYTES)
-    junk = {j: bytes(crypto.NONCE_BYTES + shamir.SHARE_BYTES + 16) for j in fake}  # spoilt: still masked with
+    junk = {j: bytes(crypto.NONCE_BYTES + shamir.SHARE_BYTES + crypto.SALT_BYTES + 16) for j in fake}  # spoilt: still masked with
     masked = clients[victim].handle(MaskedInputRequest(SESSION, victim, junk), vectors[victim]).masked
     length = DIM + config.fixed_point.count_slots(DIM)
     y = unpack(masked, length, config.bit_width).copy()
@@ -557,6 +650,8 @@ def test_roster_mode_through_the_flower_handler():
     roster_text = ",".join(f"{c}:{pk.hex()}" for c, (_, pk) in identities.items())
     node = {c: {"secagg-identity-key": identities[c][0].hex(), "secagg-roster": roster_text} for c in range(4)}
     states = {c: RecordDict() for c in range(4)}
+    for c in range(4):
+        keep_vector(states[c], c, _vectors(4)[c])
     server = SecAggServer(sa, session, list(range(4)), DIM)
 
     def step(c, request):

@@ -1,0 +1,259 @@
+"""Attacks past the one-client bound, from the review of issue 13 (F1, F2, F5), run against the real
+state machines: what the server can learn about *sums* of honest clients with the consistency check
+off, what the check does and does not stop when different groups are shown different full lists,
+the bound at the strongest placement of the colluders, and what the range check cannot catch.
+
+The adversary is a script: an honest server for the first two stages, then it picks which envelopes
+reach whom, hands each honest client a (survivors, dropped) view, collects every signature on each
+client's exact view (honest signers of that view and all colluders), and reads the colluders' secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from secagg_testkit import seeded_random
+from test_attacks import DIM, _config, _exact, _round, _share_value, _vectors
+
+from fedkd.secagg import ProtocolError, RoundFailed, SecAggClient, SecAggServer, crypto, shamir
+from fedkd.secagg.graph import ring_order
+from fedkd.secagg.messages import ConsistencyCheckRequest, UnmaskRequest
+from fedkd.secagg.quantize import pack, ring_dtype, ring_mask, unpack
+
+SESSION = b"fedkd/run-7/round-3"
+
+
+def _attack(config, n, colluders, masked_with, views):
+    """Run the script: `masked_with` victim -> the envelopes it gets; `views(clients)` honest client ->
+    the (survivors, dropped) pair it is shown. Returns (clients, masked replies, unmask replies, refusals)."""
+    vectors = _vectors(n)
+    ids = sorted(vectors)
+    server = SecAggServer(config, SESSION, ids, DIM)
+    clients = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in ids}
+    requests = server.start()
+    for _ in range(2):  # advertise keys, share keys: honest
+        requests = server.step(clients[c].handle(r) for c, r in requests.items())
+    for v, keep in masked_with.items():
+        requests[v] = dataclasses.replace(requests[v], envelopes={u: e for u, e in requests[v].envelopes.items()
+                                                                   if u in keep})
+    masked = {c: clients[c].handle(r, vectors[c]) for c, r in requests.items()}  # nobody refuses here
+    views = views(clients)
+    refused, signed, replies = {}, {}, {}
+    if config.consistency_check:
+        for h, (s, d) in views.items():
+            try:
+                signed[h] = clients[h].handle(ConsistencyCheckRequest(SESSION, h, s, d)).signature
+            except ProtocolError as err:
+                refused[h] = err
+    for h, (s, d) in views.items():
+        if h in refused:
+            continue
+        signatures = {}
+        if config.consistency_check:
+            statement = crypto.survivors_statement(SESSION, s, d)
+            for j in clients[h]._masked_with & set(s):
+                if j in colluders:
+                    signatures[j] = crypto.sign(clients[j]._secrets["signing"], statement)
+                elif j in signed and views[j] == (s, d):
+                    signatures[j] = signed[j]
+        try:
+            replies[h] = clients[h].handle(UnmaskRequest(SESSION, h, s, d, signatures))
+        except ProtocolError as err:
+            refused[h] = err
+    return clients, vectors, masked, replies, refused
+
+
+def _recover_sum(config, n, group, colluders, clients, masked, replies):
+    """The decoded sum of `group`'s masked inputs with every mask the adversary can compute removed,
+    or None when it lacks t shares of a seed or a pairwise seed with a partner outside the group."""
+    ids = list(range(n))
+    k, t, _, _ = config.session(n, DIM)
+    length = DIM + config.fixed_point.count_slots(DIM)
+    total = np.zeros(length, dtype=ring_dtype(config.bit_width))
+    for x in group:
+        shares = {h: _share_value(r.seed_shares[x]) for h, r in replies.items() if x in r.seed_shares}
+        pairs = {h: r.pair_seeds[x] for h, r in replies.items() if x in r.pair_seeds}
+        for j in colluders:  # colluders hand over both kinds
+            if x in clients[j]._held:
+                shares[j] = clients[j]._held[x]
+            if x in clients[j]._pair_seeds:
+                pairs[j] = clients[j]._pair_seeds[x]
+        outside = clients[x]._masked_with - set(group)
+        if len(shares) < t or outside - set(pairs):
+            return None
+        holders = sorted(shares)[:t]
+        seed = shamir.combine([shares[h] for h in holders], shamir.lagrange_at_zero([ids.index(h) + 1 for h in holders]),
+                              crypto.KEY_BYTES)
+        y = unpack(masked[x].masked, length, config.bit_width).copy()
+        crypto.apply_masks(y, [(seed, -1)] + [(pairs[u], -1 if x < u else +1) for u in outside])
+        total += y
+    total &= ring_dtype(config.bit_width).type(ring_mask(config.bit_width))
+    return config.fixed_point.decode(total[:DIM], len(group))
+
+
+# --- F1: with the check off, the sum of two honest neighbours -----------------------------------
+
+
+def _pair_sum(check):
+    """n = 100 (k = 14, t = 9, c = 2, m = 8). v and u each get only m envelopes: each other, the two
+    colluders (common neighbours of both: the placement the bound must survive) and m - c - 1 others,
+    who are told that v (or u) dropped and reveal their pairwise seeds; everyone else is told that
+    nobody dropped and hands over seed shares. The mask between v and u cancels in y_v + y_u."""
+    n = 100
+    config = _config(2, check=check)
+    k, t, c, m = config.session(n, DIM)
+    graph = SecAggServer(config, SESSION, list(range(n)), DIM).graph
+    v = 0
+    u = next(u for u in sorted(graph[v]) if len((graph[v] & graph[u]) - {u, v}) >= c)
+    colluders = set(sorted((graph[v] & graph[u]) - {u, v})[:c])
+    told = {v: sorted(graph[v] - colluders - {u})[: m - c - 1], u: sorted(graph[u] - colluders - {v})[: m - c - 1]}
+    masked_with = {v: colluders | {u} | set(told[v]), u: colluders | {v} | set(told[u])}
+    honest = (graph[v] | graph[u] | {v, u}) - colluders
+
+    def views(clients):  # each honest client: its own partners, minus v or u where it was told so
+        out = {}
+        for h in sorted(honest):
+            dropped = tuple(x for x in (v, u) if h in told[x])
+            out[h] = (tuple(sorted((clients[h]._masked_with | {h}) - set(dropped))), dropped)
+        return out
+
+    clients, vectors, masked, replies, refused = _attack(config, n, colluders, masked_with, views)
+    return config, n, (v, u), colluders, clients, vectors, masked, replies, refused
+
+
+def test_with_the_check_off_the_server_learns_the_sum_of_two_honest_neighbours():
+    config, n, (v, u), colluders, clients, vectors, masked, replies, refused = _pair_sum(check=False)
+    assert not refused
+    pair = _recover_sum(config, n, (v, u), colluders, clients, masked, replies)
+    assert pair is not None
+    assert np.abs(pair - (vectors[v].astype(np.float64) + vectors[u])).max() <= 2 / config.scale
+    # each vector alone still keeps the mask it shares with the other: the one-client bound holds
+    assert _recover_sum(config, n, (v,), colluders, clients, masked, replies) is None
+    assert _recover_sum(config, n, (u,), colluders, clients, masked, replies) is None
+
+
+def test_with_the_check_on_the_same_pair_sum_script_is_refused():
+    config, n, (v, u), colluders, clients, vectors, masked, replies, refused = _pair_sum(check=True)
+    assert refused and all("signatures" in str(e) for e in refused.values())
+    assert _recover_sum(config, n, (v, u), colluders, clients, masked, replies) is None
+
+
+# --- F2: two full lists, one per side of the ring, with the check on ----------------------------
+
+
+def _split_view(tolerated):
+    """Check on, n = 100, 2 colluders at the victim's two ring neighbours. The victim gets m envelopes:
+    the colluders and its left side. The left half of the ring is shown L1 ("v dropped": v's partners
+    there reveal their pairwise seeds with v), the right half L2 ("nobody dropped": v's other neighbours
+    hand over shares of v's seed). Each half is a full, global list and gathers its own quorum of
+    neighbour signatures."""
+    n = 100
+    config = _config(tolerated, check=True)
+    k, t, c, m = config.session(n, DIM)
+    ids = list(range(n))
+    ring = ring_order(SESSION, ids)
+    pos = {x: i for i, x in enumerate(ring)}
+    v = 0
+    off = {x: (pos[x] - pos[v] + n // 2) % n - n // 2 for x in ids}  # ring offset from v in [-n/2, n/2)
+    at = {o: x for x, o in off.items()}
+    colluders = {at[-1], at[+1]}
+    masked_with = {v: colluders | {at[o] for o in range(-(m - 1), -1)}}
+    l1 = (tuple(x for x in ids if x != v), (v,))
+    l2 = (tuple(ids), ())
+    views = {x: (l1 if off[x] < 0 else l2) for x in ids if x != v and x not in colluders}
+    clients, vectors, masked, replies, refused = _attack(config, n, colluders, masked_with, lambda _: views)
+    return config, n, v, colluders, clients, vectors, masked, replies, refused
+
+
+def test_two_full_lists_past_the_bound_recover_a_vector_with_the_check_on():
+    """The control the docs' old sentence ("a server that shows different clients different lists is
+    caught") fails: against c = 1 parameters, 2 colluders and two global lists recover v's vector."""
+    config, n, v, colluders, clients, vectors, masked, replies, refused = _split_view(tolerated=1)
+    guess = _recover_sum(config, n, (v,), colluders, clients, masked, replies)
+    assert guess is not None and np.abs(guess - vectors[v]).max() <= 1 / config.scale
+
+
+def test_two_full_lists_within_the_bound_recover_nothing():
+    config, n, v, colluders, clients, vectors, masked, replies, refused = _split_view(tolerated=2)
+    assert _recover_sum(config, n, (v,), colluders, clients, masked, replies) is None
+
+
+# --- the bound at the strongest placement -------------------------------------------------------
+
+
+@pytest.mark.parametrize("placement", ["ring neighbours", "one side", "far ends", "common to v and u"])
+def test_the_one_client_bound_holds_wherever_the_colluders_sit(placement):
+    """Against c = 2 with check off (the bound alone), the victim gets m envelopes, colluders among
+    them, partners are told it dropped and the other neighbours that it survived, for several
+    placements of the 2 colluders in N(v): never t shares together with every pairwise seed.
+    The same script against c = 1 with 2 colluders recovers the vector (so the test can fail)."""
+    n = 100
+    for tolerated, expect in ((2, False), (1, True)):
+        config = _config(tolerated, check=False)
+        k, t, c, m = config.session(n, DIM)
+        ids = list(range(n))
+        ring = ring_order(SESSION, ids)
+        pos = {x: i for i, x in enumerate(ring)}
+        graph = SecAggServer(config, SESSION, ids, DIM).graph
+        v = 0
+        at = {(pos[x] - pos[v] + n // 2) % n - n // 2: x for x in ids}
+        if placement == "ring neighbours":
+            colluders = {at[-1], at[1]}
+        elif placement == "one side":
+            colluders = {at[1], at[2]}
+        elif placement == "far ends":
+            colluders = {at[-(k // 2)], at[k // 2]}
+        else:
+            u = next(u for u in sorted(graph[v]) if len((graph[v] & graph[u]) - {u, v}) >= 2)
+            colluders = set(sorted((graph[v] & graph[u]) - {u, v})[:2])
+        partners = colluders | set(sorted(graph[v] - colluders)[: m - 2])
+        views = {}
+        for h in sorted(graph[v] - colluders):
+            dropped = (v,) if h in partners else ()
+            views[h] = (tuple(sorted((graph[h] | {h}) - set(dropped))), dropped)
+        clients, vectors, masked, replies, refused = _attack(config, n, colluders, {v: partners}, lambda _: views)
+        guess = _recover_sum(config, n, (v,), colluders, clients, masked, replies)
+        assert bool(guess is not None and np.abs(guess - vectors[v]).max() <= 1 / config.scale) is expect
+
+
+# --- F5: what the range check catches and what it cannot ----------------------------------------
+
+
+def _shift(delta_first_word, delta_count):
+    """A tamper for `_round`: client 3 adds ring values to its own masked input (first code word and
+    the lowest clipped-count digit), i.e. sends another input than any vector it could encode."""
+    def tamper(stage, cid, reply, clients):
+        if stage != "masked_input" or cid != 3:
+            return reply
+        config = clients[3].config
+        length = DIM + config.fixed_point.count_slots(DIM)
+        y = unpack(reply.masked, length, config.bit_width).astype(np.int64)
+        y[0] += delta_first_word
+        y[DIM] += delta_count
+        y &= ring_mask(config.bit_width)
+        return dataclasses.replace(reply, masked=pack(y.astype(ring_dtype(config.bit_width)), config.bit_width))
+    return tamper
+
+
+def test_the_range_check_cannot_see_an_out_of_range_input_whose_sum_stays_in_range():
+    """One client moves coordinate 0 by -4 max_code (an input of about -8 clip where -clip is the
+    least it could encode) and the clipped count by 37: the total stays in range, so the round
+    completes with the sum moved and the clipped count forged."""
+    config = _config(2, check=True)
+    max_code = config.fixed_point.max_code
+    result, vectors, _ = _round(20, config, _shift(-4 * max_code, 37))
+    assert not isinstance(result, Exception)
+    plain = sum(np.clip(vectors[c].astype(np.float64), -1, 1) for c in result.survivors)
+    assert result.sum[0] - plain[0] == pytest.approx(-4 * max_code / config.scale, abs=result.count / (2 * config.scale))
+    assert result.clipped == 37
+    honest, _, _ = _round(20, config, _shift(0, 0))  # the control: no shift, exact sum, nothing clipped
+    assert _exact(honest, vectors, config) and honest.clipped == 0
+
+
+def test_the_range_check_catches_a_total_pushed_out_of_range():
+    """What it does catch: a word above count x max_code (here: client 3 adds 20 x max_code + 1)."""
+    config = _config(2, check=True)
+    result, _, _ = _round(20, config, _shift(20 * config.fixed_point.max_code + 1, 0))
+    assert isinstance(result, RoundFailed) and "out of range" in str(result)
