@@ -397,6 +397,11 @@ def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=
 
         update_console_handler(level=logging.ERROR)  # its console only: run.log still gets INFO
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Simulated nodes have no --node-config: their operator (whoever runs this) pins their
+    # secure-aggregation minimums here, from the run's own settings, before Ray starts them.
+    from fedkd.apps.secure import NODE_CONFIG_ENV
+
+    os.environ[NODE_CONFIG_ENV] = simulated_node_config(config)
     holder: dict = {}
     backend = {
         "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},
@@ -408,6 +413,16 @@ def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=
     if "value" not in holder:
         raise RuntimeError("the simulation ended without results (see the log above)")
     return holder["value"]
+
+
+def simulated_node_config(config: Config) -> str:
+    """The node settings of `fedkd run`'s simulated nodes: their pins come from the run's own
+    secure-aggregation settings (a deployment's SuperNodes take theirs from --node-config)."""
+    pins = {"secagg-min-clients": config.secagg_min_clients,
+            "secagg-require-check": str(config.secagg_consistency_check).lower()}
+    if config.secagg_max_colluders >= 0:
+        pins["secagg-max-colluders"] = config.secagg_max_colluders
+    return " ".join(f"{k}={v}" for k, v in pins.items())
 
 
 def _root_cause(exc: BaseException) -> str:

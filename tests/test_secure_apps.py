@@ -254,3 +254,28 @@ def test_non_finite_vector_is_refused_before_masking():
 
     with pytest.raises(ValueError, match="client 2 produced 1 non-finite"):
         keep_vector(RecordDict(), 2, np.array([0.0, np.nan], np.float32))
+
+
+def test_node_settings_put_the_operators_environment_beneath_node_config(monkeypatch):
+    from fedkd.apps.secure import NODE_CONFIG_ENV, SecureAggregationError, node_pins, node_settings
+
+    monkeypatch.delenv(NODE_CONFIG_ENV, raising=False)
+    assert node_pins(node_settings({}), Config()).require_check  # a node requires the check by default
+    monkeypatch.setenv(NODE_CONFIG_ENV, "secagg-require-check=false secagg-min-clients=5")
+    settings = node_settings({"secagg-min-clients": 7, "partition-id": 0})
+    assert settings["secagg-require-check"] == "false" and settings["secagg-min-clients"] == 7
+    assert not node_pins(settings, Config()).require_check
+    monkeypatch.setenv(NODE_CONFIG_ENV, "oops")
+    with pytest.raises(SecureAggregationError, match="not key=value"):
+        node_settings({})
+
+
+def test_a_simulation_with_the_check_off_pins_its_nodes_to_match(tmp_path):
+    """fedkd run's simulated nodes take their pins from the run's own settings (there is no
+    --node-config in a simulation): turning the check off there is the operator's choice and the
+    run completes without the stage. (The server's messages alone cannot relax a node's pins:
+    tests/secagg/test_attacks.py.)"""
+    cfg = Config(**dict(SMALL, num_clients=3, rounds=1), secagg_consistency_check=False, out=str(tmp_path))
+    results = simulate(cfg)
+    assert results["status"] == "completed"
+    assert "consistency_check" not in results["rounds"][0]["secagg"]["seconds_per_stage"]

@@ -10,7 +10,8 @@ Must not touch: protocol maths (`fedkd.secagg`), distillation, files.
 What the client does not take from the server: the session id (it derives it from the run id
 Flower gives the node and the round, refuses a round it has already started or passed, and runs
 one session per vector it trained: a second session needs a new training round), and its
-minimums (`node_pins`: the SuperNode's --node-config keys `secagg-min-clients`,
+minimums (`node_pins`: the SuperNode's --node-config keys, or its FEDKD_NODE_CONFIG environment
+variable, `secagg-min-clients`,
 `secagg-max-colluders`, `secagg-require-check`; where a key is absent, the node's own default,
 which the run's fedkd settings, carried in the server's messages, may tighten but never relax). Roster mode, from --node-config only: `secagg-identity-key` (this node's
 Ed25519 private key, 64 hex digits) and `secagg-roster` ("<partition id>:<public key hex>,..." for
@@ -21,6 +22,7 @@ roster, are refused.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping
 
@@ -98,6 +100,23 @@ def secagg_config(config: Config, num_classes: int, server_round: int = 1) -> Se
 def session_for(run_id: int, server_round: int) -> bytes:
     """The session id of one round: both sides derive it; a client never takes it from a request."""
     return f"fedkd/run-{run_id}/round-{server_round}".encode()
+
+
+NODE_CONFIG_ENV = "FEDKD_NODE_CONFIG"  # "key=value key=value", beneath the SuperNode's --node-config
+
+
+def node_settings(node_config: Mapping[str, object]) -> dict[str, object]:
+    """The node operator's own settings: the SuperNode's --node-config over the `FEDKD_NODE_CONFIG`
+    environment variable of the node's process. Both belong to whoever runs the node, not to the
+    server. Flower's simulation gives its nodes no --node-config of their own, so `fedkd run` puts
+    its operator's settings (the pins) into that variable before Ray starts the simulated nodes."""
+    from_env: dict[str, object] = {}
+    for item in os.environ.get(NODE_CONFIG_ENV, "").split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SecureAggregationError(f"{NODE_CONFIG_ENV}: '{item}' is not key=value")
+        from_env[key] = value
+    return {**from_env, **node_config}
 
 
 def node_pins(node_config: Mapping[str, object], config: Config) -> Pins:
@@ -291,6 +310,7 @@ def _client_step(content, state, config, client_id, num_classes, server_round, r
         if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
             raise RuntimeError(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
     sa_config = secagg_config(config, num_classes, server_round)
+    node_config = node_settings(node_config)
     pins = node_pins(node_config, config)
     roster, identity = node_roster(node_config)
     session = session_for(run_id, server_round)
