@@ -387,11 +387,6 @@ def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=
     if config.method == "central":  # the union of private data in one place: no clients to simulate
         return run_federation(None, config, RunRecorder(config, on_round=on_round))
 
-    from flwr.simulation import run_simulation
-
-    from fedkd.apps.client_app import app as client_app
-    from fedkd.apps.server_app import make_server_app
-
     if not verbose:  # Flower's deprecation notice for run_simulation and per-round INFO lines
         from flwr.common.logger import update_console_handler
 
@@ -401,7 +396,23 @@ def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=
     # secure-aggregation minimums here, from the run's own settings, before Ray starts them.
     from fedkd.apps.secure import NODE_CONFIG_ENV
 
+    before = os.environ.get(NODE_CONFIG_ENV)
     os.environ[NODE_CONFIG_ENV] = simulated_node_config(config)
+    try:
+        return _run_simulation(config, on_round, verbose, observe_grid)
+    finally:  # the pins were for these simulated nodes only, not for whatever this process does next
+        if before is None:
+            os.environ.pop(NODE_CONFIG_ENV, None)
+        else:
+            os.environ[NODE_CONFIG_ENV] = before
+
+
+def _run_simulation(config: Config, on_round, verbose: bool, observe_grid) -> dict:
+    from flwr.simulation import run_simulation
+
+    from fedkd.apps.client_app import app as client_app
+    from fedkd.apps.server_app import make_server_app
+
     holder: dict = {}
     backend = {
         "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},

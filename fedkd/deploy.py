@@ -274,7 +274,8 @@ def build_run_config(text: str, num_nodes: int, defaults: dict[str, Any], cwd: P
         raise UsageError(f"--run-config sets num-clients={given['num-clients']} but the deployment has "
                          f"{num_nodes} SuperNodes; leave num-clients out (it is set to N)")
     overrides = {**given, "num-clients": num_nodes}
-    overrides["out"] = str((cwd / str(overrides.get("out", defaults.get("out", Config().out)))).resolve())
+    # absolute, but not resolved: a `latest` symlink must stay `latest` (results.prepare_out gives it a new folder)
+    overrides["out"] = os.path.abspath(cwd / str(overrides.get("out", defaults.get("out", Config().out))))
     try:
         Config.from_run_config({**defaults, **overrides})
     except ConfigError as exc:

@@ -416,3 +416,19 @@ def test_a_supernode_dying_mid_run_fails_the_deployment_and_stops_the_rest(run_d
     last = proc.text().strip().splitlines()[-1]
     assert last.startswith("fedkd deploy: run failed: node-1 exited with code -9 during run"), last
     assert wait_untagged(proc.tag) == set()
+
+
+def test_a_second_deployment_with_the_default_out_gets_its_own_folder(tmp_path):
+    """`runs/latest` stays `latest` through the path handling, so each deployment gets a new
+    timestamped folder instead of being pointed at (and offered --force over) the previous run."""
+    from fedkd.results import prepare_out
+
+    folders = []
+    for _ in range(2):
+        out = deploy.build_run_config(PLAIN, 3, {"out": "runs/latest"}, tmp_path)["out"]
+        assert out == str(tmp_path / "runs" / "latest")
+        folder = prepare_out(out)
+        (folder / "results.json").write_text("{}")  # the run's results
+        folders.append(folder)
+    assert folders[0] != folders[1] and all((f / "results.json").exists() for f in folders)
+    assert (tmp_path / "runs" / "latest").resolve() == folders[1].resolve()

@@ -279,3 +279,24 @@ def test_a_simulation_with_the_check_off_pins_its_nodes_to_match(tmp_path):
     results = simulate(cfg)
     assert results["status"] == "completed"
     assert "consistency_check" not in results["rounds"][0]["secagg"]["seconds_per_stage"]
+
+
+def test_simulate_leaves_no_node_settings_behind(monkeypatch):
+    """The pins fedkd run sets for its simulated nodes are restored afterwards: a later node in the
+    same process (or a deployment it starts) must not inherit a relaxed check."""
+    import os
+
+    import fedkd.cli as cli
+    from fedkd.apps.secure import NODE_CONFIG_ENV
+
+    seen = {}
+
+    def fake_run(config, on_round, verbose, observe_grid):
+        seen["during"] = os.environ.get(NODE_CONFIG_ENV)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cli, "_run_simulation", fake_run)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.simulate(Config(secagg_consistency_check=False))
+    assert "secagg-require-check=false" in seen["during"]
+    assert NODE_CONFIG_ENV not in os.environ
