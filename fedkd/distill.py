@@ -188,7 +188,7 @@ class _Guard:
         self.recoveries += 1
         if self.recoveries > MAX_RECOVERIES:
             raise DivergedError(
-                f"{self.phase} diverged (non-finite loss) {MAX_RECOVERIES + 1} times, the last at "
+                f"{self.phase} diverged (non-finite loss or weights) {MAX_RECOVERIES + 1} times, the last at "
                 f"{self.setting}={self.lr:g} (set {self.first_lr:g}); lower {self.setting}")
         self.model.load_state_dict(self._good)
         self.lr /= 2
@@ -327,6 +327,8 @@ def distill(
         loss = _epoch(guard, (i.to(device) for i in shuffled.split(batch_size)), batch_loss)
         if loss is None:
             guard.recover()
+            if n_val == 0:  # back at the first weights (nothing was validated): every epoch again
+                epoch = 0
             continue
         epoch, train_loss = epoch + 1, loss
         if n_val == 0:

@@ -14,7 +14,8 @@ Layout (one example, as stored -> as fedkd uses it):
   (C, H, W)                   channels first (torch), kept
 
 Scaling, decided once per input from every value it holds (train and test together):
-  "0-255"     uint8, or whole numbers all in 0..255 (any dtype): x / 255, then standardised
+  "0-255"     uint8, or any values all in 0..255 (any dtype; resized or interpolated pixels are
+              fractional) with some above 1:                       x / 255, then standardised
   "0-1"       every value in [0, 1]:                              standardised
   "as-given"  anything else (already standardised, or your own units): only cast to float32
 Standardised means per channel (a feature vector is one channel), (x - mean) / std, with mean
@@ -126,11 +127,9 @@ def value_kind(*arrays: np.ndarray) -> str:
     hi = max(float(a.max()) for a in nonempty)
     if 0.0 <= lo and hi <= 1.0:
         return "0-1"
-    whole = all(
-        np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_ or bool(np.all(a == np.floor(a)))
-        for a in nonempty
-    )
-    return "0-255" if whole and 0.0 <= lo and hi <= 255.0 else "as-given"
+    # Non-negative and at most 255: pixels, whole or not (a resize leaves 254.97). Standardising
+    # follows, so the / 255 cannot hurt other non-negative data in that range.
+    return "0-255" if 0.0 <= lo and hi <= 255.0 else "as-given"
 
 
 def to_channels_first(x: np.ndarray, where: str) -> tuple[np.ndarray, str]:

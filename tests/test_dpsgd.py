@@ -77,3 +77,16 @@ def test_noise_is_not_drawn_from_the_run_seed():
                     delta=1e-5, device=CPU)
         states.append(np.concatenate([p.detach().numpy().ravel() for p in model.parameters()]))
     assert not np.array_equal(states[0], states[1])
+
+
+def test_dp_sgd_that_diverges_stops_in_one_line():
+    """A non-finite loss in DP-SGD stops at once, naming the setting (no silent NaN teacher); it
+    does not retry, since every step already taken is spent privacy."""
+    cfg = Config()
+    splits = splits_for(cfg)
+    x, y = splits.private_x[:200], splits.private_y[:200]
+    torch.manual_seed(0)
+    model = build_model("mlp", splits.input_shape, splits.num_classes)
+    with pytest.raises(distill.DivergedError, match=r"DP-SGD local training diverged .* lower lr"):
+        dpsgd.train(model, x, y, epochs=5, lr=1e12, batch_size=32, noise_multiplier=0.5, max_grad_norm=1e6,
+                    delta=1e-5, device=CPU)

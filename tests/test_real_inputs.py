@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import socket
 
 import numpy as np
 import pytest
@@ -80,7 +80,8 @@ def _public_is_standardised(s) -> None:
         (np.array([[0.0, 0.5, 1.0]]), "0-1"),
         (np.array([[0, 1]], np.int32), "0-1"),
         (np.array([[-1.2, 0.3]]), "as-given"),  # already standardised
-        (np.array([[0.5, 3.5]]), "as-given"),
+        (np.array([[0.5, 3.5]]), "0-255"),  # non-negative, at most 255: / 255 then standardised
+        (np.array([[0.0, 254.97]], np.float32), "0-255"),  # resized pixels are fractional
         (np.array([[0, 256]], np.int16), "as-given"),  # beyond 8 bits: your own units
     ],
 )
@@ -339,17 +340,18 @@ def test_hf_columns_and_splits_that_do_not_fit_are_named(tmp_path):
 
 
 _OFFLINE_SCRIPT = """
-import socket, sys, time
+import socket, sys
+attempts = []
 def refuse(*a, **k):
-    raise AssertionError("network access attempted")
+    attempts.append(a)
+    raise OSError("network access attempted")
 socket.socket.connect = refuse
 socket.create_connection = refuse
 from fedkd.data import DataError, load_splits
-start = time.time()
 try:
     load_splits("hf:nobody/no-such-dataset-xyz", num_clients=2)
 except DataError as exc:
-    print(f"{time.time() - start:.1f}|{exc}")
+    print(f"{len(attempts)}|{exc}")
 """
 
 
@@ -360,8 +362,8 @@ def test_hub_dataset_offline_fails_in_one_line_without_network(tmp_path):
                           text=True, timeout=120)
     out = done.stdout.strip().splitlines()
     assert len(out) == 1, done.stdout + done.stderr
-    seconds, message = out[0].split("|", 1)
-    assert float(seconds) < 30
+    attempts, message = out[0].split("|", 1)
+    assert attempts == "0"  # offline means no connection attempt at all (and so no retries to wait out)
     assert message.startswith("hf:nobody/no-such-dataset-xyz: could not load it")
     assert "offline and not in the Hugging Face cache" in message and "save_to_disk" in message
 
@@ -371,10 +373,17 @@ def test_unreachable_hub_switches_to_the_cache_instead_of_retrying(monkeypatch, 
 
     monkeypatch.setattr(inputs, "_hub_reachable", lambda: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    start = time.time()
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
     with pytest.raises(DataError) as info:
         load_splits("hf:nobody/another-missing-one", num_clients=2)
-    assert time.time() - start < 30
+    assert attempts == []  # once the probe says unreachable, the cache alone is read: nothing to retry
     _one_line(info, "offline and not in the Hugging Face cache")
     import datasets
     from huggingface_hub import constants
@@ -413,7 +422,6 @@ def test_simulation_on_hf_save_to_disk_folder(tmp_path):
     _simulate(tmp_path, f"hf:{tmp_path / 'hf'}")
 
 
-@pytest.mark.slow
 def test_simulation_on_keras_npz(tmp_path):
     x, y = patterns(channels=0)
     tx, ty = patterns(channels=0, n_per_class=12, seed=6)

@@ -300,3 +300,12 @@ def test_simulate_leaves_no_node_settings_behind(monkeypatch):
         cli.simulate(Config(secagg_consistency_check=False))
     assert "secagg-require-check=false" in seen["during"]
     assert NODE_CONFIG_ENV not in os.environ
+
+
+def test_node_pins_take_the_larger_minimum_and_refuse_bad_values_in_one_error():
+    from fedkd.apps.secure import SecureAggregationError, node_pins
+
+    assert node_pins({"secagg-min-clients": 5}, Config(secagg_min_clients=8)).min_clients == 8  # run raises it
+    assert node_pins({"secagg-min-clients": 5}, Config(secagg_min_clients=3)).min_clients == 5  # never lowers it
+    with pytest.raises(SecureAggregationError, match="minimums are invalid"):
+        node_pins({"secagg-max-colluders": "two"}, Config())

@@ -128,10 +128,11 @@ def node_pins(node_config: Mapping[str, object], config: Config) -> Pins:
     def flag(value: object) -> bool:
         return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
 
-    min_clients = int(node_config.get("secagg-min-clients", max(3, config.secagg_min_clients)))
-    colluders = int(node_config.get("secagg-max-colluders", -1))
-    check = flag(node_config.get("secagg-require-check", True))
     try:
+        # the run may raise the node's minimum (never lower it); the node's own value, or 3, is the floor
+        min_clients = max(int(node_config.get("secagg-min-clients", 3)), config.secagg_min_clients)
+        colluders = int(node_config.get("secagg-max-colluders", -1))
+        check = flag(node_config.get("secagg-require-check", True))
         return Pins(min_clients=min_clients, max_colluders=None if colluders < 0 else colluders, require_check=check)
     except ValueError as exc:
         raise SecureAggregationError(f"this node's secure-aggregation minimums are invalid: {exc}") from None

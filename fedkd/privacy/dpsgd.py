@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedkd.distill import DivergedError
 from fedkd.privacy.mechanism import PrivacyError
 
 # One accounting event of Opacus' RDP accountant: (noise multiplier, sample rate, steps).
@@ -110,6 +111,10 @@ def train(
                 optimizer.step()
                 continue
             loss = F.cross_entropy(private(xb), yb)
+            if not torch.isfinite(loss):
+                # no restart at a lower rate here: every step, the failed ones too, is already
+                # spent privacy (the accountant has counted it); stop and say what to change
+                raise DivergedError(f"DP-SGD local training diverged (non-finite loss) at lr={lr:g}; lower lr")
             loss.backward()
             optimizer.step()
             total, seen = total + loss.item() * len(xb), seen + len(xb)
