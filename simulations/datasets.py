@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 # This file's name would shadow Hugging Face's `datasets` package (which flwr-datasets imports)
-# while its folder leads sys.path, as it does when run as a script: move the folder to the end.
+# wherever its folder is on sys.path (Ray's workers copy the driver's path): take the folder off.
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import argparse  # noqa: E402
 
@@ -29,7 +29,12 @@ import numpy as np  # noqa: E402
 from fedkd.cli import simulate  # noqa: E402
 from fedkd.config import Config  # noqa: E402
 from fedkd.results import student_to_ensemble, write_json_atomic  # noqa: E402
-from input_kinds import make_inputs  # noqa: E402
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("input_kinds", HERE / "input_kinds.py")
+input_kinds = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(input_kinds)
+make_inputs = input_kinds.make_inputs
 
 METHODS = ("fd", "fedavg", "central", "local")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent  # last on sys.path: simulations/datasets.py would shadow HF's datasets
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+HERE = Path(__file__).resolve().parent  # off sys.path: simulations/datasets.py would shadow HF's datasets
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -29,7 +29,12 @@ from fedkd.aggregate import plain_sum  # noqa: E402
 from fedkd.config import Config  # noqa: E402
 from fedkd.models import build_model  # noqa: E402
 from fedkd.results import write_json_atomic  # noqa: E402
-from input_kinds import make_inputs  # noqa: E402
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("input_kinds", HERE / "input_kinds.py")
+input_kinds = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(input_kinds)
+make_inputs = input_kinds.make_inputs
 
 VARIANTS = (("sgd", 0.05), ("sgd", 0.0167), ("adam", 0.0003), ("adam", 0.001), ("adam", 0.003))
 SEEDS = (0, 1)
