@@ -626,15 +626,16 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
     run_config = build_run_config(opts.run_config, opts.num_nodes, app_defaults(app_dir), cwd)
     from fedkd.results import OutputError, prepare_out
 
+    certs = opts.certs_dir.expanduser().resolve() if opts.secure else None
+    if certs is not None:  # every usage check before the output folder is made
+        check_writable(certs)
     try:  # a `latest` out becomes a fresh timestamped folder; an earlier run's is refused without --force
         run_config["out"] = str(prepare_out(run_config["out"], force=opts.force).resolve())
     except OutputError as exc:
         raise UsageError(str(exc)) from None
 
     tls, keys = None, []
-    if opts.secure:
-        certs = opts.certs_dir.expanduser().resolve()
-        check_writable(certs)
+    if certs is not None:
         tls = write_tls_files(certs)
         keys = node_keys(certs / "nodes", opts.num_nodes)
 

@@ -261,12 +261,14 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_starts(capsys,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # no process, no FLWR_HOME, nothing else
 
 
-def test_a_certs_dir_that_cannot_be_written_is_one_line(capsys, tmp_path):
+def test_a_certs_dir_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert deploy.main(parse("3", "--secure", "--certs-dir", str(blocker / "certs"))) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fedkd deploy: error: certs dir '{blocker / 'certs'}' is not writable") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()  # refused before the output folder was made
 
 
 def test_missing_flower_binaries_are_one_line(capsys, tmp_path, monkeypatch):
