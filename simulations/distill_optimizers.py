@@ -8,33 +8,23 @@ This is the measurement behind the `distill-optimizer` / `distill-lr` defaults (
 
     python simulations/distill_optimizers.py --fashion ../shared/data/fashion3615.npz --out simulations/results
 
-The colour set is made from --fashion as in simulations/datasets.py (32x32x3, channels last).
+The colour set is made from --fashion as in simulations/datasets_table.py (32x32x3, channels last).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent  # off sys.path: simulations/datasets.py would shadow HF's datasets
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import torch
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from fedkd import distill, task  # noqa: E402
-from fedkd.aggregate import plain_sum  # noqa: E402
-from fedkd.config import Config  # noqa: E402
-from fedkd.models import build_model  # noqa: E402
-from fedkd.results import write_json_atomic  # noqa: E402
-import importlib.util  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("input_kinds", HERE / "input_kinds.py")
-input_kinds = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(input_kinds)
-make_inputs = input_kinds.make_inputs
+from fedkd import distill, task
+from fedkd.aggregate import plain_sum
+from fedkd.config import Config
+from fedkd.models import build_model
+from fedkd.results import write_json_atomic
+from input_kinds import make_inputs  # simulations/input_kinds.py, beside this script
 
 VARIANTS = (("sgd", 0.05), ("sgd", 0.0167), ("adam", 0.0003), ("adam", 0.001), ("adam", 0.003))
 SEEDS = (0, 1)

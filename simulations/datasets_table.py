@@ -3,7 +3,7 @@ digits (embedded), a raw uint8 28x28 greyscale .npz, the same images in Keras la
 32x32x3 channels-last colour images. Writes `datasets.md`, `datasets.json` and `datasets.png`
 into --out.
 
-    python simulations/datasets.py --fashion ../shared/data/fashion3615.npz --out simulations/results
+    python simulations/datasets_table.py --fashion ../shared/data/fashion3615.npz --out simulations/results
 
 The Keras-layout and colour files are made from the --fashion file (an .npz with uint8 `x`
 (N, 28, 28) and `y`): Keras layout keeps its last 20% as the official test split; the colour
@@ -14,27 +14,15 @@ but for the dataset, the method and `out`.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
-# This file's name would shadow Hugging Face's `datasets` package (which flwr-datasets imports)
-# wherever its folder is on sys.path (Ray's workers copy the driver's path): take the folder off.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import numpy as np
 
-import argparse  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from fedkd.cli import simulate  # noqa: E402
-from fedkd.config import Config  # noqa: E402
-from fedkd.results import student_to_ensemble, write_json_atomic  # noqa: E402
-import importlib.util  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("input_kinds", HERE / "input_kinds.py")
-input_kinds = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(input_kinds)
-make_inputs = input_kinds.make_inputs
+from fedkd.cli import simulate
+from fedkd.config import Config
+from fedkd.results import student_to_ensemble, write_json_atomic
+from input_kinds import make_inputs  # simulations/input_kinds.py, beside this script
 
 METHODS = ("fd", "fedavg", "central", "local")
 
