@@ -171,6 +171,14 @@ def describe(config: Config, resolved: dict) -> list[str]:
         f"public {resolved['num_public']}, test {resolved['num_test']}",
         f"models: teachers {teacher_text}, student {resolved['student_model']}",
     ]
+    if config.method == "fd" and "transfer" in resolved:
+        tr = resolved["transfer"]
+        weighting = (f"votes weighted per class ({tr['vote_weighting']})" if tr["vote_weighting"] != "none" else
+                     f"votes weighted per example ({tr['confidence_weighting']})"
+                     if tr["confidence_weighting"] != "none" else "votes unweighted")
+        lines.append(f"transfer: teachers start from {'the global student' if tr['teacher_init'] == 'student' else 'their own weights'}, "
+                     f"consensus weight {tr['consensus_weight']:g} in local training; {tr['ensemble']} ensemble at "
+                     f"T={tr['temperature']:g}, {weighting}")
     if "secagg" in resolved:
         sa = resolved["secagg"]
         scale = sa["scale"]

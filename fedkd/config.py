@@ -20,7 +20,9 @@ MODELS = ("auto", "mlp", "cnn", "resnet8")
 ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
 AGGREGATIONS = ("secagg", "plain")
 SECAGG_STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
-VOTE_WEIGHTINGS = ("none", "class-share", "seen-classes")
+VOTE_WEIGHTINGS = ("auto", "none", "class-share", "seen-classes")
+CONFIDENCE_WEIGHTINGS = ("none", "max-prob", "entropy")
+TEACHER_INITS = ("persist", "student")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adam", "sgd")
@@ -56,16 +58,25 @@ class Config:
     lr: float = 0.05
     batch_size: int = 32
     digest_epochs: int = 3  # FedMD/DS-FL digest: epochs on last round's consensus before local training
+    # weight of KD on last round's consensus (public inputs) in every local batch, joint with the
+    # private cross-entropy (Cronus); -1: auto, 1 (0 with DP-SGD teachers, whose steps are Opacus's)
+    consensus_weight: float = -1.0
+    teacher_init: str = "student"  # each round's teacher starts from the global student (sent down); "persist": its own
     # Knowledge transfer
     temperature: float = 3.0
     ensemble: str = "mean"
     era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
-    vote_weighting: str = "none"  # "class-share" or "seen-classes": scale each client's class votes (see task.class_weights)
+    # per-class weighted mean (task.class_weights): "seen-classes", "class-share" or "none";
+    # auto: seen-classes, or none with either kind of DP (the weights come from raw label counts)
+    vote_weighting: str = "auto"
+    confidence_weighting: str = "none"  # "max-prob" or "entropy": per-example weighted mean (distill.confidence)
     public_sample: int = 0  # public examples released per round (0: the whole public set)
     aggregation: str = "secagg"  # "secagg": the server sees only the masked sum; "plain": every vector
     secagg_clip: float = 0.0  # fixed-point clip range; 0: chosen from the ensemble rule (see apps.secure)
     secagg_scale: float = 0.0  # fixed-point steps per unit; 0: the finest that fits (<= 2^24). Error <= n / (2 * scale)
-    secagg_bit_width: int = 32
+    # ring Z_2^b of the secure sum; 0: 24 bits without DP (n clients' probabilities at a scale of at
+    # least 2^8 for n <= 10^4, a quarter less upload than 32), 32 bits with DP (noise needs the room)
+    secagg_bit_width: int = 0
     secagg_neighbors: int = 0  # k; 0: 2*ceil(log2 n) capped at n-1 (SecAgg+); n-1: classic SecAgg
     secagg_threshold: int = 0  # t; 0: floor((k + c) / 2) + 1
     secagg_max_colluders: int = -1  # c, clients that may collude with a malicious server; -1: 2 for n >= 10
@@ -153,6 +164,26 @@ class Config:
         return plan
 
     @property
+    def vote_rule(self) -> str:
+        """vote-weighting resolved: auto is seen-classes, or none when either kind of DP is on."""
+        if self.vote_weighting != "auto":
+            return self.vote_weighting
+        return "none" if self.dp_enabled or self.teacher_dp_enabled or self.confidence_weighting != "none" \
+            or self.ensemble not in ("mean", "dsfl") else "seen-classes"
+
+    @property
+    def joint_weight(self) -> float:
+        """consensus-weight resolved: auto is 1, or 0 with DP-SGD teachers."""
+        if self.consensus_weight >= 0:
+            return self.consensus_weight
+        return 0.0 if self.teacher_dp_enabled else 1.0
+
+    @property
+    def ring_bits(self) -> int:
+        """secagg-bit-width resolved: as set, or 24 without DP and 32 with it."""
+        return self.secagg_bit_width or (32 if self.dp_enabled else 24)
+
+    @property
     def dp_enabled(self) -> bool:
         return self.dp_clip > 0
 
@@ -182,10 +213,23 @@ class Config:
         _choice("ensemble", self.ensemble, ENSEMBLE_RULES)
         _choice("aggregation", self.aggregation, AGGREGATIONS)
         _choice("vote-weighting", self.vote_weighting, VOTE_WEIGHTINGS)
-        if self.vote_weighting != "none" and self.ensemble not in ("mean", "dsfl"):
+        if self.vote_weighting not in ("none", "auto") and self.ensemble not in ("mean", "dsfl"):
             raise ConfigError(
                 f"vote-weighting '{self.vote_weighting}' works with ensemble mean or dsfl, not '{self.ensemble}'"
             )
+        _choice("confidence-weighting", self.confidence_weighting, CONFIDENCE_WEIGHTINGS)
+        if self.confidence_weighting != "none" and self.ensemble not in ("mean", "dsfl"):
+            raise ConfigError(f"confidence-weighting '{self.confidence_weighting}' works with ensemble mean or dsfl, "
+                              f"not '{self.ensemble}'")
+        if self.confidence_weighting != "none" and self.vote_weighting not in ("none", "auto"):
+            raise ConfigError("choose one of vote-weighting (per class) and confidence-weighting (per example), "
+                              "not both")
+        _choice("teacher-init", self.teacher_init, TEACHER_INITS)
+        if self.consensus_weight < 0 and self.consensus_weight != -1:
+            raise ConfigError(f"consensus-weight={self.consensus_weight} must be >= 0, or -1 (automatic)")
+        if self.consensus_weight > 0 and self.teacher_dp_enabled:
+            raise ConfigError("consensus-weight > 0 mixes public batches into local training, which DP-SGD teachers "
+                              "(teacher-dp-noise-multiplier) do not support; use consensus-weight 0 or -1 (auto)")
         _choice("device", self.device, DEVICES)
         _choice("distill-optimizer", self.distill_optimizer, OPTIMIZERS)
         _choice("student-model", self.student_model, MODELS)
@@ -220,8 +264,8 @@ class Config:
             raise ConfigError(f"secagg-scale={self.secagg_scale} must be >= 0 (0: automatic)")
         if self.secagg_clip < 0:
             raise ConfigError(f"secagg-clip={self.secagg_clip} must be >= 0 (0: automatic)")
-        if not 2 <= self.secagg_bit_width <= 64:
-            raise ConfigError(f"secagg-bit-width={self.secagg_bit_width} must lie in 2..64")
+        if self.secagg_bit_width != 0 and not 2 <= self.secagg_bit_width <= 64:
+            raise ConfigError(f"secagg-bit-width={self.secagg_bit_width} must be 0 (automatic) or lie in 2..64")
         _at_least("secagg-neighbors", self.secagg_neighbors, 0)
         _at_least("secagg-threshold", self.secagg_threshold, 0)
         _at_least("secagg-max-colluders", self.secagg_max_colluders, -1)
@@ -259,7 +303,7 @@ class Config:
             raise ConfigError(f"teacher-dp-delta={self.teacher_dp_delta} must lie in (0, 1)")
         if self.teacher_dp_enabled and self.method not in ("fd", "local"):
             raise ConfigError(f"teacher-dp-noise-multiplier trains fd or local teachers, not method '{self.method}'")
-        if self.teacher_dp_enabled and self.vote_weighting != "none":
+        if self.teacher_dp_enabled and self.vote_weighting not in ("none", "auto"):
             raise ConfigError(f"vote-weighting '{self.vote_weighting}' scales uploads by raw label counts, outside "
                               "DP-SGD's guarantee; use vote-weighting none with teacher-dp-noise-multiplier")
 
@@ -293,9 +337,9 @@ class Config:
         if self.aggregation != "secagg":
             raise ConfigError("distributed DP needs aggregation=secagg: each client adds only a share of the "
                               "noise, which protects nothing if the server sees the shares one by one")
-        if self.ensemble not in ("mean", "dsfl") or self.vote_weighting != "none":
+        if self.ensemble not in ("mean", "dsfl") or self.vote_rule != "none" or self.confidence_weighting != "none":
             raise ConfigError("distributed DP works on softened probabilities: use ensemble mean or dsfl "
-                              "with vote-weighting none")
+                              "with vote-weighting none and confidence-weighting none")
         if self.dp_max_dropouts + self.dp_colluders >= self.num_clients:
             raise ConfigError(f"dp-max-dropouts + dp-colluders = {self.dp_max_dropouts + self.dp_colluders} "
                               f"must be below num-clients={self.num_clients} (someone's noise must remain)")

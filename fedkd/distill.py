@@ -77,21 +77,26 @@ class Teacher:
 
 
 def client_payload(
-    logits: np.ndarray, rule: str, temperature: float, class_weights: np.ndarray | None = None
+    logits: np.ndarray, rule: str, temperature: float, class_weights: np.ndarray | None = None,
+    example_weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """What one client uploads for `rule`, from its teacher's logits (N, K) -> (N, K) float32.
 
     mean, dsfl: softmax(z/T); geometric: log softmax(z/T) floored at LOG_PROB_FLOOR; logits: z.
-    `class_weights` (K,), for mean and dsfl only, scales the client's vote for each class
-    (w_c * p_c); the server renormalises each row after the sum, so the rule stays sum-compatible.
+    For mean and dsfl only, `class_weights` (K,) scales the client's vote for each class
+    (w_c * p_c) and `example_weights` (N,) its vote on each example (w(x) * p(x)). The client
+    uploads the weights too, and the server divides the two sums (`combine`'s `weights`), so the
+    weighted mean stays sum-compatible and passes through secure aggregation.
     """
-    if class_weights is not None and rule not in ("mean", "dsfl"):
+    if (class_weights is not None or example_weights is not None) and rule not in ("mean", "dsfl"):
         raise ValueError(f"class weights apply to the mean and dsfl rules, not '{rule}'")
     z = torch.as_tensor(logits, dtype=torch.float64)
     if rule in ("mean", "dsfl"):
         out = softmax_t(z, temperature)
         if class_weights is not None:
             out = out * torch.as_tensor(class_weights, dtype=torch.float64)
+        if example_weights is not None:
+            out = out * torch.as_tensor(example_weights, dtype=torch.float64)[:, None]
     elif rule == "geometric":
         out = torch.clamp(F.log_softmax(z / temperature, dim=-1), min=LOG_PROB_FLOOR)
     elif rule == "logits":
@@ -101,7 +106,28 @@ def client_payload(
     return out.to(torch.float32).numpy()
 
 
-def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_temperature: float = 0.1) -> Teacher:
+def confidence(logits: np.ndarray, scheme: str) -> np.ndarray:
+    """(N,) float32 in [0, 1]: how sure a teacher is of each example, from its logits (N, K) at
+    temperature 1, for confidence-weighted ensembles (clients upload w(x) * p(x) and w(x)).
+
+    max-prob: max_c softmax(z)_c, the confidence of the predicted class (the certainty signal of
+              Hendrycks & Gimpel 2017, used to weight ensemble members e.g. in FedDF-style fusion);
+    entropy:  1 - H(softmax(z)) / log K, one minus the normalised entropy (DS-FL's entropy view,
+              Itahara et al. 2021, applied per client before the sum rather than after it).
+    """
+    p = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=-1)
+    if scheme == "max-prob":
+        w = p.max(dim=-1).values
+    elif scheme == "entropy":
+        k = p.shape[-1]
+        w = 1.0 - (-(p * p.clamp(min=1e-12).log()).sum(dim=-1)) / math.log(k) if k > 1 else torch.ones(len(p))
+    else:
+        raise ValueError(f"confidence scheme '{scheme}' is unknown; choose max-prob or entropy")
+    return w.clamp(0.0, 1.0).to(torch.float32).numpy()
+
+
+def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_temperature: float = 0.1,
+            weights: np.ndarray | None = None) -> Teacher:
     """The ensemble teacher from the sum of `count` client payloads, total: (N, K).
 
     mean:      (1/n) sum p_i^T                                   (arithmetic mean of probabilities)
@@ -111,10 +137,24 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
                Itahara et al. 2021; the student is matched at temperature 1). DS-FL averages
                plain softmax outputs: use temperature 1 to match the paper; with T > 1 the
                clients' outputs are softened before the sharpening.
+
+    `weights` (mean and dsfl only): the secure sum of the clients' vote weights, (1, K) per class
+    or (N, 1) per example, when each client uploaded w * p (`client_payload`'s `weights`). The
+    teacher is then the weighted mean sum_i w_i p_i / sum_i w_i, taken per class or per example
+    before the rows are renormalised; a class (or example) nobody voted for gets the plain
+    renormalised sum's share, 0. Without `weights`, the weighted sum is only renormalised per row.
     """
     if count <= 0:
         raise ValueError("cannot build an ensemble teacher from zero contributors")
     mean = torch.as_tensor(total, dtype=torch.float64) / count
+    if weights is not None:
+        if rule not in ("mean", "dsfl"):
+            raise ValueError(f"vote weights apply to the mean and dsfl rules, not '{rule}'")
+        w = torch.as_tensor(weights, dtype=torch.float64) / count
+        if w.dim() != 2 or w.shape not in ((1, mean.shape[1]), (mean.shape[0], 1)):
+            raise ValueError(f"weights of shape {tuple(w.shape)} are neither (1, K) per class nor (N, 1) per "
+                             f"example for a sum of shape {tuple(mean.shape)}")
+        mean = torch.where(w > 0, mean / w.clamp(min=1e-12), torch.zeros_like(mean))
     if rule in ("mean", "dsfl"):
         mean = mean.clamp(min=0.0)  # fixed-point decoding can leave -1e-9 where a probability was 0
         # a row that DP noise drove to all zeros carries no vote: make it uniform, not 0/0
@@ -225,8 +265,19 @@ def train_supervised(
     optimizer: str = "sgd",
     phase: str = "local training",
     setting: str = "lr",
+    consensus_x: np.ndarray | None = None,
+    consensus: Teacher | None = None,
+    consensus_weight: float = 0.0,
 ) -> dict[str, float]:
     """Cross-entropy training over shuffled mini-batches. x: (N, *shape), y: (N,).
+
+    With `consensus` (the ensemble teacher on `consensus_x`, public inputs (M, *shape)) and
+    `consensus_weight` w > 0, every private batch is joined by a batch of as many public examples,
+    drawn uniformly, and the loss is CE(private) + w * KD(public; consensus): joint training on
+    private labels and on the federation's soft labels for public data, as in Cronus (Chang et
+    al. 2019, "Cronus: Robust and Heterogeneous Collaborative Learning with Black-Box Knowledge
+    Transfer"). Unlike a digest before local training (FedMD), the consensus keeps pulling while
+    the private data pull, so a client that holds few classes does not forget the others.
 
     A non-finite loss or weights restarts training from the weights it was handed at half the
     rate (at most MAX_RECOVERIES times; then DivergedError names `phase` and `setting`).
@@ -235,11 +286,22 @@ def train_supervised(
     """
     model.to(device).train()
     xt, yt = _tensor(x, device), _tensor(y, device, torch.long)
+    joint = consensus is not None and consensus_x is not None and consensus_weight > 0
+    if joint:
+        px, pt = _tensor(consensus_x, device), _tensor(consensus.values, device)
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(model(xt[idx]), yt[idx])
+        if joint:
+            j = torch.randint(len(px), (len(idx),), generator=generator).to(device)
+            loss = loss + consensus_weight * distillation_loss(model(px[j]), pt[j], consensus)
+        return loss
+
     guard = _Guard(model, optimizer, lr, phase, setting)
     last, done = float("nan"), 0
     while done < epochs:
         batches = (i.to(device) for i in torch.randperm(len(xt), generator=generator).split(batch_size))
-        loss = _epoch(guard, batches, lambda idx: F.cross_entropy(model(xt[idx]), yt[idx]))
+        loss = _epoch(guard, batches, loss_of)
         if loss is None:
             guard.recover()
             done = 0  # from the first weights again, so every epoch counts at the new rate

@@ -152,14 +152,18 @@ def resolved_settings(config: Config, splits: "Splits") -> dict:
         "partition_sizes": data["sizes"]["clients"],
         "num_public": data["sizes"]["public"],
         "num_test": data["sizes"]["test"],
+        # knowledge transfer, with autos resolved (fedkd.config's vote_rule and joint_weight)
+        "transfer": {"teacher_init": config.teacher_init, "vote_weighting": config.vote_rule,
+                     "confidence_weighting": config.confidence_weighting, "consensus_weight": config.joint_weight,
+                     "ensemble": config.ensemble, "temperature": config.temperature},
     }
     if config.method == "fd" and config.aggregation == "secagg":
         from fedkd.apps.secure import secagg_config
         from fedkd.task import vector_layout
 
         sa = secagg_config(config, splits.num_classes, 1)
-        m, n_test, k = vector_layout(config, splits, 1)
-        neighbours, threshold, colluders, partners = sa.session(config.num_clients, (m + n_test) * k)
+        neighbours, threshold, colluders, partners = sa.session(config.num_clients,
+                                                                vector_layout(config, splits, 1).length)
         resolved["secagg"] = {"clip": sa.clip, "scale": sa.scale, "bit_width": sa.bit_width,
                               "neighbors": neighbours, "threshold": threshold, "max_colluders": colluders,
                               "min_partners": partners, "consistency_check": sa.consistency_check}

@@ -116,28 +116,29 @@ class DistillationServer:
         if cfg.method == "local":
             return record
 
-        m, n_test, k = vector_layout(cfg, self.splits, server_round)
+        layout = vector_layout(cfg, self.splits, server_round)
         t0 = time.perf_counter()
         agg = aggregate if aggregate is not None else self.aggregate({r.partition_id: r.vector for r in replies})
         record["seconds_aggregate"] = agg.details.get("seconds_total", time.perf_counter() - t0)
-        if len(agg.total) != (m + n_test) * k:
-            raise ContributionError(f"aggregate has {len(agg.total)} values; expected {(m + n_test) * k}")
+        if len(agg.total) != layout.length:
+            raise ContributionError(f"aggregate has {len(agg.total)} values; expected {layout.length}")
         total = agg.total
         if self.ledger is not None:
             total = self._release(server_round, agg, record)
             # the slowest client's noise generation, to set against the round's secure-aggregation time
             record["privacy"]["client_noise_seconds_max"] = max(
                 float(r.metrics.get("dp-noise-seconds", 0.0)) for r in replies)
-        public_total = total[: m * k].reshape(m, k)  # (m, K)
-        test_total = total[m * k :].reshape(n_test, k)  # (n_test, K); (0, K) with DP
-        teacher = distill.combine(public_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
-        if n_test:
-            ensemble_test = distill.combine(test_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature)
+        (public_total, public_w), (test_total, test_w) = layout.unpack(total)  # (m, K), (n_test, K)
+        teacher = distill.combine(public_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature,
+                                  weights=public_w)
+        if layout.test:
+            ensemble_test = distill.combine(test_total, agg.count, cfg.ensemble, cfg.temperature,
+                                            cfg.era_temperature, weights=test_w)
             record["ensemble_accuracy"] = distill.accuracy(ensemble_test.values, self.splits.test_y)
         record.update(
             contributors=agg.count,
-            upload_bytes_per_client=m * k * 4,
-            eval_upload_bytes_per_client=n_test * k * 4,
+            upload_bytes_per_client=layout.public_length * 4,
+            eval_upload_bytes_per_client=(layout.length - layout.public_length) * 4,
         )
         if aggregate is not None:  # secure: what each client really sent, all stages, masked
             record["secagg"] = agg.details

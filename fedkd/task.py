@@ -69,11 +69,64 @@ def public_sample(config: Config, server_round: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=config.public_sample, replace=False))
 
 
-def vector_layout(config: Config, splits: Splits, server_round: int) -> tuple[int, int, int]:
-    """(public rows m, test rows, classes K) of the vector a client uploads: m*K + test*K values.
-    With DP on, no test rows: predictions on the test set would be a release too."""
+@dataclass(frozen=True)
+class Layout:
+    """A client's upload, in order: the public block, then the test block. Each block holds
+    rows * K soft labels (each scaled by the client's vote weight, when weighting is on), then
+    the block's weights: K per class (vote-weighting), one per row (confidence-weighting) or
+    none. The server divides the summed labels by the summed weights (`distill.combine`)."""
+
+    public: int  # m, rows of this round's public sample
+    test: int  # rows of the test set (0 with DP: predictions on it would be a release too)
+    classes: int  # K
+    weighting: str = "none"  # "none", "class" or "example"
+
+    def weights_of(self, rows: int) -> int:
+        return {"none": 0, "class": self.classes, "example": rows}[self.weighting]
+
+    @property
+    def public_length(self) -> int:
+        return self.public * self.classes + self.weights_of(self.public)
+
+    @property
+    def length(self) -> int:
+        return self.public_length + self.test * self.classes + self.weights_of(self.test)
+
+    def pack(self, public: tuple[np.ndarray, np.ndarray | None], test: tuple[np.ndarray, np.ndarray | None]
+             ) -> np.ndarray:
+        """(labels (rows, K), weights or None) for each block -> the flat float32 vector."""
+        parts = []
+        for labels, weights in (public, test):
+            parts.append(np.asarray(labels, dtype=np.float32).ravel())
+            if self.weighting != "none":
+                parts.append(np.asarray(weights, dtype=np.float32).ravel())
+        return np.concatenate(parts)
+
+    def unpack(self, total: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray | None], ...]:
+        """The summed vector -> ((labels (m, K), weights (1, K) | (m, 1) | None), same for test)."""
+        out, start = [], 0
+        for rows in (self.public, self.test):
+            labels = total[start : start + rows * self.classes].reshape(rows, self.classes)
+            start += rows * self.classes
+            n_w = self.weights_of(rows)
+            weights = total[start : start + n_w] if n_w else None
+            if weights is not None:
+                weights = weights.reshape(1, -1) if self.weighting == "class" else weights.reshape(-1, 1)
+            start += n_w
+            out.append((labels, weights))
+        return tuple(out)
+
+
+def weighting_of(config: Config) -> str:
+    if config.vote_rule != "none":
+        return "class"
+    return "example" if config.confidence_weighting != "none" else "none"
+
+
+def vector_layout(config: Config, splits: Splits, server_round: int) -> Layout:
+    """The layout of the vector a client uploads this round (`Layout`)."""
     n_test = 0 if config.dp_enabled else len(splits.test_y)
-    return len(public_sample(config, server_round)), n_test, splits.num_classes
+    return Layout(len(public_sample(config, server_round)), n_test, splits.num_classes, weighting_of(config))
 
 
 def dp_params(config: Config, num_classes: int, server_round: int) -> DPParams:
@@ -88,7 +141,7 @@ def _dp_params(config: Config, num_classes: int, m: int, z: float) -> DPParams:
         mechanism=config.dp_mechanism, clip=config.dp_clip, noise_multiplier=z,
         granularity_bits=config.dp_granularity_bits, dim=m * num_classes, num_classes=num_classes,
         num_clients=config.num_clients, min_honest=config.num_clients - config.dp_max_dropouts - config.dp_colluders,
-        bit_width=config.secagg_bit_width, wrap_probability=WRAP_PROBABILITY,
+        bit_width=config.ring_bits, wrap_probability=WRAP_PROBABILITY,
     )
 
 
@@ -107,10 +160,14 @@ def noise_multiplier_for(config: Config, num_classes: int) -> float:
 
 
 def class_weights(y: np.ndarray, num_classes: int, scheme: str) -> np.ndarray | None:
-    """(K,) scale of a client's vote for each class, or None for "none".
+    """(K,) scale of a client's vote for each class, or None for "none". The server divides
+    each class's summed votes by the class's summed weights, so a class's probability is the
+    weighted mean over the clients that vote for it.
 
     class-share: K * the class's share of the client's data (1 everywhere for a balanced client);
-    seen-classes: 1 for classes the client has examples of, 0 for the others.
+    seen-classes: 1 for classes the client has examples of, 0 for the others: each class is
+    judged by the clients that have seen it (a client that never saw a class cannot tell it
+    from the others, and its vote for it is noise under label skew).
     """
     counts = np.bincount(y, minlength=num_classes)
     if scheme == "class-share":
@@ -145,8 +202,13 @@ def teacher_round(
     consensus: Consensus | None = None,
     with_predictions: bool = True,
     dp_history: tuple = (),
+    student: dict[str, torch.Tensor] | None = None,
 ) -> TeacherUpdate:
     """One client's fd round: (digest) -> local training -> softened predictions.
+
+    With teacher-init student and `student` (the global student's weights, sent down by the
+    server) the teacher starts from them and skips the digest; a teacher whose architecture
+    differs from the student's keeps its own weights (`state`) and digests as before.
 
     The vector is `client_payload(logits)` on this round's public sample, then on the test set
     (the test part only serves to report the ensemble teacher's accuracy). With DP on it is the
@@ -160,13 +222,16 @@ def teacher_round(
     device = resolve_device(config.device)
     torch.manual_seed(derive_seed(config.seed, "init", partition_id))  # same initial teacher every run
     model = build_model(config.teacher_model_for(partition_id), splits.input_shape, splits.num_classes)
-    if state is not None:
+    from_student = student is not None and config.teacher_init == "student" and fits(model, student)
+    if from_student:  # teacher-init student: this round's teacher starts from the global student
+        model.load_state_dict(student)
+    elif state is not None:
         model.load_state_dict(state)
     x, y = splits.client(partition_id)
     gen = generator(config.seed, "client", partition_id, server_round)
     t0 = time.perf_counter()
     extra: dict[str, float] = {"train-recoveries": 0.0}
-    if consensus is not None and config.digest_epochs > 0:
+    if consensus is not None and config.digest_epochs > 0 and not from_student:  # the student has digested it
         digest = distill.distill(
             model, splits.public_x[consensus.indices], consensus.teacher,
             epochs=config.digest_epochs, lr=config.distill_lr, batch_size=config.distill_batch_size,
@@ -188,6 +253,9 @@ def teacher_round(
         fit = distill.train_supervised(
             model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
             generator=gen, device=device, phase=f"client {partition_id}'s local training",
+            consensus_x=splits.public_x[consensus.indices] if consensus is not None else None,
+            consensus=consensus.teacher if consensus is not None else None,
+            consensus_weight=config.joint_weight,
         )
         loss = fit["loss"]
         extra["train-recoveries"] += fit["recoveries"]
@@ -205,8 +273,17 @@ def teacher_round(
     if with_predictions:
         public_idx = public_sample(config, server_round)
         public_logits = distill.predict_logits(model, splits.public_x[public_idx], device)
-        weights = class_weights(y, splits.num_classes, config.vote_weighting)
-        public_payload = distill.client_payload(public_logits, config.ensemble, config.temperature, weights)
+        weights = class_weights(y, splits.num_classes, config.vote_rule)
+        layout = vector_layout(config, splits, server_round)
+
+        def block(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            # (rows, K) weighted soft labels, and the weights the server divides their sum by
+            conf = (distill.confidence(logits, config.confidence_weighting)
+                    if config.confidence_weighting != "none" else None)
+            labels = distill.client_payload(logits, config.ensemble, config.temperature, weights, conf)
+            return labels, (weights if weights is not None else conf)
+
+        public_payload, public_weights = block(public_logits)
         if config.dp_enabled:
             # noise from the OS's entropy, never from the run seed: the server knows the seed
             rng = np.random.default_rng(np.random.SeedSequence())
@@ -214,14 +291,17 @@ def teacher_round(
             vector = encoded.values
             metrics["dp-noise-seconds"] = encoded.noise_seconds
         else:
-            vector = np.concatenate([
-                public_payload.ravel(),
-                distill.client_payload(test_logits, config.ensemble, config.temperature, weights).ravel(),
-            ])
-        metrics["upload-bytes"] = float(len(public_idx) * splits.num_classes * 4)
+            vector = layout.pack((public_payload, public_weights), block(test_logits))
+        metrics["upload-bytes"] = float(layout.public_length * 4)
     metrics["predict-seconds"] = time.perf_counter() - t0
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return TeacherUpdate(cpu_state, vector, metrics, tuple(dp_history))
+
+
+def fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `state` (the student's weights) loads into `model`: same names and shapes."""
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
 
 
 def fedavg_round(

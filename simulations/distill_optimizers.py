@@ -35,10 +35,9 @@ def teacher_for(dataset: str) -> tuple[Config, distill.Teacher, float]:
     cfg = Config(dataset=dataset, aggregation="plain")
     splits = task.splits_for(cfg)
     vectors = {pid: task.teacher_round(cfg, pid, 1, None).vector for pid in range(cfg.num_clients)}
-    m, n_test, k = task.vector_layout(cfg, splits, 1)
-    total = plain_sum(vectors).total
-    teacher = distill.combine(total[: m * k].reshape(m, k), len(vectors), cfg.ensemble, cfg.temperature)
-    ensemble = distill.combine(total[m * k :].reshape(n_test, k), len(vectors), cfg.ensemble, cfg.temperature)
+    (public, public_w), (test, test_w) = task.vector_layout(cfg, splits, 1).unpack(plain_sum(vectors).total)
+    teacher = distill.combine(public, len(vectors), cfg.ensemble, cfg.temperature, weights=public_w)
+    ensemble = distill.combine(test, len(vectors), cfg.ensemble, cfg.temperature, weights=test_w)
     return cfg, teacher, distill.accuracy(ensemble.values, splits.test_y)
 
 

@@ -106,7 +106,8 @@ def test_default_rounds_do_not_lose_accuracy_on_pathological_partitions():
     for server_round in (1, 2, 3):
         replies = []
         for pid in range(cfg.num_clients):
-            up = task.teacher_round(cfg, pid, server_round, states.get(pid), server.consensus)
+            up = task.teacher_round(cfg, pid, server_round, states.get(pid), server.consensus,
+                                    student=server.student.state_dict())  # as the ClientApp gets it
             states[pid] = up.state
             replies.append(ClientReply(pid, up.vector, up.metrics))
         records.append(server.finish_round(server_round, replies, 0.0))

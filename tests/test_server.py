@@ -48,7 +48,8 @@ def test_round_record_has_every_key_and_plausible_values():
     assert set(record) == set(ROUND_KEYS)
     assert 0.0 <= record["student_accuracy"] <= 1.0 and record["ensemble_accuracy"] > 0.3
     assert record["contributors"] == 3
-    assert record["upload_bytes_per_client"] == 120 * 10 * 4  # (num_public, K) float32
+    # (num_public, K) float32 soft labels, then the K per-class weights of the default seen-classes rule
+    assert record["upload_bytes_per_client"] == (120 * 10 + 10) * 4
     assert server.consensus is not None and len(server.consensus.indices) == 120
 
 

@@ -33,8 +33,8 @@ def test_fd_simulation_three_clients_two_rounds(tmp_path):
     assert final["ensemble_accuracy"] > 0.6
     assert saved["rounds"][1]["contributors"] == 3
     # secure aggregation (the default) uploads the whole vector masked: public then test predictions,
-    # (200 + 359) x 10 values at 32 bits, plus keys and shares
-    vector_bytes = (200 + 359) * 10 * 4
+    # (200 + 359) x 10 values and each block's 10 seen-class weights, at 24 bits, plus keys and shares
+    vector_bytes = ((200 + 359) * 10 + 2 * 10) * 3
     assert vector_bytes <= saved["rounds"][0]["upload_bytes_per_client"] <= 1.1 * vector_bytes
     assert saved["rounds"][0]["secagg"]["survivors"] == [0, 1, 2]
 

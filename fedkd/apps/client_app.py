@@ -1,7 +1,8 @@
 """fedkd's ClientApp: read the round's config from the message, call one function of
 `fedkd.task` (or `fedkd.apps.secure` for a secure-aggregation stage), wrap the reply. The
-teacher's weights (and, with DP-SGD teachers, their accounting history) persist across rounds
-in the node's `context.state`.
+teacher's weights (and, with DP-SGD teachers, their accounting history) are kept in the node's
+`context.state` between rounds; with teacher-init student (the default) a teacher of the
+student's architecture starts each round from the student the server sends down instead.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedkd.apps.records import config_from_message, consensus_from_message, vector_record
+from fedkd.apps.records import config_from_message, consensus_from_message, student_from_message, vector_record
 from fedkd.apps.secure import client_step, keep_vector
 from fedkd.task import fedavg_round, splits_for, teacher_round
 
@@ -31,7 +32,7 @@ def train(msg: Message, context: Context) -> Message:
     update = teacher_round(
         config, partition_id, server_round, previous,
         consensus=consensus_from_message(msg), with_predictions=config.method == "fd",
-        dp_history=dp_history_from_state(context.state),
+        dp_history=dp_history_from_state(context.state), student=student_from_message(msg),
     )
     context.state["teacher"] = ArrayRecord(update.state)
     if update.dp_history:  # DP-SGD steps so far: each round's epsilon composes with the earlier ones

@@ -96,7 +96,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             recorder.extra["stopped"] = str(exc)
             return exc.status
         t0 = time.perf_counter()
-        content = train_content(config, r, server.consensus)
+        content = train_content(config, r, server.consensus, student=server.student.state_dict())
         messages = [Message(content, node, MessageType.TRAIN, group_id=str(r)) for node in nodes]
         raw = list(grid.send_and_receive(messages, timeout=config.timeout))
         replies = _collect(raw, r, config)
@@ -104,8 +104,8 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         aggregate = None
         if config.method == "fd" and config.aggregation == "secagg":
             node_of = _client_nodes(raw, r)
-            m, n_test, k = vector_layout(config, server.splits, r)
-            aggregate = secure_sum(grid, node_of, (m + n_test) * k, config, k, r)
+            layout = vector_layout(config, server.splits, r)
+            aggregate = secure_sum(grid, node_of, layout.length, config, layout.classes, r)
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly

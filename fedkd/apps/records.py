@@ -52,8 +52,17 @@ def consensus_from_message(msg: Message) -> Consensus | None:
     return Consensus(rec["indices"].numpy(), teacher)
 
 
-def train_content(config: Config, server_round: int, consensus: Consensus | None) -> RecordDict:
+def train_content(config: Config, server_round: int, consensus: Consensus | None,
+                  student: dict | None = None) -> RecordDict:
+    """A round's train message: the config, last round's consensus (for the digest step) and,
+    with teacher-init student, the global student's weights (download only: nothing flows back)."""
     content = RecordDict({"config": config_record(config, server_round)})
     if consensus is not None and config.digest_epochs > 0:
         content["consensus"] = consensus_record(consensus)
+    if student is not None and config.teacher_init == "student" and server_round > 1:
+        content["student"] = ArrayRecord(student)
     return content
+
+
+def student_from_message(msg: Message) -> dict | None:
+    return msg.content["student"].to_torch_state_dict() if "student" in msg.content else None

@@ -58,7 +58,7 @@ def auto_clip(config: Config, num_classes: int) -> float:
         return -LOG_PROB_FLOOR  # log-probabilities in [LOG_PROB_FLOOR, 0]
     if config.ensemble == "logits":
         return 50.0  # logits are unbounded: clipped values are counted and reported
-    return float(num_classes) if config.vote_weighting == "class-share" else 1.0  # weights <= K
+    return float(num_classes) if config.vote_rule == "class-share" else 1.0  # weights <= K
 
 
 MAX_AUTO_SCALE = 2.0**24  # float32 carries 24 significant bits: finer steps add nothing
@@ -70,7 +70,7 @@ def auto_scale(config: Config, clip: float) -> float:
     most n / (2 * scale)."""
     if config.secagg_scale > 0:
         return config.secagg_scale
-    room = (2**config.secagg_bit_width - 1) / (config.num_clients * 2 * clip)
+    room = (2**config.ring_bits - 1) / (config.num_clients * 2 * clip)
     exponent = math.floor(math.log2(room)) - 1  # one bit spare for the ceiling
     return float(min(2.0**exponent, MAX_AUTO_SCALE))
 
@@ -87,7 +87,7 @@ def secagg_config(config: Config, num_classes: int, server_round: int = 1) -> Se
         return SecAggConfig(
             neighbors=config.secagg_neighbors or None,
             threshold=config.secagg_threshold or None,
-            bit_width=config.secagg_bit_width,
+            bit_width=config.ring_bits,
             clip=clip,
             scale=scale,
             consistency_check=config.secagg_consistency_check,
