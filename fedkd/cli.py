@@ -204,7 +204,7 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
     task = progress.add_task(f"{config.method} rounds", total=config.rounds)
 
     def on_round(record: dict) -> None:
-        progress.console.print(_round_line(record), highlight=False, soft_wrap=True)
+        progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
         progress.advance(task)
 
     def say(line: str) -> None:
@@ -418,6 +418,8 @@ def _run_simulation(config: Config, on_round, verbose: bool, observe_grid) -> di
         "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},
         "init_args": {"logging_level": logging.ERROR if not verbose else logging.INFO, "log_to_driver": verbose},
     }
+    if config.ray_address:  # an existing cluster: Flower's Ray backend passes init_args to ray.init
+        backend["init_args"]["address"] = config.ray_address
     server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid)
     run_simulation(server_app, client_app,
                    num_supernodes=config.num_clients, backend_config=backend, verbose_logging=verbose)
@@ -458,11 +460,15 @@ def _dropped(r: dict) -> str:
     return "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in dropped.items())
 
 
-def _round_line(r: dict) -> str:
+def _round_line(r: dict, num_clients: int = 0) -> str:
     ratio = r.get("student_to_ensemble")
     student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
     line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
             f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
+    from fedkd.results import cohort_text
+
+    if cohort_text(r, num_clients):
+        line += f"  {cohort_text(r, num_clients)}"
     if _dropped(r):
         line += f"  dropped {_dropped(r)}"
     if r.get("privacy"):

@@ -42,6 +42,9 @@ class Config:
     data_dir: str = ""
     download: bool = False
     num_clients: int = 10
+    # Cross-device rounds: a seeded cohort of this many clients per round (0: every client). The
+    # server picks and sees the cohort, so no privacy amplification by sampling is claimed (docs/privacy.md)
+    clients_per_round: int = 0
     partition: str = "dirichlet"
     alpha: float = 0.5
     classes_per_client: int = 2
@@ -105,6 +108,7 @@ class Config:
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
+    ray_address: str = ""  # fedkd run: attach the simulation to this Ray cluster ("" starts a local one)
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -153,6 +157,12 @@ class Config:
         return plan
 
     @property
+    def cohort_size(self) -> int:
+        """n of every round: the clients asked to take part (and the size secure aggregation and
+        the DP noise shares are set up for)."""
+        return self.clients_per_round or self.num_clients
+
+    @property
     def dp_enabled(self) -> bool:
         return self.dp_clip > 0
 
@@ -196,6 +206,9 @@ class Config:
         _at_least("rounds", self.rounds, 1)
         _at_least("num-clients", self.num_clients, 2)
         _at_least("num-public", self.num_public, 1)
+        if not 0 <= self.clients_per_round <= self.num_clients:
+            raise ConfigError(f"clients-per-round={self.clients_per_round} must be 0 (every client) or lie in "
+                              f"1..num-clients={self.num_clients}")
         _at_least("local-epochs", self.local_epochs, 0)
         _at_least("digest-epochs", self.digest_epochs, 0)
         _at_least("distill-epochs", self.distill_epochs, 1)
@@ -226,11 +239,13 @@ class Config:
         _at_least("secagg-threshold", self.secagg_threshold, 0)
         _at_least("secagg-max-colluders", self.secagg_max_colluders, -1)
         _at_least("secagg-min-clients", self.secagg_min_clients, 3)
-        if self.method == "fd" and self.aggregation == "secagg" and self.num_clients < self.secagg_min_clients:
+        if self.method == "fd" and self.aggregation == "secagg" and self.cohort_size < self.secagg_min_clients:
+            which = f"clients-per-round={self.clients_per_round}" if self.clients_per_round else \
+                f"num-clients={self.num_clients}"
             raise ConfigError(
-                f"num-clients={self.num_clients}: secure aggregation needs at least secagg-min-clients="
-                f"{self.secagg_min_clients} clients (with 2, one of them run by the server would hold the other's "
-                "secrets); add clients or use aggregation=plain")
+                f"{which}: secure aggregation needs at least secagg-min-clients="
+                f"{self.secagg_min_clients} clients per round (with 2, one of them run by the server would hold the "
+                "other's secrets); add clients or use aggregation=plain")
         self.drop_plan  # parses, or raises ConfigError
         if not 0 < self.era_temperature < 1:
             raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")
@@ -296,9 +311,10 @@ class Config:
         if self.ensemble not in ("mean", "dsfl") or self.vote_weighting != "none":
             raise ConfigError("distributed DP works on softened probabilities: use ensemble mean or dsfl "
                               "with vote-weighting none")
-        if self.dp_max_dropouts + self.dp_colluders >= self.num_clients:
+        if self.dp_max_dropouts + self.dp_colluders >= self.cohort_size:
             raise ConfigError(f"dp-max-dropouts + dp-colluders = {self.dp_max_dropouts + self.dp_colluders} "
-                              f"must be below num-clients={self.num_clients} (someone's noise must remain)")
+                              f"must be below the {self.cohort_size} clients of a round (num-clients, or "
+                              "clients-per-round when set: someone's noise must remain)")
         if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
             raise ConfigError("dp-epsilon-budget needs dp-noise-multiplier > 0 (without noise epsilon is infinite)")
 
