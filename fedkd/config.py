@@ -163,6 +163,13 @@ class Config:
         return self.clients_per_round or self.num_clients
 
     @property
+    def _round_size_setting(self) -> str:
+        """The setting that fixes a round's n, as an error names it."""
+        if self.clients_per_round:
+            return f"clients-per-round={self.clients_per_round}"
+        return f"num-clients={self.num_clients}"
+
+    @property
     def dp_enabled(self) -> bool:
         return self.dp_clip > 0
 
@@ -240,10 +247,8 @@ class Config:
         _at_least("secagg-max-colluders", self.secagg_max_colluders, -1)
         _at_least("secagg-min-clients", self.secagg_min_clients, 3)
         if self.method == "fd" and self.aggregation == "secagg" and self.cohort_size < self.secagg_min_clients:
-            which = f"clients-per-round={self.clients_per_round}" if self.clients_per_round else \
-                f"num-clients={self.num_clients}"
             raise ConfigError(
-                f"{which}: secure aggregation needs at least secagg-min-clients="
+                f"{self._round_size_setting}: secure aggregation needs at least secagg-min-clients="
                 f"{self.secagg_min_clients} clients per round (with 2, one of them run by the server would hold the "
                 "other's secrets); add clients or use aggregation=plain")
         self.drop_plan  # parses, or raises ConfigError
@@ -313,8 +318,7 @@ class Config:
                               "with vote-weighting none")
         if self.dp_max_dropouts + self.dp_colluders >= self.cohort_size:
             raise ConfigError(f"dp-max-dropouts + dp-colluders = {self.dp_max_dropouts + self.dp_colluders} "
-                              f"must be below the {self.cohort_size} clients of a round (num-clients, or "
-                              "clients-per-round when set: someone's noise must remain)")
+                              f"must be below {self._round_size_setting} (someone's noise must remain)")
         if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
             raise ConfigError("dp-epsilon-budget needs dp-noise-multiplier > 0 (without noise epsilon is infinite)")
 

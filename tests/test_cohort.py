@@ -51,7 +51,7 @@ def test_secure_aggregation_and_dp_are_sized_for_the_cohort_not_the_federation()
     (dict(clients_per_round=4, secagg_min_clients=5), "clients-per-round=4: secure aggregation needs at least "
                                                       "secagg-min-clients=5"),
     (dict(clients_per_round=4, dp_clip=1.0, dp_noise_multiplier=1.0, dp_max_dropouts=2, dp_colluders=2),
-     "must be below the 4 clients of a round"),
+     "must be below clients-per-round=4"),
 ])
 def test_bad_cohort_settings_are_one_line_errors(changes, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
