@@ -171,13 +171,17 @@ def describe(config: Config, resolved: dict) -> list[str]:
         f"public {resolved['num_public']}, test {resolved['num_test']}",
         f"models: teachers {teacher_text}, student {resolved['student_model']}",
     ]
+    if config.clients_per_round:
+        lines.append(f"cohort: {config.clients_per_round} of {config.num_clients} clients per round, drawn from "
+                     f"the seed (results.json records each round's)")
     if "secagg" in resolved:
         sa = resolved["secagg"]
         scale = sa["scale"]
         scale_text = f"2^{int(scale).bit_length() - 1}" if scale >= 1 and float(scale).is_integer() \
             and int(scale) & (int(scale) - 1) == 0 else f"{scale:g}"
         check = "consistency check on" if sa["consistency_check"] else "consistency check OFF"
-        lines.append(f"secure aggregation: {sa['neighbors']} neighbours, threshold {sa['threshold']}, "
+        per_round = f" (sessions of the {config.cohort_size} cohort clients)" if config.clients_per_round else ""
+        lines.append(f"secure aggregation{per_round}: {sa['neighbors']} neighbours, threshold {sa['threshold']}, "
                      f"sized for {sa['max_colluders']} colluding clients ({check}; docs/secagg.md says "
                      f"against whom); clip {sa['clip']:g}, scale {scale_text}, {sa['bit_width']} bits")
     if "dp_noise_multiplier" in resolved:
