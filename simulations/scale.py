@@ -55,7 +55,8 @@ def run_flower(config) -> dict:
         results = simulate(config)
     rounds = results["rounds"]
     return {"round_seconds": [r["seconds"] for r in rounds], "wall_seconds": time.perf_counter() - started,
-            "peak_rss_bytes": peak.peak, "student_accuracy": [r["student_accuracy"] for r in rounds],
+            "peak_rss_bytes": peak.peak, "driver_peak_rss_bytes": peak.own_peak,
+            "student_accuracy": [r["student_accuracy"] for r in rounds],
             "secagg_stage_seconds": rounds[-1]["secagg"]["seconds_per_stage"],
             "secagg_server_compute_seconds": sum(rounds[-1]["secagg"]["server_compute_seconds"].values()),
             "cohorts": [r["cohort"] for r in rounds]}
@@ -155,6 +156,7 @@ def row(clients: int, cohort: int, flower: dict, floor: dict) -> dict:
     return {"clients": clients, "cohort": cohort, "steady_round_s": steady_s, "floor_round_s": floor_steady,
             "ratio": steady_s / floor_steady, "first_round_s": flower["round_seconds"][0],
             "peak_rss_gib": flower["peak_rss_bytes"] / 2**30, "floor_peak_rss_gib": floor["peak_rss_bytes"] / 2**30,
+            "driver_peak_rss_gib": flower["driver_peak_rss_bytes"] / 2**30,
             "secagg_stage_seconds": flower["secagg_stage_seconds"], "load_before": flower["load_before"],
             "flower": flower, "floor": floor}
 
@@ -167,17 +169,19 @@ def markdown(rows: list[dict], accuracy: dict | None, rounds: int, command: str)
         f"steady round: the median of rounds 2..{rounds}. Load average (1 min) at the start of each run: "
         f"{', '.join('%.1f' % r['load_before'] for r in rows)} (other work shared the machine). `{command}`",
         "",
-        "| clients | cohort | steady round (s) | floor (s) | ratio | first round (s) | peak RSS (GiB) | floor peak RSS (GiB) | "
-        "secagg stages (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| clients | cohort | steady round (s) | floor (s) | ratio | first round (s) | peak RSS (GiB) | of which driver | "
+        "floor peak RSS (GiB) | secagg stages (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         stages = " + ".join(f"{s:.2f}" for s in r["secagg_stage_seconds"].values())
         lines.append(f"| {r['clients']} | {r['cohort']} | {r['steady_round_s']:.2f} | {r['floor_round_s']:.2f} | "
                      f"{r['ratio']:.2f}x | {r['first_round_s']:.1f} | {r['peak_rss_gib']:.2f} | "
-                     f"{r['floor_peak_rss_gib']:.2f} | {stages} |")
+                     f"{r['driver_peak_rss_gib']:.2f} | {r['floor_peak_rss_gib']:.2f} | {stages} |")
     lines += ["", "First round: Ray start-up, the roll call (with a cohort) and cold caches. Peak RSS: the whole "
-              "process tree (driver, Ray's daemons and workers). 1,000-client scenarios: "
+              "process tree (driver, Ray's daemons and workers; shared library pages count once per process); "
+              "driver: the simulation's own process, which holds every node's Flower context and `context.state` "
+              "(its teacher). 1,000-client scenarios: "
               + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in BIG.items()) + "; the others use fedkd's defaults.", ""]
     if accuracy:
         lines += [f"Student accuracy after {accuracy['rounds']} rounds, 1,000 clients (same settings):", "",

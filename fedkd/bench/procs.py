@@ -77,27 +77,32 @@ def tree_rss(pid: int | None = None, extra: tuple[int, ...] = ()) -> int:
 class PeakRSS:
     """Samples `tree_rss` every `every` seconds on a thread while in a `with` block; `.peak` bytes.
     Ray's workers are started by its raylet, which descends from the driver (`ray.init` starts it),
-    so the tree of this process holds them all."""
+    so the tree of this process holds them all. `.own_peak`: this process alone (in a simulation,
+    the driver, which also holds every simulated node's Flower context and `context.state`)."""
 
     def __init__(self, every: float = 0.5):
-        self.every, self.peak = every, 0
+        self.every, self.peak, self.own_peak = every, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        self.peak = max(self.peak, tree_rss())
+        self.own_peak = max(self.own_peak, rss_bytes([os.getpid()]))
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss())
+            self._sample()
             self._stop.wait(self.every)
 
     def __enter__(self) -> "PeakRSS":
-        self.peak = tree_rss()
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_rss())
+        self._sample()
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
