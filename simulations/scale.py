@@ -9,10 +9,10 @@ per run and Ray starts cold:
           own `secagg_config`, then `DistillationServer.finish_round`.
 It prints a table (clients, cohort, steady round s, floor s, ratio, first round s, peak RSS) and
 writes scale.md, scale.json and scale.png to --out. With --accuracy it also runs the 1,000-client
-federation with a cohort of --big-cohort and with every client in each round, and reports the
-students' accuracies.
+federation with every client in each round, and reports its student's accuracy, round time and
+memory beside the --big-cohort-per-round run's.
 
-    python simulations/scale.py                              # 10/10, 100/100, 1000/100, + accuracy
+    python simulations/scale.py --accuracy                   # 10/10, 100/100, 1000/100, and 1000/all
     python simulations/scale.py --scenarios 10/10,100/100   # no 1,000-client runs
     python simulations/scale.py --one flower --clients 1000 --cohort 100 --rounds 3   # one run, JSON
 
@@ -184,11 +184,13 @@ def markdown(rows: list[dict], accuracy: dict | None, rounds: int, command: str)
               "(its teacher). 1,000-client scenarios: "
               + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in BIG.items()) + "; the others use fedkd's defaults.", ""]
     if accuracy:
-        lines += [f"Student accuracy after {accuracy['rounds']} rounds, 1,000 clients (same settings):", "",
-                  "| per round | student accuracy | round (s, steady) |", "|---|---:|---:|"]
+        lines += [f"1,000 clients, {accuracy['rounds']} rounds, the 1,000-client settings above:", "",
+                  "| per round | student accuracy (final) | steady round (s) | first round (s) | peak RSS (GiB) |",
+                  "|---|---:|---:|---:|---:|"]
         for name in ("cohort", "all"):
             a = accuracy[name]
-            lines.append(f"| {a['label']} | {a['student_accuracy'][-1]:.4f} | {steady(a['round_seconds']):.1f} |")
+            lines.append(f"| {a['label']} | {a['student_accuracy'][-1]:.4f} | {steady(a['round_seconds']):.1f} | "
+                         f"{a['round_seconds'][0]:.1f} | {a['peak_rss_bytes'] / 2**30:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -218,8 +220,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="10/10,100/100,1000/100", help="clients/per-round, comma list")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per run; the median of rounds 2.. is the steady one")
-    parser.add_argument("--accuracy", type=int, default=0, metavar="ROUNDS",
-                        help="also run 1,000 clients this many rounds with --big-cohort per round and with all")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="also run 1,000 clients with all of them in every round, beside --big-cohort per round")
     parser.add_argument("--big-cohort", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -239,10 +241,11 @@ def main() -> int:
         floor = measure("floor", clients, cohort, args.rounds, args.timeout)
         rows.append(row(clients, cohort, flower, floor))
     accuracy = None
-    if args.accuracy:
-        sampled = measure("flower", 1000, args.big_cohort, args.accuracy, args.timeout)
-        every = measure("flower", 1000, args.big_cohort, args.accuracy, args.timeout, cohort_all=True)
-        accuracy = {"rounds": args.accuracy,
+    if args.accuracy:  # the big sampled scenario's own run, beside every client in every round
+        big = next((r for r in rows if r["clients"] == 1000 and r["cohort"] == args.big_cohort), None)
+        sampled = big["flower"] if big else measure("flower", 1000, args.big_cohort, args.rounds, args.timeout)
+        every = measure("flower", 1000, args.big_cohort, args.rounds, args.timeout, cohort_all=True)
+        accuracy = {"rounds": args.rounds,
                     "cohort": {"label": f"{args.big_cohort} of 1,000", **sampled},
                     "all": {"label": "all 1,000", **every}}
     text = markdown(rows, accuracy, args.rounds, command)
