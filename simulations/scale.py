@@ -34,7 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-BIG = dict(partition="iid", num_public=100, local_epochs=2, digest_epochs=1, distill_epochs=20)
+# secagg-timeout: each stage of an all-1,000 round took minutes on the shared 2-core machine (Flower's
+# simulation scans every node's pending messages), past the default 120 s
+BIG = dict(partition="iid", num_public=100, local_epochs=2, digest_epochs=1, distill_epochs=20,
+           secagg_timeout=1800.0, timeout=3600.0)
 
 
 def settings(clients: int, cohort: int, rounds: int) -> dict:
