@@ -41,8 +41,8 @@ ROUND_KEYS = (
     "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
     "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
     "client_predict_seconds_max", "secagg", "privacy", "teacher_epsilon",
-    "distill_recoveries", "train_recoveries",
-    "cohort",  # the client (partition) ids asked to take part this round (clients-per-round; all when 0)  # restarts at half the rate after a non-finite loss (fedkd.distill)
+    "distill_recoveries", "train_recoveries",  # restarts at half the rate after a non-finite loss (fedkd.distill)
+    "cohort",  # the client (partition) ids asked to take part this round (clients-per-round; all when 0)
 )
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
