@@ -165,7 +165,7 @@ def row(clients: int, cohort: int, flower: dict, floor: dict) -> dict:
 
 
 def markdown(rows: list[dict], accuracy: dict | None, rounds: int, command: str) -> str:
-    lines = [
+    lines = [] if not rows else [
         f"fd rounds with secure aggregation on digits, `fedkd run`'s simulation against a no-Flower floor "
         f"(same client and server work in one process, secure sum in memory), run side by side on "
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU; {rounds} rounds each, "
@@ -188,7 +188,7 @@ def markdown(rows: list[dict], accuracy: dict | None, rounds: int, command: str)
               + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in BIG.items()) + "; the others use fedkd's defaults.", ""]
     if accuracy:
         lines += [f"1,000 clients, student accuracy after {accuracy['rounds']} round(s), the 1,000-client settings "
-                  "above (steady round: nan with one round):", "",
+                  f"above (steady round: nan with one round). `{command}`", "",
                   "| per round | student accuracy | steady round (s) | first round (s) | peak RSS (GiB) |",
                   "|---|---:|---:|---:|---:|"]
         n = accuracy["rounds"]
@@ -242,7 +242,7 @@ def main() -> int:
         return one(args)
     command = "python simulations/scale.py " + " ".join(sys.argv[1:])
     rows = []
-    for item in args.scenarios.split(","):
+    for item in filter(None, args.scenarios.split(",")):
         clients, _, cohort = item.partition("/")
         clients, cohort = int(clients), int(cohort or clients)
         flower = measure("flower", clients, cohort, args.rounds, args.timeout)
@@ -262,7 +262,8 @@ def main() -> int:
     (args.out / "scale.md").write_text(text)
     (args.out / "scale.json").write_text(json.dumps({"command": command, "rows": rows, "accuracy": accuracy,
                                                      "cpus": os.cpu_count()}, indent=2) + "\n")
-    plot(rows, args.out / "scale.png")
+    if rows:
+        plot(rows, args.out / "scale.png")
     return 0
 
 
