@@ -139,7 +139,7 @@ def measure(kind: str, clients: int, cohort: int, rounds: int, timeout: float, c
         raise RuntimeError(f"{kind} {clients}/{cohort} failed (exit {done.returncode}):\n{tail}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
     report["process_seconds"], report["load_before"] = time.perf_counter() - began, load
-    sys.stderr.write(f"{kind:6s} {clients}/{cohort}: rounds {[round(s, 2) for s in report['round_seconds']]} s, "
+    sys.stderr.write(f"{kind:6s} {clients}/{'all' if cohort_all else cohort}: rounds {[round(s, 2) for s in report['round_seconds']]} s, "
                      f"peak {report['peak_rss_bytes'] / 2**30:.2f} GiB\n")
     return report
 
