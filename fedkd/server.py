@@ -179,8 +179,9 @@ class DistillationServer:
         }
         if agg.count < cfg.cohort_size - cfg.dp_max_dropouts:
             raise PrivacyBudgetError(
-                f"round {server_round}: only {agg.count} of the round's {cfg.cohort_size} clients survived, fewer "
-                f"than the {cfg.cohort_size - cfg.dp_max_dropouts} the noise is sized for (dp-max-dropouts="
+                f"round {server_round}: only {agg.count} of {cfg.cohort_size} clients survived (the round's "
+                f"{'cohort' if cfg.clients_per_round else 'clients'}), fewer than the "
+                f"{cfg.cohort_size - cfg.dp_max_dropouts} the noise is sized for (dp-max-dropouts="
                 f"{cfg.dp_max_dropouts}); the sum is discarded (epsilon so far {epsilon:.3f})",
                 status="too-few-survivors")
         return decode_sum(agg.total, agg.count, params)
