@@ -141,3 +141,21 @@ def test_the_log_shows_a_sampled_cohort_compactly():
     assert "cohort 100/1000: 0,10," in _round_line(record, 1000)
     assert cohort_text({"cohort": [0, 1, 2]}, 3) == ""  # every client: nothing to say
     assert cohort_text({"cohort": [1, 2]}, 3) == "cohort 2/3: 1,2"
+
+
+def test_a_dp_round_is_judged_against_its_cohort_not_the_federation():
+    import numpy as np
+
+    from fedkd.aggregate import Aggregate
+    from fedkd.server import DistillationServer, PrivacyBudgetError
+
+    cfg = Config(num_clients=12, clients_per_round=5, num_public=100, distill_epochs=1, public_sample=20,
+                 dp_clip=1.0, dp_noise_multiplier=1.0, dp_max_dropouts=1)
+    server = DistillationServer(cfg)
+    dim = dp_params(cfg, 10, 1).dim
+    record = {}
+    server._release(1, Aggregate(np.zeros(dim), 4, (0, 1, 2, 3)), record)  # 4 of 5: within the one drop-out
+    assert record["privacy"]["honest_contributors"] == 4
+    with pytest.raises(PrivacyBudgetError, match="only 3 of 5 clients survived") as err:
+        server._release(2, Aggregate(np.zeros(dim), 3, (0, 1, 2)), {})
+    assert err.value.status == "too-few-survivors"
