@@ -179,13 +179,17 @@ def describe(config: Config, resolved: dict) -> list[str]:
         lines.append(f"transfer: teachers start from {'the global student' if tr['teacher_init'] == 'student' else 'their own weights'}, "
                      f"consensus weight {tr['consensus_weight']:g} in local training; {tr['ensemble']} ensemble at "
                      f"T={tr['temperature']:g}, {weighting}")
+    if config.clients_per_round:
+        lines.append(f"cohort: {config.clients_per_round} of {config.num_clients} clients per round, drawn from "
+                     f"the seed (results.json records each round's)")
     if "secagg" in resolved:
         sa = resolved["secagg"]
         scale = sa["scale"]
         scale_text = f"2^{int(scale).bit_length() - 1}" if scale >= 1 and float(scale).is_integer() \
             and int(scale) & (int(scale) - 1) == 0 else f"{scale:g}"
         check = "consistency check on" if sa["consistency_check"] else "consistency check OFF"
-        lines.append(f"secure aggregation: {sa['neighbors']} neighbours, threshold {sa['threshold']}, "
+        per_round = f" (sessions of the {config.cohort_size} cohort clients)" if config.clients_per_round else ""
+        lines.append(f"secure aggregation{per_round}: {sa['neighbors']} neighbours, threshold {sa['threshold']}, "
                      f"sized for {sa['max_colluders']} colluding clients ({check}; docs/secagg.md says "
                      f"against whom); clip {sa['clip']:g}, scale {scale_text}, {sa['bit_width']} bits")
     if "dp_noise_multiplier" in resolved:
@@ -212,7 +216,7 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
     task = progress.add_task(f"{config.method} rounds", total=config.rounds)
 
     def on_round(record: dict) -> None:
-        progress.console.print(_round_line(record), highlight=False, soft_wrap=True)
+        progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
         progress.advance(task)
 
     def say(line: str) -> None:
@@ -426,6 +430,8 @@ def _run_simulation(config: Config, on_round, verbose: bool, observe_grid) -> di
         "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},
         "init_args": {"logging_level": logging.ERROR if not verbose else logging.INFO, "log_to_driver": verbose},
     }
+    if config.ray_address:  # an existing cluster: Flower's Ray backend passes init_args to ray.init
+        backend["init_args"]["address"] = config.ray_address
     server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid)
     run_simulation(server_app, client_app,
                    num_supernodes=config.num_clients, backend_config=backend, verbose_logging=verbose)
@@ -466,11 +472,15 @@ def _dropped(r: dict) -> str:
     return "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in dropped.items())
 
 
-def _round_line(r: dict) -> str:
+def _round_line(r: dict, num_clients: int = 0) -> str:
     ratio = r.get("student_to_ensemble")
     student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
     line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
             f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
+    from fedkd.results import cohort_text
+
+    if cohort_text(r, num_clients):
+        line += f"  {cohort_text(r, num_clients)}"
     if _dropped(r):
         line += f"  dropped {_dropped(r)}"
     if r.get("privacy"):

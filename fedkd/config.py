@@ -44,6 +44,9 @@ class Config:
     data_dir: str = ""
     download: bool = False
     num_clients: int = 10
+    # Cross-device rounds: a seeded cohort of this many clients per round (0: every client). The
+    # server picks and sees the cohort, so no privacy amplification by sampling is claimed (docs/privacy.md)
+    clients_per_round: int = 0
     partition: str = "dirichlet"
     alpha: float = 0.5
     classes_per_client: int = 2
@@ -116,6 +119,7 @@ class Config:
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
+    ray_address: str = ""  # fedkd run: attach the simulation to this Ray cluster ("" starts a local one)
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -184,6 +188,19 @@ class Config:
         return self.secagg_bit_width or (32 if self.dp_enabled else 24)
 
     @property
+    def cohort_size(self) -> int:
+        """n of every round: the clients asked to take part (and the size secure aggregation and
+        the DP noise shares are set up for)."""
+        return self.clients_per_round or self.num_clients
+
+    @property
+    def _round_size_setting(self) -> str:
+        """The setting that fixes a round's n, as an error names it."""
+        if self.clients_per_round:
+            return f"clients-per-round={self.clients_per_round}"
+        return f"num-clients={self.num_clients}"
+
+    @property
     def dp_enabled(self) -> bool:
         return self.dp_clip > 0
 
@@ -240,6 +257,9 @@ class Config:
         _at_least("rounds", self.rounds, 1)
         _at_least("num-clients", self.num_clients, 2)
         _at_least("num-public", self.num_public, 1)
+        if not 0 <= self.clients_per_round <= self.num_clients:
+            raise ConfigError(f"clients-per-round={self.clients_per_round} must be 0 (every client) or lie in "
+                              f"1..num-clients={self.num_clients}")
         _at_least("local-epochs", self.local_epochs, 0)
         _at_least("digest-epochs", self.digest_epochs, 0)
         _at_least("distill-epochs", self.distill_epochs, 1)
@@ -270,11 +290,11 @@ class Config:
         _at_least("secagg-threshold", self.secagg_threshold, 0)
         _at_least("secagg-max-colluders", self.secagg_max_colluders, -1)
         _at_least("secagg-min-clients", self.secagg_min_clients, 3)
-        if self.method == "fd" and self.aggregation == "secagg" and self.num_clients < self.secagg_min_clients:
+        if self.method == "fd" and self.aggregation == "secagg" and self.cohort_size < self.secagg_min_clients:
             raise ConfigError(
-                f"num-clients={self.num_clients}: secure aggregation needs at least secagg-min-clients="
-                f"{self.secagg_min_clients} clients (with 2, one of them run by the server would hold the other's "
-                "secrets); add clients or use aggregation=plain")
+                f"{self._round_size_setting}: secure aggregation needs at least secagg-min-clients="
+                f"{self.secagg_min_clients} clients per round (with 2, one of them run by the server would hold the "
+                "other's secrets); add clients or use aggregation=plain")
         self.drop_plan  # parses, or raises ConfigError
         if not 0 < self.era_temperature < 1:
             raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")
@@ -340,9 +360,9 @@ class Config:
         if self.ensemble not in ("mean", "dsfl") or self.vote_rule != "none" or self.confidence_weighting != "none":
             raise ConfigError("distributed DP works on softened probabilities: use ensemble mean or dsfl "
                               "with vote-weighting none and confidence-weighting none")
-        if self.dp_max_dropouts + self.dp_colluders >= self.num_clients:
+        if self.dp_max_dropouts + self.dp_colluders >= self.cohort_size:
             raise ConfigError(f"dp-max-dropouts + dp-colluders = {self.dp_max_dropouts + self.dp_colluders} "
-                              f"must be below num-clients={self.num_clients} (someone's noise must remain)")
+                              f"must be below {self._round_size_setting} (someone's noise must remain)")
         if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
             raise ConfigError("dp-epsilon-budget needs dp-noise-multiplier > 0 (without noise epsilon is infinite)")
 

@@ -162,7 +162,7 @@ def resolved_settings(config: Config, splits: "Splits") -> dict:
         from fedkd.task import vector_layout
 
         sa = secagg_config(config, splits.num_classes, 1)
-        neighbours, threshold, colluders, partners = sa.session(config.num_clients,
+        neighbours, threshold, colluders, partners = sa.session(config.cohort_size,
                                                                 vector_layout(config, splits, 1).length)
         resolved["secagg"] = {"clip": sa.clip, "scale": sa.scale, "bit_width": sa.bit_width,
                               "neighbors": neighbours, "threshold": threshold, "max_colluders": colluders,
@@ -172,6 +172,16 @@ def resolved_settings(config: Config, splits: "Splits") -> dict:
 
         resolved["dp_noise_multiplier"] = dp_params(config, splits.num_classes, 1).noise_multiplier
     return resolved
+
+
+def cohort_text(record: dict, num_clients: int, show: int = 8) -> str:
+    """A sampled round's cohort for a log line: 'cohort 100/1000: 3,17,22,40,51,58,63,77 ...';
+    '' when every client was asked (or the record has no cohort)."""
+    cohort = record.get("cohort")
+    if not cohort or len(cohort) >= num_clients:
+        return ""
+    ids = ",".join(map(str, cohort[:show]))
+    return f"cohort {len(cohort)}/{num_clients}: {ids}{' ...' if len(cohort) > show else ''}"
 
 
 def student_to_ensemble(record: dict) -> float | None:

@@ -42,6 +42,7 @@ ROUND_KEYS = (
     "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
     "client_predict_seconds_max", "secagg", "privacy", "teacher_epsilon",
     "distill_recoveries", "train_recoveries",  # restarts at half the rate after a non-finite loss (fedkd.distill)
+    "cohort",  # the client (partition) ids asked to take part this round (clients-per-round; all when 0)
 )
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
@@ -177,10 +178,11 @@ class DistillationServer:
             "noise_std": params.honest_std(honest) * params.gamma,  # per coordinate, probability units
             "wrapped_values": int(agg.details.get("clipped", 0)), **params.describe(),
         }
-        if agg.count < cfg.num_clients - cfg.dp_max_dropouts:
+        if agg.count < cfg.cohort_size - cfg.dp_max_dropouts:
             raise PrivacyBudgetError(
-                f"round {server_round}: only {agg.count} of {cfg.num_clients} clients survived, fewer than the "
-                f"{cfg.num_clients - cfg.dp_max_dropouts} the noise is sized for (dp-max-dropouts="
+                f"round {server_round}: only {agg.count} of {cfg.cohort_size} clients survived (the round's "
+                f"{'cohort' if cfg.clients_per_round else 'clients'}), fewer than the "
+                f"{cfg.cohort_size - cfg.dp_max_dropouts} the noise is sized for (dp-max-dropouts="
                 f"{cfg.dp_max_dropouts}); the sum is discarded (epsilon so far {epsilon:.3f})",
                 status="too-few-survivors")
         return decode_sum(agg.total, agg.count, params)

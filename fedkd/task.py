@@ -69,6 +69,17 @@ def public_sample(config: Config, server_round: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=config.public_sample, replace=False))
 
 
+def sample_cohort(config: Config, server_round: int) -> tuple[int, ...]:
+    """The client (partition) ids asked to take part in this round, sorted: `clients-per-round`
+    of them drawn without replacement with a seed derived from the run seed and the round, or
+    every client when it is 0. The server draws it over partition ids, not Flower's node ids (which
+    are random per run), so the same seed gives the same cohorts in every run and deployment."""
+    if config.cohort_size == config.num_clients:
+        return tuple(range(config.num_clients))
+    rng = np.random.default_rng(derive_seed(config.seed, "cohort", server_round))
+    return tuple(int(i) for i in np.sort(rng.choice(config.num_clients, size=config.cohort_size, replace=False)))
+
+
 @dataclass(frozen=True)
 class Layout:
     """A client's upload, in order: the public block, then the test block. Each block holds
@@ -140,7 +151,9 @@ def _dp_params(config: Config, num_classes: int, m: int, z: float) -> DPParams:
     return DPParams(
         mechanism=config.dp_mechanism, clip=config.dp_clip, noise_multiplier=z,
         granularity_bits=config.dp_granularity_bits, dim=m * num_classes, num_classes=num_classes,
-        num_clients=config.num_clients, min_honest=config.num_clients - config.dp_max_dropouts - config.dp_colluders,
+        # n is the round's cohort: only its clients add noise shares (no amplification by sampling is
+        # claimed: the server picks the cohort and sees who is in it)
+        num_clients=config.cohort_size, min_honest=config.cohort_size - config.dp_max_dropouts - config.dp_colluders,
         bit_width=config.ring_bits, wrap_probability=WRAP_PROBABILITY,
     )
 
@@ -154,7 +167,7 @@ def noise_multiplier_for(config: Config, num_classes: int) -> float:
     from fedkd.privacy.accounting import calibrate
 
     m = len(public_sample(config, 1))
-    honest = config.num_clients - config.dp_max_dropouts - config.dp_colluders
+    honest = config.cohort_size - config.dp_max_dropouts - config.dp_colluders
     return calibrate(lambda z: _dp_params(config, num_classes, m, z), config.rounds, honest,
                      config.dp_target_epsilon, config.dp_delta)
 

@@ -54,6 +54,13 @@ def dp_history_from_state(state: RecordDict) -> tuple:
     return tuple(zip(map(float, rec["noise"]), map(float, rec["rate"]), map(int, rec["steps"])))
 
 
+@app.query("roll_call")
+def roll_call(msg: Message, context: Context) -> Message:
+    """The server's one question before sampled rounds: which client (partition) is this node."""
+    partition_id = int(context.node_config["partition-id"])
+    return Message(RecordDict({"metrics": MetricRecord({"partition-id": float(partition_id)})}), reply_to=msg)
+
+
 @app.query("secagg")
 def secagg(msg: Message, context: Context) -> Message:
     config, server_round = config_from_message(msg)

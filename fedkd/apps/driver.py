@@ -1,6 +1,7 @@
 """The federation loop on the server: one Flower message exchange per round, then the core.
 
-Owns: waiting for nodes (saying what it waits for), sending each round's train messages and
+Owns: waiting for nodes (saying what it waits for), sending each round's train messages (to the
+round's cohort, `fedkd.apps.cohort`) and
 turning replies into `ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg
 strategy, timing each round, and handing records (and what the run resolved) to the
 `RunRecorder`. Must not touch: the maths (`fedkd.server`).
@@ -13,8 +14,8 @@ import time
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
+from fedkd.apps.cohort import CohortFedAvg, Cohorts
 from fedkd.apps.records import train_content, vector_from_message
 from fedkd.apps.secure import fixed_point_sum, secure_sum
 from fedkd.config import Config
@@ -88,7 +89,7 @@ def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: 
 def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> str:
     """fd and local rounds; returns the run's status: "completed", or the PrivacyBudgetError's
     status when DP stopped it (the reason goes into results.json as "stopped")."""
-    nodes = wait_for_nodes(grid, config)
+    cohorts = Cohorts(grid, wait_for_nodes(grid, config), config)
     for r in range(1, config.rounds + 1):
         try:
             server.check_budget(r)
@@ -97,6 +98,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             return exc.status
         t0 = time.perf_counter()
         content = train_content(config, r, server.consensus, student=server.student.state_dict())
+        cohort, nodes = cohorts.of_round(r)  # only the cohort trains and joins this round's secure sum
         messages = [Message(content, node, MessageType.TRAIN, group_id=str(r)) for node in nodes]
         raw = list(grid.send_and_receive(messages, timeout=config.timeout))
         replies = _collect(raw, r, config)
@@ -117,6 +119,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
                                              "budget": config.dp_epsilon_budget or None,
                                              "rounds_released": len(server.ledger.honest)}
         record["seconds"] = time.perf_counter() - t0
+        record["cohort"] = list(cohort)
         recorder.add_round(record)
     return "completed"
 
@@ -158,8 +161,8 @@ def last_line(reason: str | None) -> str:
 
 def _run_fedavg(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
     nodes = wait_for_nodes(grid, config)
-    strategy = FedAvg(
-        fraction_train=1.0, fraction_evaluate=0.0,
+    strategy = CohortFedAvg(
+        Cohorts(grid, nodes, config), fraction_train=1.0, fraction_evaluate=0.0,
         min_train_nodes=len(nodes), min_available_nodes=len(nodes),
     )
     last = [time.perf_counter()]
@@ -171,6 +174,7 @@ def _run_fedavg(grid: Grid, config: Config, server: DistillationServer, recorder
         now = time.perf_counter()
         record = server.fedavg_record(server_round, arrays.to_torch_state_dict(), seconds_clients=now - last[0])
         record["seconds"] = time.perf_counter() - last[0]
+        record["cohort"] = list(strategy.cohorts.of_round(server_round)[0])
         recorder.add_round(record)
         last[0] = time.perf_counter()
         return None

@@ -65,12 +65,12 @@ MAX_AUTO_SCALE = 2.0**24  # float32 carries 24 significant bits: finer steps add
 
 
 def auto_scale(config: Config, clip: float) -> float:
-    """The finest power-of-two scale whose codes, summed over `num-clients` clients, fit the bit
-    width: n * ceil(2 * clip * scale) < 2^b. The quantisation error of a summed value is then at
-    most n / (2 * scale)."""
+    """The finest power-of-two scale whose codes, summed over a round's n clients (its cohort:
+    `clients-per-round`, or `num-clients`), fit the bit width: n * ceil(2 * clip * scale) < 2^b.
+    The quantisation error of a summed value is then at most n / (2 * scale)."""
     if config.secagg_scale > 0:
         return config.secagg_scale
-    room = (2**config.ring_bits - 1) / (config.num_clients * 2 * clip)
+    room = (2**config.ring_bits - 1) / (config.cohort_size * 2 * clip)
     exponent = math.floor(math.log2(room)) - 1  # one bit spare for the ceiling
     return float(min(2.0**exponent, MAX_AUTO_SCALE))
 

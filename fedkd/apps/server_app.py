@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedkd.apps.driver import run_federation
 from fedkd.config import Config
-from fedkd.results import RunRecorder, prepare_out
+from fedkd.results import RunRecorder, cohort_text, prepare_out
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
@@ -35,7 +35,7 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
             _log(f"fedkd: results go to {cfg.out}")
         if observe_grid is not None:
             grid = observe_grid(grid)
-        final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round))
+        final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients)))
         if results is not None:
             results["value"] = final
 
@@ -50,10 +50,14 @@ def _log(text: str) -> None:
     log(INFO, "%s", text)
 
 
-def _log_round(record: dict) -> None:
-    acc, ratio = record.get("student_accuracy"), record.get("student_to_ensemble")
-    _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
-         f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}")
+def _log_round(num_clients: int) -> Callable[[dict], None]:
+    def log_round(record: dict) -> None:
+        acc, ratio = record.get("student_accuracy"), record.get("student_to_ensemble")
+        cohort = cohort_text(record, num_clients)
+        _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
+             f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}{', ' + cohort if cohort else ''}")
+
+    return log_round
 
 
 app = make_server_app()
