@@ -1,7 +1,8 @@
 """What one Flower message exchange costs fedkd, apart from any work: a no-op `query` to every node
 of a simulation, answered at once, timed with Flower's `Grid.send_and_receive` (a fixed 0.1 s
 sleep between pulls) and with fedkd's `exchange` (a short poll that backs off), interleaved in one
-simulation so both see the same machine; and the wall time of `fedkd run` with its defaults, for
+simulation so both see the same machine, each after a random pause (as a server's own work
+between stages puts it at a random point of the simulation engine's 0.1 s tick); and the wall time of `fedkd run` with its defaults, for
 this tree and, given `--before PATH`, for another checkout (PYTHONPATH=PATH), run alternately.
 
     python simulations/message_overhead.py                     # 10 and 100 nodes, fedkd run x3
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -37,11 +39,13 @@ client_app = ClientApp()
 
 @client_app.query()
 def noop(msg: Message, context: Context) -> Message:
+    time.sleep(float(msg.content["c"]["work"]))  # a stand-in for a stage's compute (0: none)
     return Message(RecordDict({"reply": ConfigRecord({"ok": 1})}), reply_to=msg)
 
 
-def time_exchanges(num_nodes: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per no-op exchange with all `num_nodes` nodes, per way of waiting for replies."""
+def time_exchanges(num_nodes: int, repeats: int, work: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per no-op exchange with all `num_nodes` nodes, per way of waiting for replies (the two
+    ways take turns)."""
     from flwr.simulation import run_simulation
 
     ways = {"flower send_and_receive": lambda grid, msgs: grid.send_and_receive(msgs, timeout=600),
@@ -53,9 +57,13 @@ def time_exchanges(num_nodes: int, repeats: int) -> dict[str, list[float]]:
     def main(grid: Grid, context: Context) -> None:
         while len(nodes := sorted(grid.get_node_ids())) < num_nodes:
             time.sleep(0.1)
+        pause = random.Random(0)
         for i in range(repeats + 1):  # the first pass warms the actors up and is not counted
             for name, send in ways.items():
-                msgs = [Message(RecordDict({"c": ConfigRecord({"i": i})}), n, "query", group_id=str(i)) for n in nodes]
+                msgs = [Message(RecordDict({"c": ConfigRecord({"i": i, "work": work})}), n, "query", group_id=str(i)) for n in nodes]
+                # as the server's own work between two stages would: a pause that puts the push at a
+                # random point of the engine's 0.1 s feeder tick (back to back, both ways lock onto it)
+                time.sleep(pause.uniform(0.0, 0.1))
                 t0 = time.perf_counter()
                 replies = list(send(grid, msgs))
                 if len(replies) != num_nodes:
@@ -104,11 +112,17 @@ def median(values: list[float]) -> str:
     return f"{statistics.median(values):.3f}" if values else "n/a"
 
 
+def median_mean(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} / {statistics.mean(values):.3f}" if values else "n/a"
+
+
 def main() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # quiets a Ray FutureWarning
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--repeats", type=int, default=10, help="timed exchanges per way and size")
+    parser.add_argument("--work", type=float, nargs="+", default=[0.0, 0.02],
+                        help="seconds each node spends per message (0: a no-op; 0.02: about a secagg stage)")
     parser.add_argument("--run-repeats", type=int, default=3, help="fedkd run wall times per tree (0: skip)")
     parser.add_argument("--before", help="another checkout whose fedkd run is timed beside this tree's")
     parser.add_argument("--deploy", type=int, default=0, metavar="N",
@@ -125,11 +139,12 @@ def main() -> None:
              "the Ray workers only every 0.1 s (flwr/server/superlink/fleet/vce/vce_api.py:180, not configurable), "
              "scanning every stored message once per node each time (quadratic in the number of nodes). "
              "Back-to-back exchanges lock onto that 0.1 s tick.", "",
-             "## One no-op query exchange with every node (seconds)", "",
-             "| nodes | Flower `send_and_receive` | fedkd `exchange` | repeats |", "|---:|---:|---:|---:|"]
-    for n in args.nodes:
-        s = time_exchanges(n, args.repeats)
-        row = f"| {n} | {median(s['flower send_and_receive'])} | {median(s['fedkd exchange'])} | {args.repeats} |"
+             "## One query exchange with every node (seconds; 2 Ray actors, as `fedkd run` on 2 cores)", "",
+             "| nodes | work per message | Flower `send_and_receive`, median / mean | fedkd `exchange`, median / mean | repeats |",
+             "|---:|---:|---:|---:|---:|"]
+    for n, work in [(n, w) for n in args.nodes for w in args.work]:
+        s = time_exchanges(n, args.repeats, work)
+        row = f"| {n} | {work:g} s | {median_mean(s['flower send_and_receive'])} | {median_mean(s['fedkd exchange'])} | {args.repeats} |"
         print(row, flush=True)
         lines.append(row)
     if args.run_repeats:

@@ -27,7 +27,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 MIN_WAIT = 0.002  # seconds before the second pull
-MAX_WAIT = 0.05  # the longest wait between pulls while nothing arrives: the most an exchange overshoots
+MAX_WAIT = 0.02  # the longest wait between pulls while nothing arrives: the most an exchange overshoots
 BACKOFF = 1.5
 PULL_SHARE = 10  # wait at least this many times the last pull's own cost: pulling stays under ~10% of the time
 
