@@ -26,6 +26,7 @@ import functools
 import gzip
 import math
 import numbers
+import os
 import pickle
 import struct
 import warnings
@@ -151,11 +152,52 @@ def load_splits(
     if dataset not in DATASETS:
         dataset = inputs.canonical(dataset)
     root = str(Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser().resolve())
-    return _build_splits(
-        dataset, int(num_clients), partition, float(alpha), int(classes_per_client),
-        int(num_public), float(test_fraction), int(seed), root, bool(download),
-        int(min_partition_size),
-    )
+    key = (dataset, int(num_clients), partition, float(alpha), int(classes_per_client),
+           int(num_public), float(test_fraction), int(seed), root, bool(download), int(min_partition_size))
+    folder = os.environ.get(SPLITS_CACHE_ENV)
+    if folder and dataset in DATASETS:  # a user's file may change under its name; a built-in dataset does not
+        return _splits_on_disk(folder, key)
+    return _build_splits(*key)
+
+
+# A folder where splits are also kept between processes, one .npz per set of data settings. A
+# deployed SuperNode (`fedkd deploy` sets this) starts a fresh process for every message; without
+# the folder each train message would import sklearn and split the data again (5 s here).
+SPLITS_CACHE_ENV = "FEDKD_SPLITS_CACHE"
+_SPLIT_ARRAYS = ("private_x", "private_y", "public_x", "public_y", "test_x", "test_y")
+
+
+@functools.lru_cache(maxsize=4)
+def _splits_on_disk(folder: str, key: tuple) -> Splits:
+    """The splits of `key` (load_splits' normalised arguments) from `folder`, built and written
+    there (atomically: concurrent nodes may race) when missing or unreadable."""
+    import hashlib
+    import json
+
+    path = Path(folder) / f"splits-{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta["key"] != json.loads(json.dumps(list(key))):
+                raise ValueError("another key")
+            arrays = {name: z[name] for name in _SPLIT_ARRAYS}
+            parts = tuple(z[f"part-{i}"] for i in range(meta["num_clients"]))
+        splits = Splits(name=meta["name"], num_classes=meta["num_classes"], input_shape=tuple(meta["input_shape"]),
+                        partitions=parts, resolved=meta["resolved"], **arrays)
+        for arr in (*arrays.values(), *parts):
+            arr.setflags(write=False)
+        return splits
+    except (OSError, ValueError, KeyError):
+        pass  # missing, partly written by an older fedkd, or corrupt: build it again
+    splits = _build_splits(*key)
+    meta = {"key": list(key), "name": splits.name, "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape), "num_clients": splits.num_clients, "resolved": dict(splits.resolved)}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **{name: getattr(splits, name) for name in _SPLIT_ARRAYS},
+             **{f"part-{i}": p for i, p in enumerate(splits.partitions)})
+    os.replace(tmp, path)
+    return splits
 
 
 # maxsize=4: a CIFAR-10 Splits holds ~0.7 GB, and a run uses one configuration at a time.

@@ -1,13 +1,22 @@
-"""Conversions between fedkd's plain values and Flower records (arrays and scalars only, no pickle)."""
+"""Conversions between fedkd's plain values and Flower records (arrays and scalars only, no pickle).
+
+Also owns the node's config cache: every message carries the run's settings, and a node parses
+and validates one set of them once (`config_from_message`). Imports no torch: a deployed node
+starts a fresh process per message, and a secure-aggregation stage needs none of it.
+"""
 
 from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedkd.config import Config
-from fedkd.distill import Teacher
-from fedkd.task import Consensus
+
+if TYPE_CHECKING:
+    from fedkd.task import Consensus
 
 ROUND_KEY = "server-round"
 
@@ -17,9 +26,17 @@ def config_record(config: Config, server_round: int) -> ConfigRecord:
 
 
 def config_from_message(msg: Message) -> tuple[Config, int]:
+    """(the run's Config, the round) from a message's config record. The same settings give the
+    same (frozen) Config without parsing them again; any changed value parses and validates anew."""
     values = dict(msg.content["config"])
     server_round = int(values.pop(ROUND_KEY))
-    return Config.from_run_config(values), server_round
+    # the type is part of the key: True == 1 in Python, but not as a setting
+    return _parsed(tuple(sorted((k, type(v).__name__, v) for k, v in values.items()))), server_round
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(settings: tuple[tuple[str, str, object], ...]) -> Config:
+    return Config.from_run_config({k: v for k, _, v in settings})  # a ConfigError is raised, not cached
 
 
 def vector_record(vector: np.ndarray) -> ArrayRecord:
@@ -41,6 +58,9 @@ def consensus_record(consensus: Consensus) -> ArrayRecord:
 
 
 def consensus_from_message(msg: Message) -> Consensus | None:
+    from fedkd.distill import Teacher  # torch: only a train message needs it
+    from fedkd.task import Consensus
+
     if "consensus" not in msg.content:
         return None
     rec = msg.content["consensus"]

@@ -34,8 +34,6 @@ from fedkd.aggregate import Aggregate, check_contribution
 from fedkd.apps import codec
 from fedkd.apps.records import config_record
 from fedkd.config import Config
-from fedkd.distill import LOG_PROB_FLOOR
-from fedkd.task import dp_params
 from fedkd.secagg import UNMASK, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer
 from fedkd.secagg.messages import AdvertiseKeysRequest, MaskedInputRequest
 
@@ -55,6 +53,8 @@ def auto_clip(config: Config, num_classes: int) -> float:
     if config.secagg_clip > 0:
         return config.secagg_clip
     if config.ensemble == "geometric":
+        from fedkd.distill import LOG_PROB_FLOOR  # here, not above: a stage's process needs no torch
+
         return -LOG_PROB_FLOOR  # log-probabilities in [LOG_PROB_FLOOR, 0]
     if config.ensemble == "logits":
         return 50.0  # logits are unbounded: clipped values are counted and reported
@@ -79,6 +79,8 @@ def secagg_config(config: Config, num_classes: int, server_round: int = 1) -> Se
     """With DP on, clients send integers (rounded soft labels plus noise shares): scale 1 keeps
     them exact, and the clip range is the DP value range, so the ring sum cannot wrap."""
     if config.dp_enabled:
+        from fedkd.task import dp_params  # here, not above: a stage's process needs no torch
+
         clip, scale = float(dp_params(config, num_classes, server_round).value_range), 1.0
     else:
         clip = auto_clip(config, num_classes)

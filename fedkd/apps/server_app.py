@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedkd.apps.driver import run_federation
+from fedkd.apps.exchange import PollingGrid
 from fedkd.config import Config
 from fedkd.results import RunRecorder, cohort_text, prepare_out
 
@@ -22,7 +23,8 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
                     results: dict | None = None, observe_grid: Callable[[Grid], Grid] | None = None) -> ServerApp:
     """A ServerApp bound to `config` (None: read `context.run_config`); the final results dict is
     stored in `results["value"]` when given. `observe_grid` may wrap the Grid, e.g. to record
-    everything the server receives (an audit of what crosses the privacy boundary)."""
+    everything the server receives (an audit of what crosses the privacy boundary); it wraps the
+    `PollingGrid` that every exchange goes through (`fedkd.apps.exchange`)."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -33,6 +35,7 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
             cfg = Config.from_run_config(context.run_config)
             cfg = cfg.replace(out=str(prepare_out(cfg.out)))
             _log(f"fedkd: results go to {cfg.out}")
+        grid = PollingGrid(grid)  # replies collected as they arrive, not after Flower's fixed sleep
         if observe_grid is not None:
             grid = observe_grid(grid)
         final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients)))
