@@ -300,8 +300,9 @@ def prepare(
     if not 0 < delta < 1:
         raise AuditError(f"--delta {delta} must lie in (0, 1)")
     try:
+        # vote-weighting none: what a client releases under distributed DP (auto resolves to it there)
         config = Config().replace(num_clients=clients, seed=seed, temperature=temperature,
-                                  local_epochs=local_epochs, device="cpu")
+                                  local_epochs=local_epochs, device="cpu", vote_weighting="none")
         splits = splits_for(config)
         if canaries_per_run > len(splits.public_y):
             raise AuditError(f"--canaries-per-run {canaries_per_run} exceeds the {len(splits.public_y)} public examples")
