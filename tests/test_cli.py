@@ -188,7 +188,7 @@ def test_config_json_records_versions_date_and_what_auto_resolved_to(tmp_path):
     assert len(resolved["partition_sizes"]) == 10 and resolved["num_public"] == 500
     # 10 clients: k = 2 * ceil(log2 10) = 8 neighbours, c = 2 colluders, t = (k + c) // 2 + 1 = 6,
     # m = k + c + 1 - t = 5 partners at least; clip 1 for mean soft labels
-    assert resolved["secagg"] == {"clip": 1.0, "scale": 2.0**24, "bit_width": 32, "neighbors": 8, "threshold": 6,
+    assert resolved["secagg"] == {"clip": 1.0, "scale": 2.0**18, "bit_width": 24, "neighbors": 8, "threshold": 6,
                                   "max_colluders": 2, "min_partners": 5, "consistency_check": True}
     assert saved["secagg-neighbors"] == 0  # the setting as given stays next to what it became
 

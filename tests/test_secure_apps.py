@@ -200,7 +200,7 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     assert plain["final"]["student_accuracy"] == secure["final"]["student_accuracy"] > 0.6  # chance: 0.1
     assert plain["final"]["ensemble_accuracy"] == secure["final"]["ensemble_accuracy"]
     # results.json shows what the options resolved to
-    transfer = json.loads((tmp_path / "secure" / "results.json").read_text())["resolved"]["transfer"]
+    transfer = json.loads((tmp_path / "secure" / "results.json").read_text())["config"]["resolved"]["transfer"]
     expected = {"teacher_init": "student", "vote_weighting": "seen-classes", "confidence_weighting": "none",
                 "consensus_weight": 1.0} if not options else {
         "teacher_init": "persist", "vote_weighting": "none", "confidence_weighting": "max-prob", "consensus_weight": 1.0}

@@ -79,7 +79,7 @@ def train_content(config: Config, server_round: int, consensus: Consensus | None
     content = RecordDict({"config": config_record(config, server_round)})
     if consensus is not None and config.digest_epochs > 0:
         content["consensus"] = consensus_record(consensus)
-    if student is not None and config.teacher_init == "student" and server_round > 1:
+    if student is not None and config.teacher_init == "student":  # round 1 too: a shared start, as in FedAvg
         content["student"] = ArrayRecord(student)
     return content
 
