@@ -181,7 +181,7 @@ MAX_RECOVERIES = 4  # a diverged epoch is retried from its last finite weights a
 
 
 class DivergedError(RuntimeError):
-    """Training kept producing a non-finite loss or weights after MAX_RECOVERIES restarts at
+    """Training kept producing a non-finite loss, weights or logits after MAX_RECOVERIES restarts at
     ever smaller rates. The message names the phase and the setting to change."""
 
 
@@ -206,6 +206,20 @@ def _finite_weights(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
 
 
+def _finite_outputs(model: nn.Module, inputs: list[torch.Tensor], batch_size: int = 1024) -> bool:
+    """Whether the model, in eval mode, maps every input to finite logits. Finite weights can still
+    be large enough to overflow the logits (seen once on 28x28 inputs at lr 0.05): the client would
+    then release NaN predictions, which the sum refuses."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return all(bool(torch.isfinite(model(x[i : i + batch_size])).all())
+                       for x in inputs for i in range(0, len(x), batch_size))
+    finally:
+        model.train(was_training)
+
+
 class _Guard:
     """The weights to fall back on and the rate in force. It starts with the weights the loop
     was handed; a loop may `keep()` better ones (a new best on validation). When an epoch meets a
@@ -228,7 +242,7 @@ class _Guard:
         self.recoveries += 1
         if self.recoveries > MAX_RECOVERIES:
             raise DivergedError(
-                f"{self.phase} diverged (non-finite loss or weights) {MAX_RECOVERIES + 1} times, the last at "
+                f"{self.phase} diverged (non-finite loss, weights or logits) {MAX_RECOVERIES + 1} times, the last at "
                 f"{self.setting}={self.lr:g} (set {self.first_lr:g}); lower {self.setting}")
         self.model.load_state_dict(self._good)
         self.lr /= 2
@@ -279,8 +293,9 @@ def train_supervised(
     Transfer"). Unlike a digest before local training (FedMD), the consensus keeps pulling while
     the private data pull, so a client that holds few classes does not forget the others.
 
-    A non-finite loss or weights restarts training from the weights it was handed at half the
-    rate (at most MAX_RECOVERIES times; then DivergedError names `phase` and `setting`).
+    A non-finite loss, weights or logits (on x, and on the public inputs with the consensus term)
+    restarts training from the weights it was handed at half the rate (at most MAX_RECOVERIES
+    times; then DivergedError names `phase` and `setting`).
     Returns {"loss": the last epoch's mean loss (nan when epochs == 0), "recoveries", "lr": the
     rate in force at the end}.
     """
@@ -302,6 +317,8 @@ def train_supervised(
     while done < epochs:
         batches = (i.to(device) for i in torch.randperm(len(xt), generator=generator).split(batch_size))
         loss = _epoch(guard, batches, loss_of)
+        if loss is not None and not _finite_outputs(model, [xt, px] if joint else [xt]):
+            loss = None  # finite weights, overflowing logits: the same recovery
         if loss is None:
             guard.recover()
             done = 0  # from the first weights again, so every epoch counts at the new rate

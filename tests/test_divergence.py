@@ -49,6 +49,31 @@ def test_local_training_at_a_recoverable_rate_ends_finite_and_says_so():
     assert math.isfinite(fit["loss"]) and _finite(model)
 
 
+class _OverflowsInEval(torch.nn.Module):
+    """Finite weights and finite training losses, but logits that overflow in eval mode, as a
+    BatchNorm network's can when its running statistics have drifted far from its batches (a
+    28x28 teacher once released NaN predictions this way): only the outputs tell."""
+
+    def __init__(self, overflow: bool = True):
+        super().__init__()
+        self.net, self.overflow = torch.nn.Linear(8, 3), overflow
+
+    def forward(self, x):
+        z = self.net(x)
+        return z * float("inf") if self.overflow and not self.training else z
+
+
+def test_logits_that_overflow_in_eval_mode_are_caught_like_a_non_finite_loss():
+    x, y = _blobs()
+    with pytest.raises(distill.DivergedError, match="lower lr"):  # it never heals: the bound stops it
+        distill.train_supervised(_OverflowsInEval(), x, y, epochs=2, lr=0.01, batch_size=32,
+                                 generator=torch.Generator().manual_seed(0), device=CPU)
+    # control: the same module without the overflow trains through without a recovery
+    fit = distill.train_supervised(_OverflowsInEval(overflow=False), x, y, epochs=2, lr=0.01, batch_size=32,
+                                   generator=torch.Generator().manual_seed(0), device=CPU)
+    assert fit["recoveries"] == 0 and math.isfinite(fit["loss"])
+
+
 def test_distillation_never_leaves_a_student_worse_than_it_came_in():
     x, y = _blobs(300)
     torch.manual_seed(0)
