@@ -293,7 +293,8 @@ def train_supervised(
     Transfer"). Unlike a digest before local training (FedMD), the consensus keeps pulling while
     the private data pull, so a client that holds few classes does not forget the others.
 
-    A non-finite loss, weights or logits (on x, and on the public inputs with the consensus term)
+    A non-finite loss or weights, or after the last epoch non-finite logits (on x, and on the
+    public inputs with the consensus term: the weights are finite, yet a release would be NaN),
     restarts training from the weights it was handed at half the rate (at most MAX_RECOVERIES
     times; then DivergedError names `phase` and `setting`).
     Returns {"loss": the last epoch's mean loss (nan when epochs == 0), "recoveries", "lr": the
@@ -317,8 +318,8 @@ def train_supervised(
     while done < epochs:
         batches = (i.to(device) for i in torch.randperm(len(xt), generator=generator).split(batch_size))
         loss = _epoch(guard, batches, loss_of)
-        if loss is not None and not _finite_outputs(model, [xt, px] if joint else [xt]):
-            loss = None  # finite weights, overflowing logits: the same recovery
+        if loss is not None and done + 1 == epochs and not _finite_outputs(model, [xt, px] if joint else [xt]):
+            loss = None  # the weights to be released are finite but overflow: the same recovery
         if loss is None:
             guard.recover()
             done = 0  # from the first weights again, so every epoch counts at the new rate
