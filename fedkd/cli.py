@@ -23,7 +23,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from fedkd.config import Config, ConfigError
+from fedkd.config import Config
+from fedkd.errors import report
 
 # Short spellings for the options people type most; every config field also has its full name.
 ALIASES = {"num_clients": ("--clients",), "dp_delta": ("--delta",), "dp_epsilon_budget": ("--epsilon-budget",),
@@ -127,9 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fedkd.results import prepare_out
 
         config = config.replace(out=str(prepare_out(config.out, force=args.force)))
-    except (ConfigError, ValueError) as exc:
-        print(f"fedkd: error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # a UserError, or a check of the data or models that failed
+        return report(exc)
     return run_command(config, verbose=args.verbose, resolved=resolved)
 
 

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from fedkd.errors import ConfigError, require_clients
+
 METHODS = ("fd", "fedavg", "central", "local")
 PARTITIONS = ("iid", "dirichlet", "pathological")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -26,10 +28,6 @@ TEACHER_INITS = ("persist", "student")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adam", "sgd")
-
-
-class ConfigError(ValueError):
-    """A run setting is out of range; the message names the key, the value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +192,22 @@ class Config:
         return self.clients_per_round or self.num_clients
 
     @property
+    def dp_min_survivors(self) -> int:
+        """The fewest clients whose noise shares a DP round's sum may hold: the cohort less
+        dp-max-dropouts. A sum of fewer is discarded (its noise would be too small)."""
+        return self.cohort_size - self.dp_max_dropouts
+
+    def dp_honest(self, survivors: int) -> int:
+        """The honest noise shares in a DP sum of `survivors` clients: less dp-colluders, whose
+        shares the server may know. The one formula the noise sizing and the accounting share."""
+        return survivors - self.dp_colluders
+
+    @property
+    def dp_min_honest(self) -> int:
+        """The fewest honest noise shares in a DP sum, which the noise is sized for."""
+        return self.dp_honest(self.dp_min_survivors)
+
+    @property
     def _round_size_setting(self) -> str:
         """The setting that fixes a round's n, as an error names it."""
         if self.clients_per_round:
@@ -255,7 +269,7 @@ class Config:
         for m in self.teacher_model_list:
             _choice("teacher-models", m, MODELS)
         _at_least("rounds", self.rounds, 1)
-        _at_least("num-clients", self.num_clients, 2)
+        require_clients("num-clients", self.num_clients)
         _at_least("num-public", self.num_public, 1)
         if not 0 <= self.clients_per_round <= self.num_clients:
             raise ConfigError(f"clients-per-round={self.clients_per_round} must be 0 (every client) or lie in "
@@ -360,7 +374,7 @@ class Config:
         if self.ensemble not in ("mean", "dsfl") or self.vote_rule != "none" or self.confidence_weighting != "none":
             raise ConfigError("distributed DP works on softened probabilities: use ensemble mean or dsfl "
                               "with vote-weighting none and confidence-weighting none")
-        if self.dp_max_dropouts + self.dp_colluders >= self.cohort_size:
+        if self.dp_min_honest < 1:
             raise ConfigError(f"dp-max-dropouts + dp-colluders = {self.dp_max_dropouts + self.dp_colluders} "
                               f"must be below {self._round_size_setting} (someone's noise must remain)")
         if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:

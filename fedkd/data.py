@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from fedkd import inputs
-from fedkd.inputs import DataError
+from fedkd.errors import DataError, require_clients
 
 # Built-in names; anything else is a user input read by fedkd.inputs (a path or hf:NAME).
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -137,8 +137,7 @@ def load_splits(
         raise DataError(f"unknown partition {partition!r}; choose one of {', '.join(PARTITIONS)}")
     if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha > 0):
         raise DataError(f"alpha={alpha!r} must be a finite number > 0 (smaller = more skewed)")
-    if num_clients < 2:
-        raise DataError(f"num-clients={num_clients} must be at least 2")
+    require_clients("num-clients", num_clients)
     if num_public <= 0:
         raise DataError(f"num-public={num_public} must be at least 1")
     if not 0 < test_fraction < 1:

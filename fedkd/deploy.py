@@ -52,16 +52,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fedkd.errors import UsageError, require_clients
+
 CONNECTION = "fedkd-deploy"  # the SuperLink connection's name in the private FLWR_HOME/config.toml
 MARKER = "FEDKD_DEPLOY_ID"  # environment variable inherited by every process a deployment starts
 BINARIES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
 FINISHED = "finished:"  # prefix of a run's final status in `flwr ls`: completed, failed or stopped
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 NODE_REFUSED = "Failed to initialize the connection to the SuperLink"  # flower-supernode's exit message
-
-
-class UsageError(Exception):
-    """The command line cannot work as given (exit code 2); the message is one line."""
 
 
 class DeployError(Exception):
@@ -617,8 +615,7 @@ def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) ->
     DeployError with a one-line message."""
     started = time.monotonic()
     deadline = started + opts.timeout
-    if opts.num_nodes < 2:
-        raise UsageError(f"N={opts.num_nodes} is too small; fedkd needs at least 2 SuperNodes")
+    require_clients("N", opts.num_nodes)  # one SuperNode per client
     if opts.timeout <= 0:
         raise UsageError(f"--timeout={opts.timeout} must be > 0")
     if opts.certs_dir is not None and not opts.secure:

@@ -40,9 +40,9 @@ from urllib.parse import parse_qsl, urlparse
 
 import numpy as np
 
+from fedkd.errors import DataError
 
-class DataError(ValueError):
-    """Bad data request: the message names the bad value and the valid choices or range."""
+
 
 
 HF_PREFIX = "hf:"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from fedkd.config import Config
+from fedkd.errors import OutputError
 
 if TYPE_CHECKING:
     from fedkd.data import Splits
@@ -39,8 +40,6 @@ FINAL_KEYS = ("student_accuracy", "ensemble_accuracy", "teacher_accuracy_mean", 
 RUN_FILES = ("config.json", "results.json", "curves.png", "summary.txt", "run.log")
 
 
-class OutputError(ValueError):
-    """The output folder cannot be used; the message names it and says why, in one line."""
 
 
 # ---- the output folder -------------------------------------------------------------------------

@@ -170,7 +170,7 @@ class DistillationServer:
         cfg = self.config
         params = dp_params(cfg, self.splits.num_classes, server_round)
         # every honest client in the sum has its own share in it: at least 1, however many collude
-        honest = max(1, agg.count - cfg.dp_colluders)
+        honest = max(1, cfg.dp_honest(agg.count))
         epsilon = self.ledger.record(params, honest)
         record["privacy"] = {
             "epsilon": epsilon, "delta": cfg.dp_delta, "honest_contributors": honest,
@@ -178,11 +178,11 @@ class DistillationServer:
             "noise_std": params.honest_std(honest) * params.gamma,  # per coordinate, probability units
             "wrapped_values": int(agg.details.get("clipped", 0)), **params.describe(),
         }
-        if agg.count < cfg.cohort_size - cfg.dp_max_dropouts:
+        if agg.count < cfg.dp_min_survivors:
             raise PrivacyBudgetError(
                 f"round {server_round}: only {agg.count} of {cfg.cohort_size} clients survived (the round's "
                 f"{'cohort' if cfg.clients_per_round else 'clients'}), fewer than the "
-                f"{cfg.cohort_size - cfg.dp_max_dropouts} the noise is sized for (dp-max-dropouts="
+                f"{cfg.dp_min_survivors} the noise is sized for (dp-max-dropouts="
                 f"{cfg.dp_max_dropouts}); the sum is discarded (epsilon so far {epsilon:.3f})",
                 status="too-few-survivors")
         return decode_sum(agg.total, agg.count, params)

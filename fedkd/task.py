@@ -153,7 +153,7 @@ def _dp_params(config: Config, num_classes: int, m: int, z: float) -> DPParams:
         granularity_bits=config.dp_granularity_bits, dim=m * num_classes, num_classes=num_classes,
         # n is the round's cohort: only its clients add noise shares (no amplification by sampling is
         # claimed: the server picks the cohort and sees who is in it)
-        num_clients=config.cohort_size, min_honest=config.cohort_size - config.dp_max_dropouts - config.dp_colluders,
+        num_clients=config.cohort_size, min_honest=config.dp_min_honest,
         bit_width=config.ring_bits, wrap_probability=WRAP_PROBABILITY,
     )
 
@@ -167,8 +167,7 @@ def noise_multiplier_for(config: Config, num_classes: int) -> float:
     from fedkd.privacy.accounting import calibrate
 
     m = len(public_sample(config, 1))
-    honest = config.cohort_size - config.dp_max_dropouts - config.dp_colluders
-    return calibrate(lambda z: _dp_params(config, num_classes, m, z), config.rounds, honest,
+    return calibrate(lambda z: _dp_params(config, num_classes, m, z), config.rounds, config.dp_min_honest,
                      config.dp_target_epsilon, config.dp_delta)
 
 

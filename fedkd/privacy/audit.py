@@ -86,6 +86,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from fedkd.errors import UserError, report, require_clients
+
 if TYPE_CHECKING:  # torch and the data stack load only when an audit runs, not when the CLI parses
     import torch
 
@@ -112,7 +114,7 @@ BIT_WIDTH = 32
 WRAP_PROBABILITY = 1e-9
 
 
-class AuditError(ValueError):
+class AuditError(UserError):
     """A bad audit option; the message names the option, the value and what is allowed."""
 
 
@@ -287,8 +289,7 @@ def prepare(
 
     if view != "all" and view not in VIEWS:
         raise AuditError(f"view '{view}' is unknown; choose one of {', '.join(VIEWS)}, all")
-    if clients < 2:
-        raise AuditError(f"--clients {clients} is too small; secure aggregation needs at least 2")
+    require_clients("--clients", clients)
     if canaries < MIN_CANARIES:
         raise AuditError(f"--canaries {canaries} is too few; use at least {MIN_CANARIES}")
     if canaries_per_run < 1:
@@ -542,14 +543,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         setting = prepare(**{name: getattr(args, name) for name in OPTIONS})
         out.mkdir(parents=True, exist_ok=True)
-    except (AuditError, OSError) as exc:
-        print(f"fedkd audit: error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, OSError) as exc:
+        return report(exc, "fedkd audit")
     try:
         result = _execute_with_progress(setting, show=not args.json)
     except AuditError as exc:  # too few IN or OUT canaries in a half: known only after training
-        print(f"fedkd audit: error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc, "fedkd audit")
     text = json.dumps(result, indent=2, allow_nan=False)
     (out / "audit.json").write_text(text + "\n")
     plot_roc(result, out / "audit_roc.png")

@@ -41,12 +41,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedkd.errors import UserError
+
 BETA = math.exp(-0.5)  # conditional-rounding failure probability per try (the paper's choice)
 MECHANISMS = ("ddg", "skellam")
 _FAST_LIMIT = 2**62  # int64 arithmetic is exact below this
 
 
-class PrivacyError(ValueError):
+class PrivacyError(UserError):
     """Settings that cannot give the promised guarantee; the message says which and why."""
 
 
