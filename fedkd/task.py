@@ -18,7 +18,7 @@ import torch
 
 from fedkd import distill
 from fedkd.config import Config
-from fedkd.data import Splits, load_splits
+from fedkd.data import DataSpec, Splits, load_splits
 from fedkd.models import build_model
 from fedkd.privacy import mechanism
 from fedkd.privacy.mechanism import DPParams
@@ -46,18 +46,7 @@ def generator(*parts: object) -> torch.Generator:
 
 
 def splits_for(config: Config) -> Splits:
-    return load_splits(
-        config.dataset,
-        num_clients=config.num_clients,
-        partition=config.partition,
-        alpha=config.alpha,
-        classes_per_client=config.classes_per_client,
-        num_public=config.num_public,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        data_dir=config.data_dir or None,
-        download=config.download,
-    )
+    return load_splits(DataSpec.from_config(config))
 
 
 def public_sample(config: Config, server_round: int) -> np.ndarray:

@@ -26,7 +26,7 @@ SMALL = settings(max_examples=12, deadline=None)
 
 def _uncached(**kwargs) -> Splits:
     """load_splits computed afresh, so reproducibility tests do not just compare a cache hit."""
-    data._build_splits.cache_clear()
+    data.splits._build_splits.cache_clear()
     return load_splits(**kwargs)
 
 
@@ -172,7 +172,7 @@ def test_digits_needs_no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    data._load_source.cache_clear()
+    data.builtin.read.cache_clear()
     s = _uncached(dataset="digits", num_clients=3, seed=11)
     assert len(s.partitions) == 3
 
@@ -235,11 +235,11 @@ def test_client_too_small_names_the_client(tmp_path):
 
 def test_check_partitions_rejects_empty_client_and_double_cover():
     with pytest.raises(DataError, match="client 1 only 0 examples"):
-        data._check_partitions((np.arange(3), np.arange(3, 3)), 3, 1, "iid")
+        data.partition._check_partitions((np.arange(3), np.arange(3, 3)), 3, 1, "iid")
     with pytest.raises(DataError, match="more than once"):
-        data._check_partitions((np.arange(3), np.array([2])), 3, 1, "iid")
+        data.partition._check_partitions((np.arange(3), np.array([2])), 3, 1, "iid")
     with pytest.raises(DataError, match="zero times"):
-        data._check_partitions((np.arange(2), np.array([3])), 4, 1, "iid")
+        data.partition._check_partitions((np.arange(2), np.array([3])), 4, 1, "iid")
 
 
 def test_client_id_out_of_range():

@@ -63,7 +63,7 @@ def test_a_secure_aggregation_stage_imports_no_torch():
 def test_splits_kept_on_disk_are_read_back_bitwise_without_splitting_again(tmp_path, monkeypatch):
     import numpy as np
 
-    from fedkd import data
+    from fedkd.data import splits as data
 
     monkeypatch.setenv(data.SPLITS_CACHE_ENV, str(tmp_path))
     args = dict(num_clients=3, num_public=90, seed=424242)
@@ -84,7 +84,7 @@ def test_splits_kept_on_disk_are_read_back_bitwise_without_splitting_again(tmp_p
 
 
 def test_a_corrupt_splits_file_is_built_again(tmp_path, monkeypatch):
-    from fedkd import data
+    from fedkd.data import splits as data
 
     monkeypatch.setenv(data.SPLITS_CACHE_ENV, str(tmp_path))
     args = dict(num_clients=3, num_public=90, seed=434343)

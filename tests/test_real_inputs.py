@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fedkd.data import DataError, describe_splits, load_splits
-from fedkd.inputs import fit_scaling, to_channels_first, value_kind
+from fedkd.data.layout import fit_scaling, to_channels_first, value_kind
 
 K = 4  # classes; chance accuracy is 0.25
 
@@ -369,9 +369,9 @@ def test_hub_dataset_offline_fails_in_one_line_without_network(tmp_path):
 
 
 def test_unreachable_hub_switches_to_the_cache_instead_of_retrying(monkeypatch, tmp_path):
-    from fedkd import inputs
+    from fedkd.data import hf
 
-    monkeypatch.setattr(inputs, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hf, "_hub_reachable", lambda: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     attempts = []
 
