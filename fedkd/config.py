@@ -13,11 +13,10 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from fedkd.data import DATASETS, PARTITIONS  # owned by the data package (numpy only, no torch)
 from fedkd.errors import ConfigError, require_clients
 
 METHODS = ("fd", "fedavg", "central", "local")
-PARTITIONS = ("iid", "dirichlet", "pathological")
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("auto", "mlp", "cnn", "resnet8")
 ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
 AGGREGATIONS = ("secagg", "plain")
