@@ -74,7 +74,7 @@ class Splits:
         return self.private_x[idx], self.private_y[idx]  # fancy indexing copies
 
 
-def load_splits(spec: DataSpec | Any = _KEYWORDS, /, **settings: Any) -> Splits:
+def load_splits(spec: DataSpec | str = _KEYWORDS, /, **settings: Any) -> Splits:  # type: ignore[assignment]
     """The splits of ``spec``: ``load_splits(DataSpec(...))``, or ``load_splits("digits",
     num_clients=3)``, whose arguments are DataSpec's fields (and defaults), checked the same way.
 
