@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from fedkd.data import folders, hf, npz
+from fedkd.data.builtin import DATASETS
 from fedkd.data.hf import HF_PREFIX
 from fedkd.data.layout import RawInput
 from fedkd.errors import DataError
@@ -49,8 +50,8 @@ def canonical(spec: str) -> str:
         return spec  # a Hub name
     if not hf_name and not local.exists() and not source.endswith((".npz", ".parquet")):
         raise DataError(
-            f"unknown dataset {spec!r}: not a built-in name (digits, mnist, fashion-mnist, "
-            "cifar10), no file or folder of that name exists, and it does not start with hf:; "
+            f"unknown dataset {spec!r}: not a built-in name ({', '.join(DATASETS)}), "
+            "no file or folder of that name exists, and it does not start with hf:; "
             "give a .npz or .parquet file, a dataset or image folder, or hf:NAME"
         )
     resolved = str(local.resolve())
