@@ -227,10 +227,26 @@ class Config:
 
     # ---- validation -------------------------------------------------------------------------
     def validated(self) -> "Config":
+        """This config, or ConfigError naming the first bad key. The checks run by topic: values
+        that must be finite, the data, how predictions are combined, the models, sizes and rates,
+        secure aggregation, then distributed DP and DP-SGD teachers."""
+        self._validate_finite()
+        self._validate_data()
+        self._validate_ensemble()
+        self._validate_models()
+        self._validate_sizes()
+        self._validate_secagg()
+        self._validate_dp()
+        self._validate_teacher_dp()
+        return self
+
+    def _validate_finite(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name.replace('_', '-')}={value} must be a finite number")
+
+    def _validate_data(self) -> None:
         _choice("method", self.method, METHODS)
         _choice("partition", self.partition, PARTITIONS)
         source = self.dataset.partition("?")[0]  # user inputs: fedkd.inputs reads and checks them
@@ -240,6 +256,8 @@ class Config:
                 f"dataset '{self.dataset}' is unknown; choose one of {', '.join(DATASETS)}, a .npz or .parquet file, "
                 "a save_to_disk or image folder, or hf:NAME"
             )
+
+    def _validate_ensemble(self) -> None:
         _choice("ensemble", self.ensemble, ENSEMBLE_RULES)
         _choice("aggregation", self.aggregation, AGGREGATIONS)
         _choice("vote-weighting", self.vote_weighting, VOTE_WEIGHTINGS)
@@ -260,6 +278,8 @@ class Config:
         if self.consensus_weight > 0 and self.teacher_dp_enabled:
             raise ConfigError("consensus-weight > 0 mixes public batches into local training, which DP-SGD teachers "
                               "(teacher-dp-noise-multiplier) do not support; use consensus-weight 0 or -1 (auto)")
+
+    def _validate_models(self) -> None:
         _choice("device", self.device, DEVICES)
         _choice("distill-optimizer", self.distill_optimizer, OPTIMIZERS)
         _choice("student-model", self.student_model, MODELS)
@@ -267,6 +287,8 @@ class Config:
             raise ConfigError("teacher-models is empty; give one or more of " + ", ".join(MODELS))
         for m in self.teacher_model_list:
             _choice("teacher-models", m, MODELS)
+
+    def _validate_sizes(self) -> None:
         _at_least("rounds", self.rounds, 1)
         require_clients("num-clients", self.num_clients)
         _at_least("num-public", self.num_public, 1)
@@ -293,6 +315,23 @@ class Config:
         _positive("client-cpus", self.client_cpus)
         _positive("timeout", self.timeout)
         _positive("secagg-timeout", self.secagg_timeout)
+        if not 0 < self.era_temperature < 1:
+            raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test-fraction={self.test_fraction} must lie in (0, 1)")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val-fraction={self.val_fraction} must lie in [0, 1)")
+        if self.client_gpus < 0:
+            raise ConfigError(f"client-gpus={self.client_gpus} must be >= 0")
+        if self.hard_label_weight < 0:
+            raise ConfigError(f"hard-label-weight={self.hard_label_weight} must be >= 0")
+        if self.hard_label_weight > 0 and not self.public_labels:
+            raise ConfigError(
+                f"hard-label-weight={self.hard_label_weight} needs public-labels=true "
+                "(the server reads public labels only when they are declared available)"
+            )
+
+    def _validate_secagg(self) -> None:
         if self.secagg_scale < 0:
             raise ConfigError(f"secagg-scale={self.secagg_scale} must be >= 0 (0: automatic)")
         if self.secagg_clip < 0:
@@ -309,24 +348,6 @@ class Config:
                 f"{self.secagg_min_clients} clients per round (with 2, one of them run by the server would hold the "
                 "other's secrets); add clients or use aggregation=plain")
         self.drop_plan  # parses, or raises ConfigError
-        if not 0 < self.era_temperature < 1:
-            raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"test-fraction={self.test_fraction} must lie in (0, 1)")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val-fraction={self.val_fraction} must lie in [0, 1)")
-        if self.client_gpus < 0:
-            raise ConfigError(f"client-gpus={self.client_gpus} must be >= 0")
-        if self.hard_label_weight < 0:
-            raise ConfigError(f"hard-label-weight={self.hard_label_weight} must be >= 0")
-        if self.hard_label_weight > 0 and not self.public_labels:
-            raise ConfigError(
-                f"hard-label-weight={self.hard_label_weight} needs public-labels=true "
-                "(the server reads public labels only when they are declared available)"
-            )
-        self._validate_dp()
-        self._validate_teacher_dp()
-        return self
 
     def _validate_teacher_dp(self) -> None:
         if self.teacher_dp_noise_multiplier < 0:

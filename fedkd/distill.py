@@ -180,6 +180,49 @@ MIN_VAL_EXAMPLES = 10  # smallest validation slice early stopping may trust
 MAX_RECOVERIES = 4  # a diverged epoch is retried from its last finite weights at half the rate, this many times
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How one training loop runs: a client's local training, its digest of the consensus, the
+    server's distillation or the central baseline. `phase` and `setting` only name things in a
+    `DivergedError` (what diverged, which option to lower)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str = "sgd"
+    val_fraction: float = 0.0  # distill only: share of x held out to stop early on
+    patience: int = 0  # distill only: epochs without a better validation loss before stopping
+    phase: str = "local training"
+    setting: str = "lr"
+
+    @classmethod
+    def local(cls, config, phase: str = "local training") -> Schedule:
+        """Supervised training on private data (clients, FedAvg, the central baseline)."""
+        return cls(config.local_epochs, config.lr, config.batch_size, phase=phase)
+
+    @classmethod
+    def digest(cls, config, phase: str) -> Schedule:
+        """A teacher learning last round's consensus: the distillation rates, every epoch run."""
+        return cls(config.digest_epochs, config.distill_lr, config.distill_batch_size, config.distill_optimizer,
+                   patience=config.patience, phase=phase, setting="distill-lr")
+
+    @classmethod
+    def server(cls, config) -> Schedule:
+        """The server distilling the student from the ensemble teacher, with early stopping."""
+        return cls(config.distill_epochs, config.distill_lr, config.distill_batch_size, config.distill_optimizer,
+                   config.val_fraction, config.patience, phase="server distillation", setting="distill-lr")
+
+
+@dataclass(frozen=True)
+class JointTerm:
+    """The consensus term of joint local training: public inputs x (M, *shape), the ensemble
+    teacher's targets on them, and the weight w of KD(public; consensus) beside CE(private)."""
+
+    x: np.ndarray
+    teacher: Teacher
+    weight: float
+
+
 class DivergedError(RuntimeError):
     """Training kept producing a non-finite loss, weights or logits after MAX_RECOVERIES restarts at
     ever smaller rates. The message names the phase and the setting to change."""
@@ -228,11 +271,11 @@ class _Guard:
     epoch's own start: a step can leave huge but finite weights that overflow one epoch later.
     Past MAX_RECOVERIES it raises DivergedError."""
 
-    def __init__(self, model: nn.Module, optimizer: str, lr: float, phase: str, setting: str):
-        self.model, self.optimizer_name, self.lr = model, optimizer, lr
-        self.phase, self.setting, self.first_lr = phase, setting, lr
+    def __init__(self, model: nn.Module, schedule: Schedule):
+        self.model, self.optimizer_name, self.lr = model, schedule.optimizer, schedule.lr
+        self.phase, self.setting, self.first_lr = schedule.phase, schedule.setting, schedule.lr
         self.recoveries = 0
-        self.optimizer = make_optimizer(optimizer, model.parameters(), lr)
+        self.optimizer = make_optimizer(self.optimizer_name, model.parameters(), self.lr)
         self._good = copy.deepcopy(model.state_dict())
 
     def keep(self, state: dict[str, torch.Tensor]) -> None:
@@ -270,23 +313,15 @@ def train_supervised(
     model: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
+    schedule: Schedule,
     *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
     generator: torch.Generator,
     device: torch.device,
-    optimizer: str = "sgd",
-    phase: str = "local training",
-    setting: str = "lr",
-    consensus_x: np.ndarray | None = None,
-    consensus: Teacher | None = None,
-    consensus_weight: float = 0.0,
+    joint: JointTerm | None = None,
 ) -> dict[str, float]:
-    """Cross-entropy training over shuffled mini-batches. x: (N, *shape), y: (N,).
+    """Cross-entropy training over shuffled mini-batches, as `schedule` says. x: (N, *shape), y: (N,).
 
-    With `consensus` (the ensemble teacher on `consensus_x`, public inputs (M, *shape)) and
-    `consensus_weight` w > 0, every private batch is joined by a batch of as many public examples,
+    With a `joint` term (the ensemble teacher on public inputs) of weight w > 0, every private batch is joined by a batch of as many public examples,
     drawn uniformly, and the loss is CE(private) + w * KD(public; consensus): joint training on
     private labels and on the federation's soft labels for public data, as in Cronus (Chang et
     al. 2019, "Cronus: Robust and Heterogeneous Collaborative Learning with Black-Box Knowledge
@@ -302,23 +337,25 @@ def train_supervised(
     """
     model.to(device).train()
     xt, yt = _tensor(x, device), _tensor(y, device, torch.long)
-    joint = consensus is not None and consensus_x is not None and consensus_weight > 0
-    if joint:
-        px, pt = _tensor(consensus_x, device), _tensor(consensus.values, device)
+    if joint is not None and joint.weight <= 0:
+        joint = None
+    if joint is not None:
+        px, pt = _tensor(joint.x, device), _tensor(joint.teacher.values, device)
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(model(xt[idx]), yt[idx])
-        if joint:
+        if joint is not None:
             j = torch.randint(len(px), (len(idx),), generator=generator).to(device)
-            loss = loss + consensus_weight * distillation_loss(model(px[j]), pt[j], consensus)
+            loss = loss + joint.weight * distillation_loss(model(px[j]), pt[j], joint.teacher)
         return loss
 
-    guard = _Guard(model, optimizer, lr, phase, setting)
+    guard = _Guard(model, schedule)
     last, done = float("nan"), 0
-    while done < epochs:
-        batches = (i.to(device) for i in torch.randperm(len(xt), generator=generator).split(batch_size))
+    while done < schedule.epochs:
+        batches = (i.to(device) for i in torch.randperm(len(xt), generator=generator).split(schedule.batch_size))
         loss = _epoch(guard, batches, loss_of)
-        if loss is not None and done + 1 == epochs and not _finite_outputs(model, [xt, px] if joint else [xt]):
+        last_epoch = done + 1 == schedule.epochs
+        if loss is not None and last_epoch and not _finite_outputs(model, [xt] if joint is None else [xt, px]):
             loss = None  # the weights to be released are finite but overflow: the same recovery
         if loss is None:
             guard.recover()
@@ -349,24 +386,18 @@ def distill(
     model: nn.Module,
     x: np.ndarray,
     teacher: Teacher,
+    schedule: Schedule,
     *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    val_fraction: float,
-    patience: int,
     generator: torch.Generator,
     device: torch.device,
     labels: np.ndarray | None = None,
     hard_label_weight: float = 0.0,
-    optimizer: str = "sgd",
-    phase: str = "server distillation",
-    setting: str = "distill-lr",
 ) -> dict[str, float]:
     """Train `model` (warm: whatever weights it has) to match `teacher` on x: (N, *shape).
 
-    A `val_fraction` slice of x is held out (none if it would hold fewer than MIN_VAL_EXAMPLES:
-    then all epochs run), and training stops after `patience` epochs without improvement of the
+    A `schedule.val_fraction` slice of x is held out (none if it would hold fewer than
+    MIN_VAL_EXAMPLES: then all epochs run), and training stops after `schedule.patience` epochs
+    without improvement of the
     distillation loss on it (without the hard-label term). The best weights are restored, and
     the weights the model came in with count as a candidate (epoch 0): a round never leaves the
     model with a worse validation loss than it started with. The slice is scored against the
@@ -379,7 +410,7 @@ def distill(
     model.to(device)
     n = len(x)
     order = torch.randperm(n, generator=generator)
-    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
+    n_val = int(round(n * schedule.val_fraction)) if schedule.val_fraction > 0 else 0
     if n_val < MIN_VAL_EXAMPLES:  # a loss on a handful of examples is noise: stopping on it undertrains
         n_val = 0
     val_idx, train_idx = order[:n_val].to(device), order[n_val:]
@@ -395,16 +426,16 @@ def distill(
         with torch.inference_mode():
             return float(distillation_loss(model(xt[val_idx]), tt[val_idx], teacher))
 
-    guard = _Guard(model, optimizer, lr, phase, setting)
+    guard = _Guard(model, schedule)
     best, best_state, stale, epoch, train_loss = float("inf"), None, 0, 0, float("nan")
     if n_val:
         start = val_loss()
         if math.isfinite(start):  # the weights the round started from: kept unless training beats them
             best, best_state = start, copy.deepcopy(model.state_dict())
-    while epoch < epochs:
+    while epoch < schedule.epochs:
         model.train()
         shuffled = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        loss = _epoch(guard, (i.to(device) for i in shuffled.split(batch_size)), batch_loss)
+        loss = _epoch(guard, (i.to(device) for i in shuffled.split(schedule.batch_size)), batch_loss)
         if loss is None:
             guard.recover()
             if n_val == 0:  # back at the first weights (nothing was validated): every epoch again
@@ -419,7 +450,7 @@ def distill(
             guard.keep(best_state)
         else:
             stale += 1
-            if stale >= patience:
+            if stale >= schedule.patience:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)

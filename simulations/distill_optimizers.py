@@ -14,6 +14,7 @@ The colour set is made from --fashion as in simulations/datasets_table.py (32x32
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -51,10 +52,9 @@ def run(label: str, dataset: str) -> dict:
             torch.manual_seed(seed)
             student = build_model("auto", splits.input_shape, splits.num_classes)
             t0 = time.perf_counter()
-            distill.distill(student, splits.public_x, teacher, epochs=cfg.distill_epochs, lr=lr,
-                            batch_size=cfg.distill_batch_size, val_fraction=cfg.val_fraction,
-                            patience=cfg.patience, generator=torch.Generator().manual_seed(seed), device=cpu,
-                            optimizer=optimizer)
+            schedule = dataclasses.replace(distill.Schedule.server(cfg), lr=lr, optimizer=optimizer)
+            distill.distill(student, splits.public_x, teacher, schedule,
+                            generator=torch.Generator().manual_seed(seed), device=cpu)
             seconds.append(time.perf_counter() - t0)
             accs.append(distill.accuracy(distill.predict_logits(student, splits.test_x, cpu), splits.test_y))
         row["variants"][f"{optimizer} {lr:g}"] = {"accuracy": accs, "seconds": seconds}

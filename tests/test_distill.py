@@ -143,7 +143,7 @@ def test_distill_moves_student_towards_teacher_and_restores_best():
     x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
     target = distill.Teacher(np.tile(np.array([[0.8, 0.1, 0.1]], np.float32), (60, 1)), "probs", 2.0)
     before = distill.kd_loss(model(torch.tensor(x)), torch.tensor(target.values), 2.0).item()
-    stats = distill.distill(model, x, target, epochs=30, lr=0.1, batch_size=16, val_fraction=0.2, patience=5,
+    stats = distill.distill(model, x, target, distill.Schedule(30, 0.1, 16, val_fraction=0.2, patience=5),
                             generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     after = distill.kd_loss(model(torch.tensor(x)), torch.tensor(target.values), 2.0).item()
     assert after < before / 5
@@ -162,6 +162,6 @@ def test_tiny_validation_slice_is_not_trusted_for_early_stopping():
     model = torch.nn.Linear(4, 3)
     x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)  # 10% is 3 examples
     target = distill.Teacher(np.tile(np.array([[0.8, 0.1, 0.1]], np.float32), (30, 1)), "probs", 2.0)
-    stats = distill.distill(model, x, target, epochs=40, lr=0.01, batch_size=16, val_fraction=0.1, patience=2,
+    stats = distill.distill(model, x, target, distill.Schedule(40, 0.01, 16, val_fraction=0.1, patience=2),
                             generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert stats["epochs"] == 40 and np.isnan(stats["val_loss"])  # every epoch ran, none held out

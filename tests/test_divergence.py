@@ -34,7 +34,7 @@ def test_local_training_recovers_from_a_rate_that_overflows():
     # lr 1e4 with momentum overflows in the first epoch; 1e4 / 2^4 still does, so 4 halvings are
     # not enough: the bound must stop it with the one-line error rather than loop or return NaN.
     with pytest.raises(distill.DivergedError, match=r"local training diverged .* lower lr"):
-        distill.train_supervised(model, x, y, epochs=3, lr=1e4, batch_size=32,
+        distill.train_supervised(model, x, y, distill.Schedule(3, 1e4, 32),
                                  generator=torch.Generator().manual_seed(0), device=CPU)
 
 
@@ -42,7 +42,7 @@ def test_local_training_at_a_recoverable_rate_ends_finite_and_says_so():
     x, y = _blobs()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
-    fit = distill.train_supervised(model, x, y, epochs=5, lr=16.0, batch_size=32,
+    fit = distill.train_supervised(model, x, y, distill.Schedule(5, 16.0, 32),
                                    generator=torch.Generator().manual_seed(0), device=CPU)
     assert fit["recoveries"] >= 1  # 16 overflows: without the guard the weights end NaN
     assert fit["lr"] == pytest.approx(16.0 / 2 ** fit["recoveries"])
@@ -66,10 +66,10 @@ class _OverflowsInEval(torch.nn.Module):
 def test_logits_that_overflow_in_eval_mode_are_caught_like_a_non_finite_loss():
     x, y = _blobs()
     with pytest.raises(distill.DivergedError, match="lower lr"):  # it never heals: the bound stops it
-        distill.train_supervised(_OverflowsInEval(), x, y, epochs=2, lr=0.01, batch_size=32,
+        distill.train_supervised(_OverflowsInEval(), x, y, distill.Schedule(2, 0.01, 32),
                                  generator=torch.Generator().manual_seed(0), device=CPU)
     # control: the same module without the overflow trains through without a recovery
-    fit = distill.train_supervised(_OverflowsInEval(overflow=False), x, y, epochs=2, lr=0.01, batch_size=32,
+    fit = distill.train_supervised(_OverflowsInEval(overflow=False), x, y, distill.Schedule(2, 0.01, 32),
                                    generator=torch.Generator().manual_seed(0), device=CPU)
     assert fit["recoveries"] == 0 and math.isfinite(fit["loss"])
 
@@ -78,15 +78,15 @@ def test_distillation_never_leaves_a_student_worse_than_it_came_in():
     x, y = _blobs(300)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
-    distill.train_supervised(model, x, y, epochs=10, lr=0.05, batch_size=32,
+    distill.train_supervised(model, x, y, distill.Schedule(10, 0.05, 32),
                              generator=torch.Generator().manual_seed(0), device=CPU)
     before = distill.accuracy(distill.predict_logits(model, x, CPU), y)
     assert before > 0.9
     teacher = distill.Teacher(torch.softmax(torch.tensor(distill.predict_logits(model, x, CPU)) / 3, 1).numpy(),
                               "probs", 3.0)
     # SGD at 50 wrecks the student in its first steps (NaN or dead units) at every halving the guard allows
-    stats = distill.distill(model, x, teacher, epochs=10, lr=50.0, batch_size=32, val_fraction=0.2, patience=5,
-                            generator=torch.Generator().manual_seed(1), device=CPU, optimizer="sgd")
+    stats = distill.distill(model, x, teacher, distill.Schedule(10, 50.0, 32, "sgd", val_fraction=0.2, patience=5),
+                            generator=torch.Generator().manual_seed(1), device=CPU)
     after = distill.accuracy(distill.predict_logits(model, x, CPU), y)
     assert _finite(model)
     assert after >= before - 0.01, (before, after, stats)

@@ -44,14 +44,14 @@ def test_training_learns_and_rounds_compose():
     x, y = splits.private_x[:400], splits.private_y[:400]
     torch.manual_seed(0)
     model = build_model("mlp", splits.input_shape, splits.num_classes)
-    first = dpsgd.train(model, x, y, epochs=15, lr=0.1, batch_size=32, noise_multiplier=0.7, max_grad_norm=1.0,
-                        delta=1e-5, device=CPU)
+    first = dpsgd.train(model, x, y, distill.Schedule(15, 0.1, 32), dpsgd.Noise(0.7, 1.0, 1e-5),
+                        device=CPU)
     acc = distill.accuracy(distill.predict_logits(model, splits.test_x, CPU), splits.test_y)
     assert acc > 0.5  # chance is 0.1
     rate = 1 / math.ceil(400 / 32)
     assert first.history == ((0.7, rate, 15 * math.ceil(400 / 32)),)
-    second = dpsgd.train(model, x, y, epochs=5, lr=0.1, batch_size=32, noise_multiplier=0.7, max_grad_norm=1.0,
-                         delta=1e-5, device=CPU, history=first.history)
+    second = dpsgd.train(model, x, y, distill.Schedule(5, 0.1, 32), dpsgd.Noise(0.7, 1.0, 1e-5),
+                         device=CPU, history=first.history)
     assert second.history == ((0.7, rate, 20 * math.ceil(400 / 32)),)  # same events merged, steps added
     assert second.epsilon > first.epsilon
     assert second.epsilon == pytest.approx(dpsgd.epsilon(second.history, 1e-5))
@@ -73,8 +73,8 @@ def test_noise_is_not_drawn_from_the_run_seed():
     for _ in range(2):
         torch.manual_seed(0)
         model = build_model("mlp", splits.input_shape, splits.num_classes)
-        dpsgd.train(model, x, y, epochs=1, lr=0.1, batch_size=32, noise_multiplier=1.0, max_grad_norm=1.0,
-                    delta=1e-5, device=CPU)
+        dpsgd.train(model, x, y, distill.Schedule(1, 0.1, 32), dpsgd.Noise(1.0, 1.0, 1e-5),
+                    device=CPU)
         states.append(np.concatenate([p.detach().numpy().ravel() for p in model.parameters()]))
     assert not np.array_equal(states[0], states[1])
 
@@ -88,5 +88,5 @@ def test_dp_sgd_that_diverges_stops_in_one_line():
     torch.manual_seed(0)
     model = build_model("mlp", splits.input_shape, splits.num_classes)
     with pytest.raises(distill.DivergedError, match=r"DP-SGD local training diverged .* lower lr"):
-        dpsgd.train(model, x, y, epochs=5, lr=1e12, batch_size=32, noise_multiplier=0.5, max_grad_norm=1e6,
-                    delta=1e-5, device=CPU)
+        dpsgd.train(model, x, y, distill.Schedule(5, 1e12, 32), dpsgd.Noise(0.5, 1e6, 1e-5),
+                    device=CPU)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from fedkd.errors import require_clients
 from fedkd.secagg import MASKED_INPUT, STAGES, SecAggConfig, run_in_memory
 from fedkd.secagg.crypto import expand_mask
 from fedkd.secagg.quantize import packed_size, ring_dtype
@@ -75,8 +76,9 @@ def run_bench(
     """Run one round of `clients` clients with `dim`-long vectors, `dropout` of them silent at
     the masked-input stage; return the measurements as a flat JSON-ready dict. With
     `dp_noise_multiplier` > 0, also time one client's DP encoding (`dp_overhead`)."""
-    if not (isinstance(clients, int) and clients >= 2):
+    if not isinstance(clients, int):
         raise ValueError(f"--clients must be an integer >= 2, got {clients!r}")
+    require_clients("--clients", clients)
     if not (isinstance(dim, int) and dim >= 1):
         raise ValueError(f"--dim must be an integer >= 1, got {dim!r}")
     if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkd.distill import DivergedError
+from fedkd.distill import DivergedError, Schedule
 from fedkd.privacy.mechanism import PrivacyError
 
 # One accounting event of Opacus' RDP accountant: (noise multiplier, sample rate, steps).
@@ -74,13 +74,27 @@ class DPSGDResult:
     epsilon: float  # at the delta asked for, over the whole history
 
 
+@dataclass(frozen=True)
+class Noise:
+    """DP-SGD's privacy settings: Gaussian noise of std noise_multiplier * max_grad_norm on the
+    sum of per-example gradients clipped to max_grad_norm; epsilon is reported at `delta`."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+
+    @classmethod
+    def from_config(cls, config) -> Noise:
+        return cls(config.teacher_dp_noise_multiplier, config.teacher_dp_max_grad_norm, config.teacher_dp_delta)
+
+
 def train(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int,
-    noise_multiplier: float, max_grad_norm: float, delta: float, device: torch.device,
-    history: tuple[Event, ...] = (),
+    model: nn.Module, x: np.ndarray, y: np.ndarray, schedule: Schedule, noise: Noise, *,
+    device: torch.device, history: tuple[Event, ...] = (),
 ) -> DPSGDResult:
-    """DP-SGD (SGD, momentum 0.9) on (x, y) for `epochs` passes of Poisson-sampled batches with
-    expected size `batch_size`; `model` gets the trained weights. x: (N, *shape), y: (N,).
+    """DP-SGD (SGD, momentum 0.9, at `schedule.lr`) on (x, y) for `schedule.epochs` passes of
+    Poisson-sampled batches with expected size `schedule.batch_size`; `model` gets the trained
+    weights. x: (N, *shape), y: (N,).
 
     Batch sampling and noise draw from the OS's entropy, not the run seed: the server knows the
     seed, and the guarantee assumes it cannot predict either."""
@@ -92,17 +106,17 @@ def train(
         torch.as_tensor(np.array(x), dtype=torch.float32, device=device),
         torch.as_tensor(np.array(y), dtype=torch.long, device=device),
     )
-    loader = torch.utils.data.DataLoader(data, batch_size=min(batch_size, len(x)),
+    loader = torch.utils.data.DataLoader(data, batch_size=min(schedule.batch_size, len(x)),
                                          generator=torch.Generator().manual_seed(secrets.randbits(63)))
-    optimizer = torch.optim.SGD(private.parameters(), lr=lr, momentum=0.9)
+    optimizer = torch.optim.SGD(private.parameters(), lr=schedule.lr, momentum=0.9)
     engine = opacus.PrivacyEngine(accountant="rdp")
     noise_gen = torch.Generator(device=device).manual_seed(secrets.randbits(63))
     private, optimizer, loader = engine.make_private(
-        module=private, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=noise_gen,
+        module=private, optimizer=optimizer, data_loader=loader, noise_multiplier=noise.noise_multiplier,
+        max_grad_norm=noise.max_grad_norm, poisson_sampling=True, noise_generator=noise_gen,
     )
     last = float("nan")
-    for _ in range(epochs):
+    for _ in range(schedule.epochs):
         total, seen = 0.0, 0
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -114,14 +128,14 @@ def train(
             if not torch.isfinite(loss):
                 # no restart at a lower rate here: every step, the failed ones too, is already
                 # spent privacy (the accountant has counted it); stop and say what to change
-                raise DivergedError(f"DP-SGD local training diverged (non-finite loss) at lr={lr:g}; lower lr")
+                raise DivergedError(f"DP-SGD local training diverged (non-finite loss) at lr={schedule.lr:g}; lower lr")
             loss.backward()
             optimizer.step()
             total, seen = total + loss.item() * len(xb), seen + len(xb)
         last = total / seen if seen else last
     model.load_state_dict(private._module.state_dict())
     merged = _merge(tuple(history) + tuple(engine.accountant.history))
-    return DPSGDResult(last, merged, epsilon(merged, delta))
+    return DPSGDResult(last, merged, epsilon(merged, noise.delta))
 
 
 def _merge(history: tuple[Event, ...]) -> tuple[Event, ...]:
