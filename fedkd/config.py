@@ -14,10 +14,11 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from fedkd.data import DATASETS, PARTITIONS  # owned by the data package (numpy only, no torch)
+from fedkd.data.source import names_an_input
 from fedkd.errors import ConfigError, require_clients
 
 METHODS = ("fd", "fedavg", "central", "local")
-MODELS = ("auto", "mlp", "cnn", "resnet8")
+MODELS = ("auto", "mlp", "cnn", "resnet8")  # fedkd.models implements each; "auto" picks by input shape
 ENSEMBLE_RULES = ("mean", "geometric", "logits", "dsfl")
 AGGREGATIONS = ("secagg", "plain")
 SECAGG_STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
@@ -249,9 +250,8 @@ class Config:
     def _validate_data(self) -> None:
         _choice("method", self.method, METHODS)
         _choice("partition", self.partition, PARTITIONS)
-        source = self.dataset.partition("?")[0]  # user inputs: fedkd.inputs reads and checks them
-        if source not in DATASETS and not source.startswith("hf:") and not source.endswith((".npz", ".parquet")) \
-                and not os.path.exists(os.path.expanduser(source)):
+        # a user's input is read and checked by fedkd.data; here only whether the string can name one
+        if self.dataset not in DATASETS and not names_an_input(self.dataset):
             raise ConfigError(
                 f"dataset '{self.dataset}' is unknown; choose one of {', '.join(DATASETS)}, a .npz or .parquet file, "
                 "a save_to_disk or image folder, or hf:NAME"

@@ -11,7 +11,11 @@ import math
 import torch
 from torch import nn
 
-MODEL_NAMES = ("mlp", "cnn", "resnet8")
+from fedkd.config import MODELS
+
+# The option's names are Config's vocabulary (it validates them without importing torch); this
+# module implements every one of them but "auto".
+MODEL_NAMES = tuple(name for name in MODELS if name != "auto")
 
 
 class MLP(nn.Module):
@@ -109,7 +113,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     if name == "mlp":
         return MLP(math.prod(input_shape), num_classes)
     if name not in MODEL_NAMES:
-        raise ValueError(f"model '{name}' is unknown; choose one of auto, {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"model '{name}' is unknown; choose one of {', '.join(MODELS)}")
     if len(input_shape) != 3:
         raise ValueError(f"model '{name}' needs image input (C, H, W); this data has shape {input_shape}: use mlp")
     c, h, w = input_shape

@@ -41,6 +41,14 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return source, options
 
 
+def names_an_input(spec: str) -> bool:
+    """Whether `spec` can name a user's input at all: hf:NAME, a path ending .npz or .parquet, or
+    a file or folder that exists. Whether it can be read is the reader's check."""
+    source = spec.partition("?")[0]
+    return (source.startswith(HF_PREFIX) or source.endswith((".npz", ".parquet"))
+            or Path(source).expanduser().exists())
+
+
 def canonical(spec: str) -> str:
     """The spec with a local path made absolute, so equal inputs share one cache entry."""
     source, _, query = spec.partition("?")
@@ -48,7 +56,7 @@ def canonical(spec: str) -> str:
     local = Path(source[len(HF_PREFIX):] if hf_name else source).expanduser()
     if hf_name and not local.exists():
         return spec  # a Hub name
-    if not hf_name and not local.exists() and not source.endswith((".npz", ".parquet")):
+    if not names_an_input(spec):
         raise DataError(
             f"unknown dataset {spec!r}: not a built-in name ({', '.join(DATASETS)}), "
             "no file or folder of that name exists, and it does not start with hf:; "
