@@ -84,18 +84,8 @@ class Deployment:
     def __post_init__(self) -> None:
         self.home = self.workdir / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "FLWR_HOME": str(self.home), MARKER: self.marker, "PYTHONUNBUFFERED": "1",
-                    # SuperLink and SuperNodes start `flower-superexec` by name: find it in this environment
-                    "PATH": os.pathsep.join([str(Path(self.bins["flower-superexec"]).parent), os.environ.get("PATH", "")])}
-        self.env.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from a loopback deployment
-        self.env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-        # Every message starts a fresh flwr-clientapp (Flower 1.41 has no long-lived one): its
-        # node's flower-superexec looks for it every 0.05 s instead of Flower's default 1 s, and
-        # the nodes share one copy of the data splits on disk instead of splitting again each time.
-        self.env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")
-        from fedkd.data import SPLITS_CACHE_ENV
-
-        self.env.setdefault(SPLITS_CACHE_ENV, str(self.workdir / "splits-cache"))
+        self.env = _environment(self.home, self.marker, Path(self.bins["flower-superexec"]).parent,
+                                self.workdir / "splits-cache")
 
     def __enter__(self) -> "Deployment":
         return self
@@ -256,3 +246,21 @@ class Deployment:
         """SIGTERM every process group, wait up to `grace`, then SIGKILL the groups and every process
         that still carries this deployment's marker. Safe to call more than once."""
         stop_processes(self.processes, self.marker, self.grace, self.say)
+
+
+def _environment(home: Path, marker: str, flower_bin: Path, splits_cache: Path) -> dict[str, str]:
+    """This environment plus what every process of a deployment needs: `flwr`'s private FLWR_HOME,
+    the marker teardown looks for, unbuffered output, and the Flower commands' folder on PATH."""
+    from fedkd.data import SPLITS_CACHE_ENV
+
+    env = {**os.environ, "FLWR_HOME": str(home), MARKER: marker, "PYTHONUNBUFFERED": "1",
+           # SuperLink and SuperNodes start `flower-superexec` by name: find it in this environment
+           "PATH": os.pathsep.join([str(flower_bin), os.environ.get("PATH", "")])}
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from a loopback deployment
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # Every message starts a fresh flwr-clientapp (Flower 1.41 has no long-lived one): its
+    # node's flower-superexec looks for it every 0.05 s instead of Flower's default 1 s, and
+    # the nodes share one copy of the data splits on disk instead of splitting again each time.
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")
+    env.setdefault(SPLITS_CACHE_ENV, str(splits_cache))
+    return env
