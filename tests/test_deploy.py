@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 
 from fedkd import deploy
+from fedkd.deploy import runconfig
+from fedkd.errors import UsageError
 
 LINUX_PROC = pytest.mark.skipif(not Path("/proc").is_dir(), reason="orphan checks read /proc")
 # 2 SuperNodes sum in the clear: secure aggregation refuses sessions of fewer than 3 (secagg-min-clients)
@@ -217,9 +219,9 @@ def test_run_config_gets_num_clients_and_an_absolute_out(tmp_path):
 
 def test_the_app_is_found_beside_the_package_or_else_in_the_current_folder(tmp_path, monkeypatch):
     assert deploy.find_app(None, tmp_path) == PROJECT  # this checkout (editable install or pythonpath)
-    monkeypatch.setattr(deploy, "__file__", str(tmp_path / "site-packages" / "fedkd" / "deploy.py"))
+    monkeypatch.setattr(runconfig, "__file__", str(tmp_path / "site-packages" / "fedkd" / "deploy" / "runconfig.py"))
     assert deploy.find_app(None, PROJECT) == PROJECT  # a regular install, run from the project
-    with pytest.raises(deploy.UsageError, match="pass --app DIR"):
+    with pytest.raises(UsageError, match="pass --app DIR"):
         deploy.find_app(None, tmp_path)
 
 
