@@ -21,7 +21,6 @@ results: tests/test_compare_engine.py checks one setting both ways).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

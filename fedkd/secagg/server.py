@@ -339,7 +339,6 @@ class SecAggServer:
     def _close_unmask(self, answered: set[int]) -> SecAggResult:
         self._dropped[UNMASK] = tuple(sorted(self._asked - answered))
         self._check_recoverable(UNMASK, answered)
-        survivors = set(self._survivors)
         dtype = ring_dtype(self.config.bit_width)
         total = self._sum
         removals = []  # (seed, sign) of every mask left in the sum, with the sign that removes it

@@ -28,7 +28,7 @@ from fedkd.apps.secure import client_step, keep_vector, secagg_config, session_f
 from fedkd.config import Config
 from fedkd.secagg import (
     ADVERTISE_KEYS, SHARE_KEYS, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer,
-    crypto, run_in_memory, shamir,
+    crypto, shamir,
 )
 from fedkd.secagg.messages import ConsistencyCheckRequest, MaskedInputRequest, UnmaskRequest
 from fedkd.secagg.quantize import ring_dtype, ring_mask, unpack
