@@ -226,7 +226,7 @@ def teacher_round(
     dp_history: tuple = (),
     student: dict[str, torch.Tensor] | None = None,
 ) -> TeacherUpdate:
-    """One client's fd round: start -> (digest) -> train -> release, each step a function below.
+    """One client's fd round: start -> (digest) -> train -> evaluate -> release, each a function below.
 
     With teacher-init student and `student` (the global student's weights, sent down by the
     server) the teacher starts from them and skips the digest; a teacher whose architecture
@@ -262,14 +262,8 @@ def teacher_round(
         metrics["teacher-epsilon"] = fit.epsilon
 
     t0 = time.perf_counter()
-    test_logits = None
-    if not config.dp_enabled:
-        # With distributed DP on, nothing computed from private data leaves the node outside the
-        # noisy sum: no test accuracy, loss or example count (they would sit outside the guarantee).
-        test_logits = distill.predict_logits(model, splits.test_x, device)  # (n_test, K)
-        metrics["teacher-accuracy"] = distill.accuracy(test_logits, splits.test_y)  # of the model: post-processing
-        if not config.teacher_dp_enabled:  # the loss and the count are not outputs of the DP-SGD model
-            metrics.update({"num-examples": float(len(y)), "train-loss": fit.loss})
+    test_logits, tested = evaluate_teacher(model, config, splits, len(y), fit.loss, device)
+    metrics.update(tested)
     vector = np.zeros(0, dtype=np.float32)
     if with_predictions:
         vector, sent = release(model, config, splits, y, server_round, device, test_logits)
@@ -336,6 +330,21 @@ def train_teacher(
         consensus_x=consensus_x, consensus=consensus, consensus_weight=config.joint_weight,
     )
     return LocalFit(fit["loss"], fit["recoveries"], tuple(dp_history))
+
+
+def evaluate_teacher(model: torch.nn.Module, config: Config, splits: Splits, num_examples: int, loss: float,
+                     device: torch.device) -> tuple[np.ndarray | None, dict[str, float]]:
+    """The teacher's (n_test, K) test logits and what the client reports besides its vector:
+    test accuracy, and without DP-SGD its example count and training loss. With distributed DP
+    on, nothing computed from private data leaves the node outside the noisy sum: no test
+    accuracy, loss or example count (they would sit outside the guarantee), and no logits."""
+    if config.dp_enabled:
+        return None, {}
+    test_logits = distill.predict_logits(model, splits.test_x, device)  # (n_test, K)
+    metrics = {"teacher-accuracy": distill.accuracy(test_logits, splits.test_y)}  # of the model: post-processing
+    if not config.teacher_dp_enabled:  # the loss and the count are not outputs of the DP-SGD model
+        metrics.update({"num-examples": float(num_examples), "train-loss": loss})
+    return test_logits, metrics
 
 
 def soft_labels(config: Config, logits: np.ndarray, weights: np.ndarray | None
