@@ -160,7 +160,8 @@ def _release(setting: Setting, pid: int, x: np.ndarray, y: np.ndarray, shuffle: 
     config, splits, cpu = setting.config, setting.splits, torch.device("cpu")
     with torch.random.fork_rng(devices=[]):  # the seeded init must not disturb the caller's global RNG
         model = task.initial_teacher(config, splits, pid)
-    task.train_teacher(model, config, x, y, generator=shuffle, device=cpu, phase="local training")
+    task.train_teacher(model, config, x, y, generator=shuffle, device=cpu,
+                       phase="local training")  # what a divergence error has always named here
     every_query = np.arange(len(splits.public_y))
     labels, _ = task.public_release(model, config, splits, y, every_query, cpu)  # (m, K); no weights (vote none)
     return labels.ravel().astype(np.float64)
