@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.set_defaults(deploy_main=deploy_module.main)
     audit = sub.add_parser("audit", help="attack what the server receives (plain, secagg, known others, DP) and "
                                          "compare with the privacy accountant")
-    from fedkd.privacy import audit as audit_module
+    from fedkd.privacy import audit_cli as audit_module
 
     audit_module.add_arguments(audit)
     audit.set_defaults(audit_main=audit_module.main)

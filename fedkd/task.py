@@ -195,6 +195,16 @@ class TeacherUpdate:
     dp_history: tuple = ()  # DP-SGD accounting events so far (fedkd.privacy.dpsgd.Event), kept on the node
 
 
+@dataclass(frozen=True)
+class LocalFit:
+    """What local training reports (`train_teacher`)."""
+
+    loss: float  # the last epoch's mean loss (nan for 0 epochs)
+    recoveries: float  # restarts after divergence (DP-SGD has none)
+    dp_history: tuple = ()  # DP-SGD: the client's accounting events, this round's included
+    epsilon: float | None = None  # DP-SGD: the client's epsilon over all of them; None without DP-SGD
+
+
 def teacher_round(
     config: Config,
     partition_id: int,
@@ -205,7 +215,7 @@ def teacher_round(
     dp_history: tuple = (),
     student: dict[str, torch.Tensor] | None = None,
 ) -> TeacherUpdate:
-    """One client's fd round: (digest) -> local training -> softened predictions.
+    """One client's fd round: start -> (digest) -> train -> evaluate -> release, each a function below.
 
     With teacher-init student and `student` (the global student's weights, sent down by the
     server) the teacher starts from them and skips the digest; a teacher whose architecture
@@ -221,25 +231,79 @@ def teacher_round(
     if not 0 <= partition_id < len(splits.partitions):
         raise ValueError(f"partition-id {partition_id} is outside 0..{len(splits.partitions) - 1}")
     device = resolve_device(config.device)
-    torch.manual_seed(derive_seed(config.seed, "init", partition_id))  # same initial teacher every run
-    model = build_model(config.teacher_model_for(partition_id), splits.input_shape, splits.num_classes)
+    model, from_student = start_teacher(config, splits, partition_id, state, student)
+    x, y = splits.client(partition_id)
+    gen = generator(config.seed, "client", partition_id, server_round)  # digest, then training, draw from it
+    consensus_x = splits.public_x[consensus.indices] if consensus is not None else None  # (m, *shape)
+
+    t0 = time.perf_counter()
+    recoveries = 0.0
+    if consensus is not None and config.digest_epochs > 0 and not from_student:  # the student has digested it
+        recoveries += digest(model, config, consensus_x, consensus.teacher, generator=gen, device=device,
+                             phase=f"client {partition_id}'s digest step")
+    fit = train_teacher(model, config, x, y, generator=gen, device=device,
+                        phase=f"client {partition_id}'s local training",
+                        consensus_x=consensus_x, consensus=consensus.teacher if consensus is not None else None,
+                        dp_history=dp_history)
+    metrics = {"partition-id": float(partition_id), "train-seconds": time.perf_counter() - t0,
+               "train-recoveries": recoveries + fit.recoveries}
+    if fit.epsilon is not None:
+        metrics["teacher-epsilon"] = fit.epsilon
+
+    t0 = time.perf_counter()
+    test_logits, tested = evaluate_teacher(model, config, splits, len(y), fit.loss, device)
+    metrics.update(tested)
+    vector = np.zeros(0, dtype=np.float32)
+    if with_predictions:
+        vector, sent = release(model, config, splits, y, server_round, device, test_logits)
+        metrics.update(sent)
+    metrics["predict-seconds"] = time.perf_counter() - t0
+    cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return TeacherUpdate(cpu_state, vector, metrics, tuple(fit.dp_history))
+
+
+def initial_teacher(config: Config, splits: Splits, partition_id: int) -> torch.nn.Module:
+    """Client `partition_id`'s teacher at its seeded initialisation, the same in every run and
+    round. Seeds torch's global generator (a caller that must keep its own stream forks it)."""
+    torch.manual_seed(derive_seed(config.seed, "init", partition_id))
+    return build_model(config.teacher_model_for(partition_id), splits.input_shape, splits.num_classes)
+
+
+def start_teacher(config: Config, splits: Splits, partition_id: int, state: dict[str, torch.Tensor] | None,
+                  student: dict[str, torch.Tensor] | None) -> tuple[torch.nn.Module, bool]:
+    """This round's teacher before training, and whether it starts from the global student
+    (teacher-init student, when the student's weights fit it); else from its own `state`, else
+    from `initial_teacher`."""
+    model = initial_teacher(config, splits, partition_id)  # seeds even when weights load next: later draws see it
     from_student = student is not None and config.teacher_init == "student" and fits(model, student)
-    if from_student:  # teacher-init student: this round's teacher starts from the global student
+    if from_student:
         model.load_state_dict(student)
     elif state is not None:
         model.load_state_dict(state)
-    x, y = splits.client(partition_id)
-    gen = generator(config.seed, "client", partition_id, server_round)
-    t0 = time.perf_counter()
-    extra: dict[str, float] = {"train-recoveries": 0.0}
-    if consensus is not None and config.digest_epochs > 0 and not from_student:  # the student has digested it
-        digest = distill.distill(
-            model, splits.public_x[consensus.indices], consensus.teacher,
-            epochs=config.digest_epochs, lr=config.distill_lr, batch_size=config.distill_batch_size,
-            val_fraction=0.0, patience=config.patience, generator=gen, device=device,
-            optimizer=config.distill_optimizer, phase=f"client {partition_id}'s digest step",
-        )
-        extra["train-recoveries"] += digest["recoveries"]
+    return model, from_student
+
+
+def digest(model: torch.nn.Module, config: Config, consensus_x: np.ndarray, consensus: distill.Teacher, *,
+           generator: torch.Generator, device: torch.device, phase: str) -> float:
+    """The digest step (FedMD, DS-FL): distil last round's consensus on its public inputs
+    `consensus_x` (m, *shape) into `model`, in place. Returns the divergence recoveries."""
+    result = distill.distill(
+        model, consensus_x, consensus,
+        epochs=config.digest_epochs, lr=config.distill_lr, batch_size=config.distill_batch_size,
+        val_fraction=0.0, patience=config.patience, generator=generator, device=device,
+        optimizer=config.distill_optimizer, phase=phase,
+    )
+    return result["recoveries"]
+
+
+def train_teacher(
+    model: torch.nn.Module, config: Config, x: np.ndarray, y: np.ndarray, *, generator: torch.Generator,
+    device: torch.device, phase: str, consensus_x: np.ndarray | None = None,
+    consensus: distill.Teacher | None = None, dp_history: tuple = (),
+) -> LocalFit:
+    """Local training of `model` on the private (x (N, *shape), y (N,)), in place: DP-SGD when
+    teacher DP-SGD is on (continuing `dp_history`), else cross-entropy, joined by the KD term
+    on last round's consensus (`consensus_x`, `consensus`) at the config's consensus weight."""
     if config.teacher_dp_enabled:
         from fedkd.privacy import dpsgd
 
@@ -248,55 +312,67 @@ def teacher_round(
             noise_multiplier=config.teacher_dp_noise_multiplier, max_grad_norm=config.teacher_dp_max_grad_norm,
             delta=config.teacher_dp_delta, device=device, history=dp_history,
         )
-        loss, dp_history = trained.loss, trained.history
-        extra["teacher-epsilon"] = trained.epsilon
+        return LocalFit(trained.loss, 0.0, tuple(trained.history), trained.epsilon)
+    fit = distill.train_supervised(
+        model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+        generator=generator, device=device, phase=phase,
+        consensus_x=consensus_x, consensus=consensus, consensus_weight=config.joint_weight,
+    )
+    return LocalFit(fit["loss"], fit["recoveries"], tuple(dp_history))
+
+
+def evaluate_teacher(model: torch.nn.Module, config: Config, splits: Splits, num_examples: int, loss: float,
+                     device: torch.device) -> tuple[np.ndarray | None, dict[str, float]]:
+    """The teacher's (n_test, K) test logits and what the client reports besides its vector:
+    test accuracy, and without DP-SGD its example count and training loss. With distributed DP
+    on, nothing computed from private data leaves the node outside the noisy sum: no test
+    accuracy, loss or example count (they would sit outside the guarantee), and no logits."""
+    if config.dp_enabled:
+        return None, {}
+    test_logits = distill.predict_logits(model, splits.test_x, device)  # (n_test, K)
+    metrics = {"teacher-accuracy": distill.accuracy(test_logits, splits.test_y)}  # of the model: post-processing
+    if not config.teacher_dp_enabled:  # the loss and the count are not outputs of the DP-SGD model
+        metrics.update({"num-examples": float(num_examples), "train-loss": loss})
+    return test_logits, metrics
+
+
+def soft_labels(config: Config, logits: np.ndarray, weights: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rows, K) logits -> the (rows, K) weighted soft labels a client sends for them, and the
+    weights the server divides their sum by: the class weights (K,), else the per-example
+    confidences (rows,) with confidence weighting, else None."""
+    conf = distill.confidence(logits, config.confidence_weighting) if config.confidence_weighting != "none" else None
+    labels = distill.client_payload(logits, config.ensemble, config.temperature, weights, conf)
+    return labels, (weights if weights is not None else conf)
+
+
+def public_release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarray, indices: np.ndarray,
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+    """The client's (m, K) soft labels on the public rows `indices` (m,), and their weights
+    (`soft_labels`); its vote per class comes from its private labels y (N,)."""
+    logits = distill.predict_logits(model, splits.public_x[indices], device)  # (m, K)
+    return soft_labels(config, logits, class_weights(y, splits.num_classes, config.vote_rule))
+
+
+def release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarray, server_round: int,
+            device: torch.device, test_logits: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
+    """The vector to be summed (`TeacherUpdate.vector`) and its metrics: the public block on
+    this round's sample, DP-encoded with DP on; else packed with the test block, the soft
+    labels of `test_logits` (n_test, K)."""
+    layout = vector_layout(config, splits, server_round)
+    public = public_release(model, config, splits, y, public_sample(config, server_round), device)
+    metrics: dict[str, float] = {}
+    if config.dp_enabled:
+        # noise from the OS's entropy, never from the run seed: the server knows the seed
+        rng = np.random.default_rng(np.random.SeedSequence())
+        encoded = mechanism.encode(public[0], dp_params(config, splits.num_classes, server_round), rng)
+        vector = encoded.values
+        metrics["dp-noise-seconds"] = encoded.noise_seconds
     else:
-        fit = distill.train_supervised(
-            model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-            generator=gen, device=device, phase=f"client {partition_id}'s local training",
-            consensus_x=splits.public_x[consensus.indices] if consensus is not None else None,
-            consensus=consensus.teacher if consensus is not None else None,
-            consensus_weight=config.joint_weight,
-        )
-        loss = fit["loss"]
-        extra["train-recoveries"] += fit["recoveries"]
-    t_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    metrics = {"partition-id": float(partition_id), "train-seconds": t_train, **extra}
-    if not config.dp_enabled:
-        # With distributed DP on, nothing computed from private data leaves the node outside the
-        # noisy sum: no test accuracy, loss or example count (they would sit outside the guarantee).
-        test_logits = distill.predict_logits(model, splits.test_x, device)
-        metrics["teacher-accuracy"] = distill.accuracy(test_logits, splits.test_y)  # of the model: post-processing
-        if not config.teacher_dp_enabled:  # the loss and the count are not outputs of the DP-SGD model
-            metrics.update({"num-examples": float(len(y)), "train-loss": loss})
-    vector = np.zeros(0, dtype=np.float32)
-    if with_predictions:
-        public_idx = public_sample(config, server_round)
-        public_logits = distill.predict_logits(model, splits.public_x[public_idx], device)
         weights = class_weights(y, splits.num_classes, config.vote_rule)
-        layout = vector_layout(config, splits, server_round)
-
-        def block(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-            # (rows, K) weighted soft labels, and the weights the server divides their sum by
-            conf = (distill.confidence(logits, config.confidence_weighting)
-                    if config.confidence_weighting != "none" else None)
-            labels = distill.client_payload(logits, config.ensemble, config.temperature, weights, conf)
-            return labels, (weights if weights is not None else conf)
-
-        public_payload, public_weights = block(public_logits)
-        if config.dp_enabled:
-            # noise from the OS's entropy, never from the run seed: the server knows the seed
-            rng = np.random.default_rng(np.random.SeedSequence())
-            encoded = mechanism.encode(public_payload, dp_params(config, splits.num_classes, server_round), rng)
-            vector = encoded.values
-            metrics["dp-noise-seconds"] = encoded.noise_seconds
-        else:
-            vector = layout.pack((public_payload, public_weights), block(test_logits))
-        metrics["upload-bytes"] = float(layout.public_length * 4)
-    metrics["predict-seconds"] = time.perf_counter() - t0
-    cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return TeacherUpdate(cpu_state, vector, metrics, tuple(dp_history))
+        vector = layout.pack(public, soft_labels(config, test_logits, weights))
+    metrics["upload-bytes"] = float(layout.public_length * 4)
+    return vector, metrics
 
 
 def fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:

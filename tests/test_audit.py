@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedkd.privacy import audit
+from fedkd.privacy import audit, audit_cli, audit_stats
 from fedkd.privacy.accounting import Ledger
 from fedkd.privacy.mechanism import DPParams
 
@@ -92,18 +92,18 @@ def test_same_seed_same_audit():
 
 def test_clopper_pearson_upper_bound():
     # 0 events in n: the bound solves (1 - p)^n = alpha
-    assert audit.clopper_pearson_upper(0, 100, 0.05) == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-9)
-    assert audit.clopper_pearson_upper(0, 100, 0.05) == pytest.approx(0.029513, abs=1e-6)
+    assert audit_stats.clopper_pearson_upper(0, 100, 0.05) == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-9)
+    assert audit_stats.clopper_pearson_upper(0, 100, 0.05) == pytest.approx(0.029513, abs=1e-6)
     # in general P(Bin(n, upper) <= k) = alpha
-    upper = audit.clopper_pearson_upper(7, 250, 0.01)
+    upper = audit_stats.clopper_pearson_upper(7, 250, 0.01)
     assert stats.binom.cdf(7, 250, upper) == pytest.approx(0.01, rel=1e-6)
-    assert audit.clopper_pearson_upper(5, 5, 0.05) == 1.0
+    assert audit_stats.clopper_pearson_upper(5, 5, 0.05) == 1.0
 
 
 def test_epsilon_lower_bound_formula():
-    assert audit.epsilon_lower_bound(0.01, 0.5, 0.0) == pytest.approx(math.log(50))
-    assert audit.epsilon_lower_bound(0.5, 0.01, 0.0) == pytest.approx(math.log(50))
-    assert audit.epsilon_lower_bound(0.6, 0.6, 1e-5) == 0.0  # a test no better than chance proves nothing
+    assert audit_stats.epsilon_lower_bound(0.01, 0.5, 0.0) == pytest.approx(math.log(50))
+    assert audit_stats.epsilon_lower_bound(0.5, 0.01, 0.0) == pytest.approx(math.log(50))
+    assert audit_stats.epsilon_lower_bound(0.6, 0.6, 1e-5) == 0.0  # a test no better than chance proves nothing
 
 
 def test_membership_attack_on_separated_scores_reaches_the_counting_limit():
@@ -111,10 +111,10 @@ def test_membership_attack_on_separated_scores_reaches_the_counting_limit():
     rng = np.random.default_rng(0)
     member = rng.random(400) < 0.5
     scores = np.where(member, 5.0, 0.0) + rng.normal(0, 0.1, 400)
-    result = audit.membership_attack(scores, member, seed=0, delta=1e-5)
+    result = audit_stats.membership_attack(scores, member, seed=0, delta=1e-5)
     d = result["eps_lb_detail"]
     assert (d["false_positives"], d["false_negatives"]) == (0, 0)
-    alpha = (1 - audit.CONFIDENCE) / (2 * audit.EPS_THRESHOLDS)
+    alpha = (1 - audit_stats.CONFIDENCE) / (2 * audit_stats.EPS_THRESHOLDS)
     fpr_ub, fnr_ub = 1 - alpha ** (1 / d["out"]), 1 - alpha ** (1 / d["in"])
     assert result["eps_lb"] == pytest.approx(max(math.log((1 - 1e-5 - fnr_ub) / fpr_ub),
                                                  math.log((1 - 1e-5 - fpr_ub) / fnr_ub)))
@@ -123,7 +123,7 @@ def test_membership_attack_on_separated_scores_reaches_the_counting_limit():
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="fedkd audit")
-    audit.add_arguments(parser)
+    audit_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -145,7 +145,7 @@ def _parse(argv):
 )
 def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):
     out = tmp_path / "audit"
-    assert audit.main(_parse(["--out", str(out), *argv])) == 2
+    assert audit_cli.main(_parse(["--out", str(out), *argv])) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("fedkd audit: error: ") and fragment in captured.err
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
@@ -153,8 +153,8 @@ def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):
 
 
 def test_json_output_and_files(capsys, tmp_path):
-    code = audit.main(_parse(["--json", "--out", str(tmp_path), "--view", "plain", "--canaries", "20",
-                              "--canaries-per-run", "10", "--local-epochs", "1"]))
+    code = audit_cli.main(_parse(["--json", "--out", str(tmp_path), "--view", "plain", "--canaries", "20",
+                                  "--canaries-per-run", "10", "--local-epochs", "1"]))
     assert code == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
