@@ -234,17 +234,17 @@ def teacher_round(
     model, from_student = start_teacher(config, splits, partition_id, state, student)
     x, y = splits.client(partition_id)
     gen = generator(config.seed, "client", partition_id, server_round)  # digest, then training, draw from it
-    consensus_x = splits.public_x[consensus.indices] if consensus is not None else None  # (m, *shape)
+    # last round's consensus on its public inputs (m, *shape): the digest's target and the joint term
+    joint = None if consensus is None else distill.JointTerm(splits.public_x[consensus.indices], consensus.teacher,
+                                                             config.joint_weight)
 
     t0 = time.perf_counter()
     recoveries = 0.0
-    if consensus is not None and config.digest_epochs > 0 and not from_student:  # the student has digested it
-        recoveries += digest(model, config, consensus_x, consensus.teacher, generator=gen, device=device,
+    if joint is not None and config.digest_epochs > 0 and not from_student:  # the student has digested it
+        recoveries += digest(model, config, joint.x, joint.teacher, generator=gen, device=device,
                              phase=f"client {partition_id}'s digest step")
     fit = train_teacher(model, config, x, y, generator=gen, device=device,
-                        phase=f"client {partition_id}'s local training",
-                        consensus_x=consensus_x, consensus=consensus.teacher if consensus is not None else None,
-                        dp_history=dp_history)
+                        phase=f"client {partition_id}'s local training", joint=joint, dp_history=dp_history)
     metrics = {"partition-id": float(partition_id), "train-seconds": time.perf_counter() - t0,
                "train-recoveries": recoveries + fit.recoveries}
     if fit.epsilon is not None:
@@ -287,37 +287,26 @@ def digest(model: torch.nn.Module, config: Config, consensus_x: np.ndarray, cons
            generator: torch.Generator, device: torch.device, phase: str) -> float:
     """The digest step (FedMD, DS-FL): distil last round's consensus on its public inputs
     `consensus_x` (m, *shape) into `model`, in place. Returns the divergence recoveries."""
-    result = distill.distill(
-        model, consensus_x, consensus,
-        epochs=config.digest_epochs, lr=config.distill_lr, batch_size=config.distill_batch_size,
-        val_fraction=0.0, patience=config.patience, generator=generator, device=device,
-        optimizer=config.distill_optimizer, phase=phase,
-    )
+    result = distill.distill(model, consensus_x, consensus, distill.Schedule.digest(config, phase),
+                             generator=generator, device=device)
     return result["recoveries"]
 
 
 def train_teacher(
     model: torch.nn.Module, config: Config, x: np.ndarray, y: np.ndarray, *, generator: torch.Generator,
-    device: torch.device, phase: str, consensus_x: np.ndarray | None = None,
-    consensus: distill.Teacher | None = None, dp_history: tuple = (),
+    device: torch.device, phase: str, joint: distill.JointTerm | None = None, dp_history: tuple = (),
 ) -> LocalFit:
     """Local training of `model` on the private (x (N, *shape), y (N,)), in place: DP-SGD when
     teacher DP-SGD is on (continuing `dp_history`), else cross-entropy, joined by the KD term
-    on last round's consensus (`consensus_x`, `consensus`) at the config's consensus weight."""
+    on last round's consensus (`joint`)."""
+    schedule = distill.Schedule.local(config, phase)
     if config.teacher_dp_enabled:
         from fedkd.privacy import dpsgd
 
-        trained = dpsgd.train(
-            model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-            noise_multiplier=config.teacher_dp_noise_multiplier, max_grad_norm=config.teacher_dp_max_grad_norm,
-            delta=config.teacher_dp_delta, device=device, history=dp_history,
-        )
+        trained = dpsgd.train(model, x, y, schedule, dpsgd.Noise.from_config(config), device=device,
+                              history=dp_history)
         return LocalFit(trained.loss, 0.0, tuple(trained.history), trained.epsilon)
-    fit = distill.train_supervised(
-        model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-        generator=generator, device=device, phase=phase,
-        consensus_x=consensus_x, consensus=consensus, consensus_weight=config.joint_weight,
-    )
+    fit = distill.train_supervised(model, x, y, schedule, generator=generator, device=device, joint=joint)
     return LocalFit(fit["loss"], fit["recoveries"], tuple(dp_history))
 
 
@@ -391,10 +380,9 @@ def fedavg_round(
     model.load_state_dict(global_state)
     x, y = splits.client(partition_id)
     t0 = time.perf_counter()
-    loss = distill.train_supervised(
-        model, x, y, epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-        generator=generator(config.seed, "fedavg", partition_id, server_round), device=device,
-    )["loss"]
+    loss = distill.train_supervised(model, x, y, distill.Schedule.local(config),
+                                    generator=generator(config.seed, "fedavg", partition_id, server_round),
+                                    device=device)["loss"]
     metrics = {
         "partition-id": float(partition_id),
         "num-examples": float(len(y)),
