@@ -142,16 +142,9 @@ class DistillationServer:
                           aggregate: Aggregate | None) -> tuple[RoundRecord, distill.Teacher]:
         """Build the ensemble teacher on the public sample from the sum (decoded and accounted
         under DP); the record gains the sum's figures and, with a test part, the ensemble's accuracy."""
-        cfg = self.config
-        layout = vector_layout(cfg, self.splits, record.round)
+        layout = vector_layout(self.config, self.splits, record.round)
         agg, seconds_aggregate = self._sum(replies, aggregate, layout.length)
-        total, privacy = agg.total, None
-        if self.ledger is not None:
-            spent: dict = {}
-            total = self._release(record.round, agg, spent)
-            # the slowest client's noise generation, to set against the round's secure-aggregation time
-            privacy = replace(spent["privacy"], client_noise_seconds_max=max(
-                r.metrics.dp_noise_seconds or 0.0 for r in replies))
+        total, privacy = self._decode(record.round, agg, replies)
         (public_total, public_w), (test_total, test_w) = layout.unpack(total)  # (m, K), (n_test, K)
         teacher = self._combine(public_total, agg.count, public_w)
         ensemble_accuracy = None
@@ -162,10 +155,22 @@ class DistillationServer:
         if aggregate is not None:  # secure: what each client really sent, all stages, masked
             secagg = SecAggStats(**agg.details)
             upload, eval_upload = secagg.upload_bytes_per_client, None  # the test part is inside the masked vector
-        record = replace(record, seconds_aggregate=seconds_aggregate, privacy=privacy, ensemble_accuracy=ensemble_accuracy,
-                         contributors=agg.count, upload_bytes_per_client=upload,
-                         eval_upload_bytes_per_client=eval_upload, secagg=secagg)
+        record = replace(record, seconds_aggregate=seconds_aggregate, privacy=privacy, secagg=secagg,
+                         ensemble_accuracy=ensemble_accuracy, contributors=agg.count,
+                         upload_bytes_per_client=upload, eval_upload_bytes_per_client=eval_upload)
         return record, teacher
+
+    def _decode(self, server_round: int, agg: Aggregate,
+                replies: list[ClientReply]) -> tuple[np.ndarray, PrivacyStats | None]:
+        """The sum's (d,) values: as summed, or under DP released (accounted, then decoded) with
+        the round's PrivacyStats."""
+        if self.ledger is None:
+            return agg.total, None
+        spent: dict = {}
+        total = self._release(server_round, agg, spent)
+        # the slowest client's noise generation, to set against the round's secure-aggregation time
+        noise_seconds = max(r.metrics.dp_noise_seconds or 0.0 for r in replies)
+        return total, replace(spent["privacy"], client_noise_seconds_max=noise_seconds)
 
     def _combine(self, total: np.ndarray, count: int, weights: np.ndarray | None) -> distill.Teacher:
         """(rows, K) summed client payloads -> the ensemble teacher under the run's ensemble rule."""
