@@ -58,7 +58,7 @@ class ClientMetrics:
     def from_wire(cls, metrics: Mapping[str, float]) -> ClientMetrics:
         """From hyphenated keys (a MetricRecord, or `fedkd.task`'s metrics dict). "partition-id"
         and other keys that are not a client figure are not part of it; "train-seconds" is required."""
-        known = {f.name: f.type for f in fields(cls)}
+        known = {f.name: f.type for f in fields(cls)}  # name -> annotation as a string: "int | None"
         values = {}
         for key, value in metrics.items():
             name = key.replace("-", "_")
