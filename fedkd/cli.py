@@ -5,7 +5,8 @@ Owns: argument parsing (one option per config field, generated from `Config`; bo
 flags with a `--no-` twin), early validation (config, data and the output folder, before Ray
 starts), what the console shows during a run (one line per round and per Flower warning or error;
 Flower's and Ray's full logs go to `run.log` in the output folder) and the final summary table
-(`summary.txt` in the output folder).
+(`summary.txt` in the output folder). The display reads results.json's rows (`fedkd.rounds`
+writes them), so a saved file renders as the live run did.
 Must not touch: training or protocol code; it only calls `fedkd.simulation` (which runs a run),
 `fedkd.deploy`, `fedkd.privacy.audit` and `fedkd.bench`.
 """
