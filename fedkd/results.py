@@ -17,15 +17,18 @@ import os
 import platform
 import tempfile
 import threading
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
+from fedkd import __version__
 from fedkd.config import Config
+from fedkd.data import Splits, describe_splits
 from fedkd.errors import OutputError
 from fedkd.rounds import PrivacySpent, RoundRecord
 
-if TYPE_CHECKING:
-    from fedkd.data import Splits
+# torch (`fedkd.models`, `fedkd.task`), Flower (`fedkd.apps.secure`) and matplotlib are imported
+# in the functions that need them: the CLI imports this module, and `fedkd --help` stays fast.
 
 # Set when the user interrupts a run: from then on no recorder in this process rewrites its files,
 # so the interrupted state written by the CLI is the last word (the ServerApp thread may still be
@@ -115,8 +118,6 @@ def _check_writable(folder: Path) -> None:
 
 def environment(now: datetime.datetime | None = None) -> dict:
     """Versions of fedkd and what it runs on, and the date (local time with its offset)."""
-    from importlib import metadata
-
     versions = {}
     for package in ("fedkd", "flwr", "torch", "numpy"):
         try:
@@ -124,19 +125,16 @@ def environment(now: datetime.datetime | None = None) -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     if versions["fedkd"] is None:  # run from a checkout that is not installed
-        from fedkd import __version__
-
         versions["fedkd"] = __version__
     versions["python"] = platform.python_version()
     versions["date"] = (now or datetime.datetime.now().astimezone()).isoformat(timespec="seconds")
     return versions
 
 
-def resolved_settings(config: Config, splits: "Splits") -> dict:
+def resolved_settings(config: Config, splits: Splits) -> dict:
     """What the run's `auto` and 0 (automatic) settings became for this data, and the data's
     shape: input shape and scaling, models, partition sizes, secure-aggregation parameters.
     One place to extend when more of the data is described."""
-    from fedkd.data import describe_splits
     from fedkd.models import auto_model
 
     def model(name: str) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedkd.apps.cohort import CohortFedAvg, Cohorts
@@ -59,10 +61,6 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
 def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: float = 30.0) -> list[int]:
     """All `num-clients` nodes, waiting up to `timeout` seconds for them to connect. While it
     waits it logs what it waits for at once, then every `report_every` seconds."""
-    from logging import INFO
-
-    from flwr.common.logger import log
-
     started = time.monotonic()
     deadline, next_report = started + config.timeout, started
     while True:

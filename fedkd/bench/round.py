@@ -13,6 +13,9 @@ import json
 import sys
 import tempfile
 
+from rich.console import Console
+from rich.table import Table
+
 from fedkd.config import Config
 from fedkd.errors import ConfigError
 from fedkd.simulation import simulate
@@ -69,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
               "phases_seconds": phases(last), "first_round_seconds": first["seconds"],
               "student_accuracy": last["student_accuracy"]}
     try:
-        import torch
+        import torch  # heavy, and only for the GPU figure
 
         if torch.cuda.is_available():
             report["server_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -78,9 +81,6 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"one fd round (round {last['round']} of {len(results['rounds'])}): {args.clients} clients, "
                         f"{args.dataset}, {args.aggregation}, device {args.device}")
     table.add_column("phase")
