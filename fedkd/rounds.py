@@ -18,12 +18,16 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Iterator
 
 
-class _Row(Mapping):
-    """Read-only access by key to `to_json()` (the row a record writes), for code written
-    against results.json's rows: `record["student_accuracy"]`, `set(record)`, `record.get(...)`."""
+class _Record:
+    """A dataclass record whose JSON form is its fields, in order (nested dicts and lists as they are)."""
 
     def to_json(self) -> dict:
-        raise NotImplementedError
+        return asdict(self)
+
+
+class _Row(_Record, Mapping):
+    """Read-only access by key to `to_json()` (the row a record writes), for code written
+    against results.json's rows: `record["student_accuracy"]`, `set(record)`, `record.get(...)`."""
 
     def __getitem__(self, key: str) -> object:
         return self.to_json()[key]
@@ -75,7 +79,7 @@ class ClientMetrics:
 # ---- what the server records per round ---------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
-class SecAggStats:
+class SecAggStats(_Record):
     """One secure-aggregation round as `fedkd.apps.secure.secure_sum` measured it. Client ids are
     partition ids; stage names are the protocol's ("share_keys", "unmask", ...)."""
 
@@ -91,9 +95,6 @@ class SecAggStats:
     threshold: int | None = None  # shares needed to reconstruct a secret
     clip: float | None = None  # fixed-point clipping bound, probability units
     error_bound: float | None = None  # worst rounding error of the decoded sum, per value
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,20 +121,14 @@ class PrivacyStats(_Row):
     value_range: int  # integers a coordinate of the sum may span
     client_noise_seconds_max: float | None = None  # the slowest client's noise draw (set by the server)
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class TeacherEpsilon:
+class TeacherEpsilon(_Record):
     """DP-SGD teachers: each client's own epsilon over all its rounds so far."""
 
     max: float
     delta: float
     per_client: dict[str, float]  # str(partition id) -> epsilon
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -193,13 +188,10 @@ ROUND_KEYS = tuple(f.name for f in fields(RoundRecord))  # a round row's keys, i
 
 
 @dataclass(frozen=True)
-class PrivacySpent:
+class PrivacySpent(_Record):
     """The run's privacy so far (results.json's top-level "privacy"), kept even when a round is refused."""
 
     epsilon: float
     delta: float
     budget: float | None  # dp-epsilon-budget; None when there is none
     rounds_released: int
-
-    def to_json(self) -> dict:
-        return asdict(self)
