@@ -5,14 +5,17 @@ Owns: argument parsing (one option per config field, generated from `Config`; bo
 flags with a `--no-` twin), early validation (config, data and the output folder, before Ray
 starts), what the console shows during a run (one line per round and per Flower warning or error;
 Flower's and Ray's full logs go to `run.log` in the output folder) and the final summary table
-(`summary.txt` in the output folder).
-Must not touch: training or protocol code; it only calls `fedkd.apps` and `fedkd.bench`.
+(`summary.txt` in the output folder). The display reads results.json's rows (`fedkd.rounds`
+writes them), so a saved file renders as the live run did.
+Must not touch: training or protocol code; it only calls `fedkd.simulation` (which runs a run),
+`fedkd.deploy`, `fedkd.privacy.audit` and `fedkd.bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import re
@@ -23,8 +26,20 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedkd.bench import round as round_bench
 from fedkd.config import Config
 from fedkd.errors import report
+from fedkd.privacy.mechanism import PrivacyError
+from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, write_json_atomic
+from fedkd.simulation import simulate  # also `fedkd.cli.simulate`, as scripts know it
+
+# Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
+# 1 s), Opacus (`fedkd.privacy.dpsgd`), Flower and Ray load only when a run needs them, so that
+# `fedkd --help` stays fast; the secure-aggregation benchmark's library is optional.
 
 # Short spellings for the options people type most; every config field also has its full name.
 ALIASES = {"num_clients": ("--clients",), "dp_delta": ("--delta",), "dp_epsilon_budget": ("--epsilon-budget",),
@@ -103,8 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
         secagg.set_defaults(bench_main=secagg_bench.main)
     except ImportError:  # the secure-aggregation library is optional at import time
         secagg.set_defaults(bench_main=None)
-    from fedkd.bench import round as round_bench
-
     rnd = bench_sub.add_parser("round", help="time one full fd round by phase in a Flower simulation")
     round_bench.add_arguments(rnd)
     rnd.set_defaults(bench_main=round_bench.main)
@@ -125,8 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         resolved = _check_data(config)
-        from fedkd.results import prepare_out
-
         config = config.replace(out=str(prepare_out(config.out, force=args.force)))
     except ValueError as exc:  # a UserError, or a check of the data or models that failed
         return report(exc)
@@ -137,9 +148,7 @@ def _check_data(config: Config) -> dict:
     """Load the splits once here so a data problem is one line, not a Ray traceback; also check
     that every teacher architecture fits the data (and DP-SGD), and that the DP sizes fit the ring.
     Returns what the run resolved (`fedkd.results.resolved_settings`)."""
-    from fedkd.models import build_model
-    from fedkd.privacy.mechanism import PrivacyError
-    from fedkd.results import resolved_settings
+    from fedkd.models import build_model  # torch
     from fedkd.task import dp_params, resolve_device, splits_for
 
     splits = splits_for(config)
@@ -198,9 +207,6 @@ def describe(config: Config, resolved: dict) -> list[str]:
 
 
 def run_command(config: Config, verbose: bool = False, resolved: dict | None = None) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     console = Console(stderr=True)
     out = Path(config.out)
     for line in describe(config, resolved) if resolved else ():
@@ -228,8 +234,6 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
             results = simulate(config, on_round=on_round, verbose=verbose)
         except KeyboardInterrupt:
             progress.stop()
-            from fedkd.results import halt_saving
-
             halt_saving()  # the ServerApp thread may still finish a round: it must not overwrite this
             _mark_interrupted(config.out)
             console.print(f"[yellow]fedkd: interrupted[/yellow]; rounds completed so far are in {config.out}/results.json")
@@ -376,10 +380,6 @@ def _exit_now(code: int) -> None:
 
 def _mark_interrupted(out: str) -> None:
     """Record in results.json that the run was stopped by the user (its rounds stay as saved)."""
-    import json
-
-    from fedkd.results import write_json_atomic
-
     path = os.path.join(out, "results.json")
     try:
         with open(path) as f:
@@ -389,65 +389,6 @@ def _mark_interrupted(out: str) -> None:
     if saved.get("status") == "running":
         saved["status"] = "interrupted"
         write_json_atomic(Path(path), saved)
-
-
-def simulate(config: Config, on_round=None, verbose: bool = False, observe_grid=None) -> dict:
-    """Run `config` end to end (a Flower simulation unless method is central) and return results.json's dict."""
-    from fedkd.apps.driver import run_federation
-    from fedkd.results import RunRecorder
-
-    if config.method == "central":  # the union of private data in one place: no clients to simulate
-        return run_federation(None, config, RunRecorder(config, on_round=on_round))
-
-    if not verbose:  # Flower's deprecation notice for run_simulation and per-round INFO lines
-        from flwr.common.logger import update_console_handler
-
-        update_console_handler(level=logging.ERROR)  # its console only: run.log still gets INFO
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    # Simulated nodes have no --node-config: their operator (whoever runs this) pins their
-    # secure-aggregation minimums here, from the run's own settings, before Ray starts them.
-    from fedkd.apps.secure import NODE_CONFIG_ENV
-
-    before = os.environ.get(NODE_CONFIG_ENV)
-    os.environ[NODE_CONFIG_ENV] = simulated_node_config(config)
-    try:
-        return _run_simulation(config, on_round, verbose, observe_grid)
-    finally:  # the pins were for these simulated nodes only, not for whatever this process does next
-        if before is None:
-            os.environ.pop(NODE_CONFIG_ENV, None)
-        else:
-            os.environ[NODE_CONFIG_ENV] = before
-
-
-def _run_simulation(config: Config, on_round, verbose: bool, observe_grid) -> dict:
-    from flwr.simulation import run_simulation
-
-    from fedkd.apps.client_app import app as client_app
-    from fedkd.apps.server_app import make_server_app
-
-    holder: dict = {}
-    backend = {
-        "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},
-        "init_args": {"logging_level": logging.ERROR if not verbose else logging.INFO, "log_to_driver": verbose},
-    }
-    if config.ray_address:  # an existing cluster: Flower's Ray backend passes init_args to ray.init
-        backend["init_args"]["address"] = config.ray_address
-    server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid)
-    run_simulation(server_app, client_app,
-                   num_supernodes=config.num_clients, backend_config=backend, verbose_logging=verbose)
-    if "value" not in holder:
-        raise RuntimeError("the simulation ended without results (see the log above)")
-    return holder["value"]
-
-
-def simulated_node_config(config: Config) -> str:
-    """The node settings of `fedkd run`'s simulated nodes: their pins come from the run's own
-    secure-aggregation settings (a deployment's SuperNodes take theirs from --node-config)."""
-    pins = {"secagg-min-clients": config.secagg_min_clients,
-            "secagg-require-check": str(config.secagg_consistency_check).lower()}
-    if config.secagg_max_colluders >= 0:
-        pins["secagg-max-colluders"] = config.secagg_max_colluders
-    return " ".join(f"{k}={v}" for k, v in pins.items())
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -477,8 +418,6 @@ def _round_line(r: dict, num_clients: int = 0) -> str:
     student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
     line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
             f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
-    from fedkd.results import cohort_text
-
     if cohort_text(r, num_clients):
         line += f"  {cohort_text(r, num_clients)}"
     if _dropped(r):
@@ -506,8 +445,6 @@ def _title(results: dict) -> str:
 
 
 def _rendered_width(renderable) -> int:
-    from rich.console import Console
-
     console = Console(file=io.StringIO(), width=10_000, color_system=None)
     with console.capture() as capture:
         console.print(renderable)
@@ -515,8 +452,6 @@ def _rendered_width(renderable) -> int:
 
 
 def _compact_table(results: dict, wall: float):
-    from rich.table import Table
-
     rounds = results["rounds"]
     table = Table(title=_title(results))
     columns = ["round", "student", "ensemble", "stu/ens", "teachers", "s"]
@@ -537,8 +472,6 @@ def _compact_table(results: dict, wall: float):
 
 
 def _full_table(results: dict, wall: float):
-    from rich.table import Table
-
     table = Table(title=_title(results))
     secure = any(r.get("secagg") for r in results["rounds"])
     columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "student/ensemble", "teacher acc (mean±sd)",
@@ -573,8 +506,6 @@ def _full_table(results: dict, wall: float):
 
 def write_summary(results: dict, wall: float, path: Path) -> None:
     """The full table as plain text (no colour codes), as wide as it needs."""
-    from rich.console import Console
-
     table = _full_table(results, wall)
     with open(path, "w", encoding="utf-8") as f:
         Console(file=f, width=max(80, _rendered_width(table)), color_system=None, force_terminal=False).print(table)

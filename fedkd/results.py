@@ -1,7 +1,8 @@
 """Run outputs: `config.json`, `results.json` (rewritten atomically after every round, so a crash
 leaves the last good state), `curves.png`, and the output folder itself.
 
-Owns: the results schema, the files in the output folder, choosing that folder (`prepare_out`:
+Owns: results.json's layout (status, config, rounds, final and how the run ended; a round's
+row is `fedkd.rounds.RoundRecord.to_json()` plus "student_to_ensemble"), the files in the output folder, choosing that folder (`prepare_out`:
 a `.../latest` out gets a fresh timestamped sibling, an earlier run is never overwritten without
 `force`), what a run resolved from its `auto` settings (`resolved_settings`) and the software
 versions it ran with (`environment`). Must not touch: training or Flower messaging.
@@ -16,14 +17,18 @@ import os
 import platform
 import tempfile
 import threading
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Mapping
 
+from fedkd import __version__
 from fedkd.config import Config
+from fedkd.data import Splits, describe_splits
 from fedkd.errors import OutputError
+from fedkd.rounds import PrivacySpent, RoundRecord
 
-if TYPE_CHECKING:
-    from fedkd.data import Splits
+# torch (`fedkd.models`, `fedkd.task`), Flower (`fedkd.apps.secure`) and matplotlib are imported
+# in the functions that need them: the CLI imports this module, and `fedkd --help` stays fast.
 
 # Set when the user interrupts a run: from then on no recorder in this process rewrites its files,
 # so the interrupted state written by the CLI is the last word (the ServerApp thread may still be
@@ -113,8 +118,6 @@ def _check_writable(folder: Path) -> None:
 
 def environment(now: datetime.datetime | None = None) -> dict:
     """Versions of fedkd and what it runs on, and the date (local time with its offset)."""
-    from importlib import metadata
-
     versions = {}
     for package in ("fedkd", "flwr", "torch", "numpy"):
         try:
@@ -122,19 +125,16 @@ def environment(now: datetime.datetime | None = None) -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     if versions["fedkd"] is None:  # run from a checkout that is not installed
-        from fedkd import __version__
-
         versions["fedkd"] = __version__
     versions["python"] = platform.python_version()
     versions["date"] = (now or datetime.datetime.now().astimezone()).isoformat(timespec="seconds")
     return versions
 
 
-def resolved_settings(config: Config, splits: "Splits") -> dict:
+def resolved_settings(config: Config, splits: Splits) -> dict:
     """What the run's `auto` and 0 (automatic) settings became for this data, and the data's
     shape: input shape and scaling, models, partition sizes, secure-aggregation parameters.
     One place to extend when more of the data is described."""
-    from fedkd.data import describe_splits
     from fedkd.models import auto_model
 
     def model(name: str) -> str:
@@ -209,7 +209,9 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 
 def _finite(obj: object) -> object:
-    """JSON has no NaN/inf: write them as null."""
+    """JSON has no NaN/inf: write them as null. Records (`fedkd.rounds`) are written as their `to_json()`."""
+    if hasattr(obj, "to_json"):
+        obj = obj.to_json()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
@@ -222,15 +224,20 @@ def _finite(obj: object) -> object:
 class RunRecorder:
     """Collects round records and keeps the output folder current.
 
-    `on_round(record)` is called after each round is saved (the CLI's progress display uses it).
+    `on_round(row)` is called with each round's results.json row after it is saved (the CLI's
+    progress display uses it). How the run ends: `finish` ("completed" unless `stop` said
+    otherwise), `stop` (a clean early end), `fail` (an error; the rounds so far stay saved).
     """
 
     def __init__(self, config: Config, on_round: Callable[[dict], None] | None = None):
         self.config = config
         self.out = Path(config.out)
-        self.rounds: list[dict] = []
+        self.rounds: list[dict] = []  # results.json's round rows
         self.on_round = on_round
-        self.extra: dict = {}
+        self.status = "completed"  # what `finish` records, unless the run was stopped early
+        # results.json's keys after "final", in the order they were first set (as files have them):
+        # "stopped" (`stop`), "privacy" (`spend`), "error" (`fail`)
+        self._outcome: dict = {}
         self.described: dict = {"environment": environment()}  # and "resolved", once the data is loaded
 
     def start(self) -> None:
@@ -251,27 +258,39 @@ class RunRecorder:
         if not _HALTED.is_set():
             write_json_atomic(self.out / "config.json", self.config_record())
 
-    def add_round(self, record: dict) -> None:
-        if "student_accuracy" in record and "ensemble_accuracy" in record:  # every round the server makes
-            record["student_to_ensemble"] = student_to_ensemble(record)
-        self.rounds.append(record)
+    def add_round(self, record: RoundRecord | Mapping) -> None:
+        """Save a round: a `RoundRecord`, or a row of results.json's keys (kept as given)."""
+        row = record.to_json() if isinstance(record, RoundRecord) else record
+        if "student_accuracy" in row and "ensemble_accuracy" in row:  # every round the server makes
+            row["student_to_ensemble"] = student_to_ensemble(row)
+        self.rounds.append(row)
         self._save("running")
         if self.on_round is not None:
-            self.on_round(record)
+            self.on_round(row)
 
-    def finish(self, seconds_total: float, status: str = "completed") -> dict:
-        """status: "completed", or "budget-exhausted" when DP's epsilon budget stopped the run early,
-        "too-few-survivors" when a DP round lost more clients than its noise was sized for."""
+    def stop(self, status: str, reason: str) -> None:
+        """The run ends early but cleanly, its rounds so far standing: `status` is what `finish`
+        records ("budget-exhausted" when DP's epsilon budget stopped it, "too-few-survivors" when
+        a DP round lost more clients than its noise was sized for), `reason` goes in as "stopped"."""
+        self.status = status
+        self._outcome["stopped"] = reason
+
+    def spend(self, privacy: PrivacySpent) -> None:
+        """The privacy the run has spent so far (results.json's "privacy"), saved with the next write."""
+        self._outcome["privacy"] = privacy.to_json()
+
+    def finish(self, seconds_total: float) -> dict:
+        """Save the final figures with the run's status and draw the curves; returns the results."""
         final = self.final(seconds_total)
-        self._save(status, final)
+        self._save(self.status, final)
         if _HALTED.is_set():
             return self.results("interrupted", final)
         plot_curves(self.rounds, self.out / "curves.png", title=self._title())
-        return self.results(status, final)
+        return self.results(self.status, final)
 
     def fail(self, error: str) -> None:
         """Mark the run failed, keeping every round saved so far."""
-        self.extra["error"] = error
+        self._outcome["error"] = error
         self._save("failed")
 
     def final(self, seconds_total: float) -> dict:
@@ -285,7 +304,7 @@ class RunRecorder:
 
     def results(self, status: str, final: dict | None = None) -> dict:
         return {"status": status, "config": self.config_record(), "rounds": self.rounds,
-                "final": final, **self.extra}
+                "final": final, **self._outcome}
 
     def _save(self, status: str, final: dict | None = None) -> None:
         if _HALTED.is_set():

@@ -1,8 +1,8 @@
 """The server's side of a round, without Flower: aggregate, build the ensemble teacher, distil and
 evaluate the global student; plus the `central` baseline and evaluation for `fedavg`.
 
-Owns: the student model and the consensus kept between rounds, and the per-round record (the
-same keys for every method, None where one does not apply). Reads public *inputs*, never public
+Owns: the student model and the consensus kept between rounds, and filling in each round's
+`fedkd.rounds.RoundRecord` (one step per stage of the round). Reads public *inputs*, never public
 labels unless `public-labels` is set; reads the test set only to evaluate.
 Must not touch: Flower messaging (`fedkd.apps.server_app` moves messages) or files (`fedkd.results`).
 """
@@ -10,7 +10,7 @@ Must not touch: Flower messaging (`fedkd.apps.server_app` moves messages) or fil
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -22,6 +22,7 @@ from fedkd.config import Config
 from fedkd.models import build_model
 from fedkd.privacy.accounting import Ledger
 from fedkd.privacy.mechanism import decode_sum
+from fedkd.rounds import ClientMetrics, PrivacySpent, PrivacyStats, RoundRecord, SecAggStats, TeacherEpsilon
 from fedkd.task import (
     Consensus, derive_seed, dp_params, generator, public_sample, resolve_device, splits_for, vector_layout,
 )
@@ -35,30 +36,45 @@ class PrivacyBudgetError(RuntimeError):
         super().__init__(message)
         self.status = status
 
-ROUND_KEYS = (
-    "round", "student_accuracy", "student_nll", "student_ece", "ensemble_accuracy",
-    "teacher_accuracy_mean", "teacher_accuracy_std", "contributors", "upload_bytes_per_client",
-    "eval_upload_bytes_per_client", "distill_epochs", "seconds", "seconds_clients",
-    "seconds_aggregate", "seconds_distill", "seconds_evaluate", "client_train_seconds_max",
-    "client_predict_seconds_max", "secagg", "privacy", "teacher_epsilon",
-    "distill_recoveries", "train_recoveries",  # restarts at half the rate after a non-finite loss (fedkd.distill)
-    "cohort",  # the client (partition) ids asked to take part this round (clients-per-round; all when 0)
-)
 
 Aggregator = Callable[[Mapping[int, np.ndarray]], Aggregate]
 
 
-def empty_record(server_round: int) -> dict:
-    record = dict.fromkeys(ROUND_KEYS)
-    record["round"] = server_round
-    return record
-
-
 @dataclass(frozen=True)
 class ClientReply:
+    """One client's train reply. `metrics` may be given as the hyphenated dict a client sends
+    (`fedkd.task`'s, a MetricRecord's); it is kept as `ClientMetrics`."""
+
     partition_id: int
     vector: np.ndarray  # (d,) float32, empty when the method uploads no predictions
-    metrics: Mapping[str, float]
+    metrics: ClientMetrics
+
+    def __post_init__(self):
+        if not isinstance(self.metrics, ClientMetrics):
+            object.__setattr__(self, "metrics", ClientMetrics.from_wire(self.metrics))
+
+
+def clients_record(server_round: int, replies: list[ClientReply], seconds_clients: float,
+                   teacher_dp_delta: float) -> RoundRecord:
+    """The round's record as far as the clients' own reports go (all that a `local` round has)."""
+    if not replies:
+        raise ContributionError(f"round {server_round}: no client replied")
+    metrics = [r.metrics for r in replies]
+    # with distributed DP on, clients keep their accuracies to themselves: None
+    accs = np.array([m.teacher_accuracy for m in metrics if m.teacher_accuracy is not None])
+    per_client = {str(r.partition_id): r.metrics.teacher_epsilon for r in replies
+                  if r.metrics.teacher_epsilon is not None}  # DP-SGD teachers: each client's own epsilon
+    return RoundRecord(
+        round=server_round,
+        teacher_accuracy_mean=float(accs.mean()) if accs.size else None,
+        teacher_accuracy_std=float(accs.std()) if accs.size else None,
+        seconds_clients=seconds_clients, contributors=len(replies),
+        client_train_seconds_max=max(m.train_seconds for m in metrics),
+        client_predict_seconds_max=max(m.predict_seconds for m in metrics),
+        upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
+        train_recoveries=sum(m.train_recoveries for m in metrics),
+        teacher_epsilon=TeacherEpsilon(max(per_client.values()), teacher_dp_delta, per_client) if per_client else None,
+    )
 
 
 class DistillationServer:
@@ -88,64 +104,83 @@ class DistillationServer:
                 f"round {server_round} would raise epsilon from {self.ledger.epsilon:.3f} to {after:.3f}, past the "
                 f"budget {self.ledger.budget:g} (delta {self.ledger.delta:g}); stopped before releasing it")
 
+    def privacy_spent(self) -> PrivacySpent | None:
+        """What the run has spent so far under distributed DP (None without it)."""
+        if self.ledger is None:
+            return None
+        budget = self.config.dp_epsilon_budget or None
+        return PrivacySpent(self.ledger.epsilon, self.config.dp_delta, budget, len(self.ledger.honest))
+
     # ---- fd and local -----------------------------------------------------------------------
     def finish_round(
         self, server_round: int, replies: list[ClientReply], seconds_clients: float, aggregate: Aggregate | None = None
-    ) -> dict:
-        """Turn one round's client replies into the round record (and a better student for fd).
+    ) -> RoundRecord:
+        """Turn one round's client replies into the round record (and a better student for fd):
+        the clients' figures; then, unless `local`, the ensemble teacher from the sum, the
+        student distilled from it, the student evaluated.
 
         `aggregate`: the sum already computed elsewhere (secure aggregation); None: sum the
         replies' vectors with `self.aggregate`.
         """
-        cfg, record = self.config, empty_record(server_round)
-        if not replies:
-            raise ContributionError(f"round {server_round}: no client replied")
-        accs = np.array([r.metrics["teacher-accuracy"] for r in replies if "teacher-accuracy" in r.metrics])
-        record.update(  # with DP on, clients keep their accuracies to themselves: None
-            teacher_accuracy_mean=float(accs.mean()) if accs.size else None,
-            teacher_accuracy_std=float(accs.std()) if accs.size else None,
-            seconds_clients=seconds_clients, contributors=len(replies),
-            client_train_seconds_max=max(float(r.metrics["train-seconds"]) for r in replies),
-            client_predict_seconds_max=max(float(r.metrics.get("predict-seconds", 0.0)) for r in replies),
-            upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
-            train_recoveries=int(sum(float(r.metrics.get("train-recoveries", 0.0)) for r in replies)),
-        )
-        if any("teacher-epsilon" in r.metrics for r in replies):  # DP-SGD teachers: each client's own epsilon
-            per_client = {str(r.partition_id): float(r.metrics["teacher-epsilon"]) for r in replies}
-            record["teacher_epsilon"] = {"max": max(per_client.values()), "delta": cfg.teacher_dp_delta,
-                                         "per_client": per_client}
-        if cfg.method == "local":
+        record = clients_record(server_round, replies, seconds_clients, self.config.teacher_dp_delta)
+        if self.config.method == "local":
             return record
+        record, teacher = self._ensemble_teacher(record, replies, aggregate)
+        record = self._distil(record, teacher)
+        return self._evaluate(record)
 
-        layout = vector_layout(cfg, self.splits, server_round)
+    def _sum(self, replies: list[ClientReply], aggregate: Aggregate | None, length: int) -> tuple[Aggregate, float]:
+        """The round's sum of `length` values (given, or from the replies' vectors) and its seconds."""
         t0 = time.perf_counter()
         agg = aggregate if aggregate is not None else self.aggregate({r.partition_id: r.vector for r in replies})
-        record["seconds_aggregate"] = agg.details.get("seconds_total", time.perf_counter() - t0)
-        if len(agg.total) != layout.length:
-            raise ContributionError(f"aggregate has {len(agg.total)} values; expected {layout.length}")
-        total = agg.total
-        if self.ledger is not None:
-            total = self._release(server_round, agg, record)
-            # the slowest client's noise generation, to set against the round's secure-aggregation time
-            record["privacy"]["client_noise_seconds_max"] = max(
-                float(r.metrics.get("dp-noise-seconds", 0.0)) for r in replies)
-        (public_total, public_w), (test_total, test_w) = layout.unpack(total)  # (m, K), (n_test, K)
-        teacher = distill.combine(public_total, agg.count, cfg.ensemble, cfg.temperature, cfg.era_temperature,
-                                  weights=public_w)
-        if layout.test:
-            ensemble_test = distill.combine(test_total, agg.count, cfg.ensemble, cfg.temperature,
-                                            cfg.era_temperature, weights=test_w)
-            record["ensemble_accuracy"] = distill.accuracy(ensemble_test.values, self.splits.test_y)
-        record.update(
-            contributors=agg.count,
-            upload_bytes_per_client=layout.public_length * 4,
-            eval_upload_bytes_per_client=(layout.length - layout.public_length) * 4,
-        )
-        if aggregate is not None:  # secure: what each client really sent, all stages, masked
-            record["secagg"] = agg.details
-            record["upload_bytes_per_client"] = agg.details["upload_bytes_per_client"]
-            record["eval_upload_bytes_per_client"] = None  # the test part travels inside the masked vector
+        seconds = agg.details.get("seconds_total", time.perf_counter() - t0)
+        if len(agg.total) != length:
+            raise ContributionError(f"aggregate has {len(agg.total)} values; expected {length}")
+        return agg, seconds
 
+    def _ensemble_teacher(self, record: RoundRecord, replies: list[ClientReply],
+                          aggregate: Aggregate | None) -> tuple[RoundRecord, distill.Teacher]:
+        """Build the ensemble teacher on the public sample from the sum (decoded and accounted
+        under DP); the record gains the sum's figures and, with a test part, the ensemble's accuracy."""
+        layout = vector_layout(self.config, self.splits, record.round)
+        agg, seconds_aggregate = self._sum(replies, aggregate, layout.length)
+        total, privacy = self._decode(record.round, agg, replies)
+        (public_total, public_w), (test_total, test_w) = layout.unpack(total)  # (m, K), (n_test, K)
+        teacher = self._combine(public_total, agg.count, public_w)
+        ensemble_accuracy = None
+        if layout.test:
+            ensemble_accuracy = distill.accuracy(self._combine(test_total, agg.count, test_w).values,
+                                                 self.splits.test_y)
+        upload, eval_upload, secagg = layout.public_length * 4, (layout.length - layout.public_length) * 4, None
+        if aggregate is not None:  # secure: what each client really sent, all stages, masked
+            secagg = SecAggStats(**agg.details)
+            upload, eval_upload = secagg.upload_bytes_per_client, None  # the test part is inside the masked vector
+        record = replace(record, seconds_aggregate=seconds_aggregate, privacy=privacy, secagg=secagg,
+                         ensemble_accuracy=ensemble_accuracy, contributors=agg.count,
+                         upload_bytes_per_client=upload, eval_upload_bytes_per_client=eval_upload)
+        return record, teacher
+
+    def _decode(self, server_round: int, agg: Aggregate,
+                replies: list[ClientReply]) -> tuple[np.ndarray, PrivacyStats | None]:
+        """The sum's (d,) values: as summed, or under DP released (accounted, then decoded) with
+        the round's PrivacyStats."""
+        if self.ledger is None:
+            return agg.total, None
+        spent: dict = {}
+        total = self._release(server_round, agg, spent)
+        # the slowest client's noise generation, to set against the round's secure-aggregation time
+        noise_seconds = max(r.metrics.dp_noise_seconds or 0.0 for r in replies)
+        return total, replace(spent["privacy"], client_noise_seconds_max=noise_seconds)
+
+    def _combine(self, total: np.ndarray, count: int, weights: np.ndarray | None) -> distill.Teacher:
+        """(rows, K) summed client payloads -> the ensemble teacher under the run's ensemble rule."""
+        cfg = self.config
+        return distill.combine(total, count, cfg.ensemble, cfg.temperature, cfg.era_temperature, weights=weights)
+
+    def _distil(self, record: RoundRecord, teacher: distill.Teacher) -> RoundRecord:
+        """Distil the student (warm-started) from the ensemble teacher on the round's public
+        sample; that sample and teacher become the consensus sent down next round."""
+        cfg, server_round = self.config, record.round
         idx = public_sample(cfg, server_round)
         t0 = time.perf_counter()
         labels = self.splits.public_y[idx] if cfg.public_labels else None
@@ -156,28 +191,26 @@ class DistillationServer:
             generator=generator(cfg.seed, "distill", server_round), device=self.device,
             labels=labels, hard_label_weight=cfg.hard_label_weight, optimizer=cfg.distill_optimizer,
         )
-        record["seconds_distill"] = time.perf_counter() - t0
-        record["distill_epochs"] = int(stats["epochs"])
-        record["distill_recoveries"] = int(stats["recoveries"])
         self.consensus = Consensus(idx, teacher)
-        self._evaluate_into(record)
-        return record
+        return replace(record, seconds_distill=time.perf_counter() - t0, distill_epochs=int(stats["epochs"]),
+                       distill_recoveries=int(stats["recoveries"]))
 
-    def _release(self, server_round: int, agg: Aggregate, record: dict) -> np.ndarray:
+    def _release(self, server_round: int, agg: Aggregate, out: dict) -> np.ndarray:
         """DP: account for the round with its actual honest contributors, then decode the noisy sum.
         A sum with fewer survivors than the noise is sized for is accounted (the server has seen
-        it) and then refused: its noise is below the target."""
+        it) and then refused: its noise is below the target. `out["privacy"]` receives the
+        round's `PrivacyStats` before any refusal."""
         cfg = self.config
         params = dp_params(cfg, self.splits.num_classes, server_round)
         # every honest client in the sum has its own share in it: at least 1, however many collude
         honest = max(1, cfg.dp_honest(agg.count))
         epsilon = self.ledger.record(params, honest)
-        record["privacy"] = {
-            "epsilon": epsilon, "delta": cfg.dp_delta, "honest_contributors": honest,
-            "wrap_probability": params.wrap_probability,  # add it to delta, per round, for the full guarantee
-            "noise_std": params.honest_std(honest) * params.gamma,  # per coordinate, probability units
-            "wrapped_values": int(agg.details.get("clipped", 0)), **params.describe(),
-        }
+        out["privacy"] = PrivacyStats(
+            epsilon=epsilon, delta=cfg.dp_delta, honest_contributors=honest,
+            wrap_probability=params.wrap_probability,  # add it to delta, per round, for the full guarantee
+            noise_std=params.honest_std(honest) * params.gamma,  # per coordinate, probability units
+            wrapped_values=int(agg.details.get("clipped", 0)), **params.describe(),
+        )
         if agg.count < cfg.dp_min_survivors:
             raise PrivacyBudgetError(
                 f"round {server_round}: only {agg.count} of {cfg.cohort_size} clients survived (the round's "
@@ -188,36 +221,31 @@ class DistillationServer:
         return decode_sum(agg.total, agg.count, params)
 
     # ---- central and fedavg -----------------------------------------------------------------
-    def central_round(self, server_round: int) -> dict:
+    def central_round(self, server_round: int) -> RoundRecord:
         """Upper bound: the student trained on the union of all private data (local-epochs per round)."""
-        cfg, record = self.config, empty_record(server_round)
+        cfg = self.config
         x, y = self.splits.private_x, self.splits.private_y
         t0 = time.perf_counter()
         distill.train_supervised(
             self.student, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
             generator=generator(cfg.seed, "central", server_round), device=self.device,
         )
-        record["seconds_distill"] = time.perf_counter() - t0
-        self._evaluate_into(record)
-        return record
+        return self._evaluate(RoundRecord(server_round, seconds_distill=time.perf_counter() - t0))
 
-    def fedavg_record(self, server_round: int, state: Mapping[str, torch.Tensor], seconds_clients: float) -> dict:
+    def fedavg_record(self, server_round: int, state: Mapping[str, torch.Tensor], seconds_clients: float) -> RoundRecord:
         """Evaluate FedAvg's global model (the student architecture) after a round."""
-        record = empty_record(server_round)
         self.student.load_state_dict(state)
         n_values = sum(v.numel() for v in self.student.state_dict().values())
-        record.update(seconds_clients=seconds_clients, upload_bytes_per_client=n_values * 4)
-        self._evaluate_into(record)
-        return record
+        record = RoundRecord(server_round, seconds_clients=seconds_clients, upload_bytes_per_client=n_values * 4)
+        return self._evaluate(record)
 
     def evaluate_student(self) -> dict[str, float]:
         logits = distill.predict_logits(self.student, self.splits.test_x, self.device)
         return distill.evaluate_logits(logits, self.splits.test_y)
 
-    def _evaluate_into(self, record: dict) -> None:
+    def _evaluate(self, record: RoundRecord) -> RoundRecord:
+        """The record with the student's test accuracy, NLL and ECE."""
         t0 = time.perf_counter()
         metrics = self.evaluate_student()
-        record.update(
-            student_accuracy=metrics["accuracy"], student_nll=metrics["nll"], student_ece=metrics["ece"],
-            seconds_evaluate=time.perf_counter() - t0,
-        )
+        return replace(record, student_accuracy=metrics["accuracy"], student_nll=metrics["nll"],
+                       student_ece=metrics["ece"], seconds_evaluate=time.perf_counter() - t0)

@@ -302,7 +302,7 @@ def test_simulate_leaves_no_node_settings_behind(monkeypatch):
     same process (or a deployment it starts) must not inherit a relaxed check."""
     import os
 
-    import fedkd.cli as cli
+    import fedkd.simulation as cli
     from fedkd.apps.secure import NODE_CONFIG_ENV
 
     seen = {}

@@ -8,7 +8,8 @@ import pytest
 from fedkd.aggregate import ContributionError, plain_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder
-from fedkd.server import ROUND_KEYS, ClientReply, DistillationServer
+from fedkd.rounds import ROUND_KEYS
+from fedkd.server import ClientReply, DistillationServer
 from fedkd.task import public_sample, teacher_round
 
 TINY = dict(num_clients=3, local_epochs=2, digest_epochs=1, distill_epochs=3, num_public=120)

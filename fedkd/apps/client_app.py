@@ -15,8 +15,11 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedkd.apps.records import config_from_message, consensus_from_message, student_from_message, vector_record
+from fedkd.apps.records import (
+    config_from_message, consensus_from_message, metrics_record, student_from_message, vector_record,
+)
 from fedkd.apps.secure import client_step, keep_vector
+from fedkd.rounds import ClientMetrics
 
 CLASSES_KEY = "num-classes"  # context.state: classes of this node's data, kept for the secagg stages
 
@@ -48,7 +51,8 @@ def train(msg: Message, context: Context) -> Message:
         context.state["teacher-dp"] = ConfigRecord({
             "noise": [e[0] for e in update.dp_history], "rate": [e[1] for e in update.dp_history],
             "steps": [e[2] for e in update.dp_history]})
-    content = RecordDict({"metrics": MetricRecord(update.metrics)})
+    # task's hyphenated metrics, checked into ClientMetrics here at the Flower boundary
+    content = RecordDict({"metrics": metrics_record(partition_id, ClientMetrics.from_wire(update.metrics))})
     if config.method == "fd" and config.aggregation == "secagg":
         keep_vector(context.state, partition_id, update.vector)  # leaves the node only masked, in the secagg stages
         context.state[CLASSES_KEY] = ConfigRecord({"num-classes": splits_for(config).num_classes})

@@ -3,20 +3,23 @@
 Owns: waiting for nodes (saying what it waits for), sending each round's train messages (to the
 round's cohort, `fedkd.apps.cohort`) and
 turning replies into `ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg
-strategy, timing each round, and handing records (and what the run resolved) to the
-`RunRecorder`. Must not touch: the maths (`fedkd.server`).
+strategy, timing each round, and handing records (and what the run resolved, and why it stopped
+early) to the `RunRecorder`. Must not touch: the maths (`fedkd.server`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedkd.apps.cohort import CohortFedAvg, Cohorts
-from fedkd.apps.records import train_content, vector_from_message
+from fedkd.apps.records import metrics_from_message, partition_from_message, train_content, vector_from_message
 from fedkd.apps.secure import fixed_point_sum, secure_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder, resolved_settings
@@ -40,18 +43,16 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
         recorder.describe(resolved_settings(config, server.splits))
         if config.method == "fd" and config.aggregation == "plain":  # secagg's fixed-point sum, unmasked
             server.aggregate = fixed_point_sum(config, server.splits.num_classes)
-        status = "completed"
         if config.method == "central":
             for r in range(1, config.rounds + 1):
                 t0 = time.perf_counter()
                 record = server.central_round(r)
-                record["seconds"] = time.perf_counter() - t0
-                recorder.add_round(record)
+                recorder.add_round(replace(record, seconds=time.perf_counter() - t0))
         elif config.method == "fedavg":
             _run_fedavg(grid, config, server, recorder)
         else:
-            status = _run_rounds(grid, config, server, recorder)
-        return recorder.finish(time.perf_counter() - started, status)
+            _run_rounds(grid, config, server, recorder)
+        return recorder.finish(time.perf_counter() - started)
     except Exception as exc:
         recorder.fail(f"{type(exc).__name__}: {exc}")
         raise
@@ -60,10 +61,6 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
 def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: float = 30.0) -> list[int]:
     """All `num-clients` nodes, waiting up to `timeout` seconds for them to connect. While it
     waits it logs what it waits for at once, then every `report_every` seconds."""
-    from logging import INFO
-
-    from flwr.common.logger import log
-
     started = time.monotonic()
     deadline, next_report = started + config.timeout, started
     while True:
@@ -86,16 +83,16 @@ def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: 
         time.sleep(poll)
 
 
-def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> str:
-    """fd and local rounds; returns the run's status: "completed", or the PrivacyBudgetError's
-    status when DP stopped it (the reason goes into results.json as "stopped")."""
+def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
+    """fd and local rounds. A PrivacyBudgetError stops the run cleanly (`recorder.stop`): the
+    rounds so far stand, and the privacy spent is recorded even when the round is refused."""
     cohorts = Cohorts(grid, wait_for_nodes(grid, config), config)
     for r in range(1, config.rounds + 1):
         try:
             server.check_budget(r)
         except PrivacyBudgetError as exc:  # a clean stop: the rounds so far stand
-            recorder.extra["stopped"] = str(exc)
-            return exc.status
+            recorder.stop(exc.status, str(exc))
+            return
         t0 = time.perf_counter()
         content = train_content(config, r, server.consensus, student=server.student.state_dict())
         cohort, nodes = cohorts.of_round(r)  # only the cohort trains and joins this round's secure sum
@@ -111,24 +108,19 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly
-            recorder.extra["stopped"] = str(exc)
-            return exc.status
+            recorder.stop(exc.status, str(exc))
+            return
         finally:
             if server.ledger is not None:  # spent privacy is recorded even when the round is refused
-                recorder.extra["privacy"] = {"epsilon": server.ledger.epsilon, "delta": config.dp_delta,
-                                             "budget": config.dp_epsilon_budget or None,
-                                             "rounds_released": len(server.ledger.honest)}
-        record["seconds"] = time.perf_counter() - t0
-        record["cohort"] = list(cohort)
-        recorder.add_round(record)
-    return "completed"
+                recorder.spend(server.privacy_spent())
+        recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort)))
 
 
 def _client_nodes(replies: list[Message], server_round: int) -> dict[int, int]:
     """Client (partition) id -> node id from the train replies; two nodes claiming one id stop the run."""
     node_of: dict[int, int] = {}
     for msg in replies:
-        pid = int(msg.content["metrics"]["partition-id"])
+        pid = partition_from_message(msg)
         if pid in node_of:
             raise RunError(f"round {server_round}: nodes {node_of[pid]} and {msg.metadata.src_node_id} "
                            f"both claim partition-id {pid}")
@@ -141,10 +133,9 @@ def _collect(replies: list[Message], server_round: int, config: Config) -> list[
     for msg in replies:
         if msg.has_error():
             raise RunError(f"round {server_round}: a client failed: {last_line(msg.error.reason)}")
-        metrics = dict(msg.content["metrics"])
         in_clear = config.method == "fd" and config.aggregation == "plain"
         vector = vector_from_message(msg) if in_clear else np.zeros(0, np.float32)
-        out.append(ClientReply(int(metrics["partition-id"]), vector, metrics))
+        out.append(ClientReply(partition_from_message(msg), vector, metrics_from_message(msg)))
     if not out:
         raise RunError(f"round {server_round}: no client replied within timeout={config.timeout}s")
     return sorted(out, key=lambda reply: reply.partition_id)
@@ -173,9 +164,8 @@ def _run_fedavg(grid: Grid, config: Config, server: DistillationServer, recorder
             return None
         now = time.perf_counter()
         record = server.fedavg_record(server_round, arrays.to_torch_state_dict(), seconds_clients=now - last[0])
-        record["seconds"] = time.perf_counter() - last[0]
-        record["cohort"] = list(strategy.cohorts.of_round(server_round)[0])
-        recorder.add_round(record)
+        recorder.add_round(replace(record, seconds=time.perf_counter() - last[0],
+                                   cohort=tuple(strategy.cohorts.of_round(server_round)[0])))
         last[0] = time.perf_counter()
         return None
 

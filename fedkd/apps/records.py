@@ -1,4 +1,5 @@
-"""Conversions between fedkd's plain values and Flower records (arrays and scalars only, no pickle).
+"""Conversions between fedkd's plain values and Flower records (arrays and scalars only, no pickle):
+configs, vectors, the consensus, the student, and a client's `ClientMetrics` (hyphenated keys).
 
 Also owns the node's config cache: every message carries the run's settings, and a node parses
 and validates one set of them once (`config_from_message`). Imports no torch: a deployed node
@@ -11,9 +12,10 @@ import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedkd.config import Config
+from fedkd.rounds import ClientMetrics
 
 if TYPE_CHECKING:
     from fedkd.task import Consensus
@@ -37,6 +39,19 @@ def config_from_message(msg: Message) -> tuple[Config, int]:
 @functools.lru_cache(maxsize=8)
 def _parsed(settings: tuple[tuple[str, str, object], ...]) -> Config:
     return Config.from_run_config({k: v for k, _, v in settings})  # a ConfigError is raised, not cached
+
+
+def metrics_record(partition_id: int, metrics: ClientMetrics) -> MetricRecord:
+    """A train reply's "metrics": which client it is ("partition-id") and its figures, hyphenated."""
+    return MetricRecord({"partition-id": float(partition_id), **metrics.to_wire()})
+
+
+def partition_from_message(msg: Message) -> int:
+    return int(msg.content["metrics"]["partition-id"])
+
+
+def metrics_from_message(msg: Message) -> ClientMetrics:
+    return ClientMetrics.from_wire(msg.content["metrics"])
 
 
 def vector_record(vector: np.ndarray) -> ArrayRecord:

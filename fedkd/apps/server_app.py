@@ -8,9 +8,11 @@ becomes a fresh timestamped folder); `fedkd run` and `fedkd deploy` choose it be
 
 from __future__ import annotations
 
+from logging import INFO
 from typing import Callable
 
 from flwr.app import Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedkd.apps.driver import run_federation
@@ -46,10 +48,6 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
 
 
 def _log(text: str) -> None:
-    from logging import INFO
-
-    from flwr.common.logger import log
-
     log(INFO, "%s", text)
 
 

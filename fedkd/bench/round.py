@@ -3,6 +3,7 @@
 Owns: running a short simulation and splitting one steady-state round (the last; the first also
 pays for starting Ray) into local training, prediction, Flower/Ray messaging, aggregation,
 distillation and evaluation. Prints a table, or JSON with --json. A benchmark, not a test.
+Settings not given here take `fedkd.config.Config`'s defaults; runs through `fedkd.simulation`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ import json
 import sys
 import tempfile
 
-from fedkd.config import Config, ConfigError
+from rich.console import Console
+from rich.table import Table
+
+from fedkd.config import Config
+from fedkd.errors import ConfigError
+from fedkd.simulation import simulate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (clients and server)")
-    parser.add_argument("--aggregation", default="secagg", help="secagg | plain")
+    parser.add_argument("--clients", type=int, default=Config.num_clients)
+    parser.add_argument("--dataset", default=Config.dataset)
+    parser.add_argument("--device", default=Config.device, help="auto | cpu | cuda (clients and server)")
+    parser.add_argument("--aggregation", default=Config.aggregation, help="secagg | plain")
     parser.add_argument("--rounds", type=int, default=2, help="rounds to run; the last one is reported")
     parser.add_argument("--client-gpus", type=float, default=None, help="GPU share per simulated client")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
@@ -27,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def phases(record: dict) -> dict[str, float]:
-    """Seconds per phase of one round record; 'messaging' is the clients' wall time not spent
+    """Seconds per phase of one round (its results.json row); 'messaging' is the clients' wall time not spent
     in the slowest client's own training and prediction (Flower, Ray, serialisation, waiting)."""
     train = record["client_train_seconds_max"] or 0.0
     predict = record["client_predict_seconds_max"] or 0.0
@@ -45,8 +51,6 @@ def phases(record: dict) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from fedkd.cli import simulate
-
     settings = {"num-clients": args.clients, "dataset": args.dataset, "device": args.device,
                 "aggregation": args.aggregation, "rounds": args.rounds, "out": tempfile.mkdtemp(prefix="fedkd-bench-")}
     if args.client_gpus is not None:
@@ -68,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
               "phases_seconds": phases(last), "first_round_seconds": first["seconds"],
               "student_accuracy": last["student_accuracy"]}
     try:
-        import torch
+        import torch  # heavy, and only for the GPU figure
 
         if torch.cuda.is_available():
             report["server_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -77,9 +81,6 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"one fd round (round {last['round']} of {len(results['rounds'])}): {args.clients} clients, "
                         f"{args.dataset}, {args.aggregation}, device {args.device}")
     table.add_column("phase")

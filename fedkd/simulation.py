@@ -1,0 +1,79 @@
+"""Run a config end to end in this process: a Flower simulation (Ray), or `central` without clients.
+
+Owns: `simulate`, what `fedkd run` and `fedkd bench round` (and scripts) call, and the node
+settings of the simulated SuperNodes (`simulated_node_config`). Imports neither `fedkd.cli` nor
+`fedkd.bench`, which both import it. Must not touch: the console (`fedkd.cli`) or the round
+itself (`fedkd.apps`).
+
+Flower, Ray and torch (through `fedkd.apps`) take about 3 s to import: they are imported when a
+simulation starts, not with this module, so that `fedkd --help` (which imports it) stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+from fedkd.config import Config
+from fedkd.results import RunRecorder
+
+
+def simulate(config: Config, on_round: Callable[[dict], None] | None = None, verbose: bool = False,
+             observe_grid=None) -> dict:
+    """Run `config` end to end (a Flower simulation unless method is central) and return results.json's dict.
+    `on_round` gets each round's row once saved; `observe_grid` may wrap the server's Grid
+    (see `fedkd.apps.server_app.make_server_app`)."""
+    from fedkd.apps.driver import run_federation
+    from fedkd.apps.secure import NODE_CONFIG_ENV
+
+    if config.method == "central":  # the union of private data in one place: no clients to simulate
+        return run_federation(None, config, RunRecorder(config, on_round=on_round))
+
+    if not verbose:  # Flower's deprecation notice for run_simulation and per-round INFO lines
+        from flwr.common.logger import update_console_handler
+
+        update_console_handler(level=logging.ERROR)  # its console only: run.log still gets INFO
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Simulated nodes have no --node-config: their operator (whoever runs this) pins their
+    # secure-aggregation minimums here, from the run's own settings, before Ray starts them.
+    before = os.environ.get(NODE_CONFIG_ENV)
+    os.environ[NODE_CONFIG_ENV] = simulated_node_config(config)
+    try:
+        return _run_simulation(config, on_round, verbose, observe_grid)
+    finally:  # the pins were for these simulated nodes only, not for whatever this process does next
+        if before is None:
+            os.environ.pop(NODE_CONFIG_ENV, None)
+        else:
+            os.environ[NODE_CONFIG_ENV] = before
+
+
+def _run_simulation(config: Config, on_round, verbose: bool, observe_grid) -> dict:
+    from flwr.simulation import run_simulation
+
+    from fedkd.apps.client_app import app as client_app
+    from fedkd.apps.server_app import make_server_app
+
+    holder: dict = {}
+    backend = {
+        "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},
+        "init_args": {"logging_level": logging.ERROR if not verbose else logging.INFO, "log_to_driver": verbose},
+    }
+    if config.ray_address:  # an existing cluster: Flower's Ray backend passes init_args to ray.init
+        backend["init_args"]["address"] = config.ray_address
+    server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid)
+    run_simulation(server_app, client_app,
+                   num_supernodes=config.num_clients, backend_config=backend, verbose_logging=verbose)
+    if "value" not in holder:
+        raise RuntimeError("the simulation ended without results (see the log above)")
+    return holder["value"]
+
+
+def simulated_node_config(config: Config) -> str:
+    """The node settings of `fedkd run`'s simulated nodes: their pins come from the run's own
+    secure-aggregation settings (a deployment's SuperNodes take theirs from --node-config)."""
+    pins = {"secagg-min-clients": config.secagg_min_clients,
+            "secagg-require-check": str(config.secagg_consistency_check).lower()}
+    if config.secagg_max_colluders >= 0:
+        pins["secagg-max-colluders"] = config.secagg_max_colluders
+    return " ".join(f"{k}={v}" for k, v in pins.items())
