@@ -157,7 +157,7 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
                      "ensemble": config.ensemble, "temperature": config.temperature},
     }
     if config.method == "fd" and config.aggregation == "secagg":
-        from fedkd.apps.secure import secagg_config
+        from fedkd.aggregate import secagg_config
         from fedkd.task import vector_layout
 
         sa = secagg_config(config, splits.num_classes, 1)

@@ -185,11 +185,9 @@ class DistillationServer:
         t0 = time.perf_counter()
         labels = self.splits.public_y[idx] if cfg.public_labels else None
         stats = distill.distill(
-            self.student, self.splits.public_x[idx], teacher,
-            epochs=cfg.distill_epochs, lr=cfg.distill_lr, batch_size=cfg.distill_batch_size,
-            val_fraction=cfg.val_fraction, patience=cfg.patience,
+            self.student, self.splits.public_x[idx], teacher, distill.Schedule.server(cfg),
             generator=generator(cfg.seed, "distill", server_round), device=self.device,
-            labels=labels, hard_label_weight=cfg.hard_label_weight, optimizer=cfg.distill_optimizer,
+            labels=labels, hard_label_weight=cfg.hard_label_weight,
         )
         self.consensus = Consensus(idx, teacher)
         return replace(record, seconds_distill=time.perf_counter() - t0, distill_epochs=int(stats["epochs"]),
@@ -226,10 +224,8 @@ class DistillationServer:
         cfg = self.config
         x, y = self.splits.private_x, self.splits.private_y
         t0 = time.perf_counter()
-        distill.train_supervised(
-            self.student, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-            generator=generator(cfg.seed, "central", server_round), device=self.device,
-        )
+        distill.train_supervised(self.student, x, y, distill.Schedule.local(cfg),
+                                 generator=generator(cfg.seed, "central", server_round), device=self.device)
         return self._evaluate(RoundRecord(server_round, seconds_distill=time.perf_counter() - t0))
 
     def fedavg_record(self, server_round: int, state: Mapping[str, torch.Tensor], seconds_clients: float) -> RoundRecord:

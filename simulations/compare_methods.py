@@ -106,7 +106,7 @@ def secure_upload(cfg: Config) -> float:
     from one real secure-aggregation round in memory (`fedkd.secagg.inmemory`) over vectors of
     the length fd uploads."""
     from fedkd import task
-    from fedkd.apps.secure import secagg_config
+    from fedkd.aggregate import secagg_config
     from fedkd.secagg.inmemory import run_in_memory
 
     splits = task.splits_for(cfg)

@@ -71,7 +71,7 @@ def run_floor(config) -> dict:
     import torch
 
     from fedkd.aggregate import Aggregate
-    from fedkd.apps.secure import secagg_config
+    from fedkd.aggregate import secagg_config
     from fedkd.bench.procs import PeakRSS
     from fedkd.secagg.inmemory import run_in_memory
     from fedkd.server import ClientReply, DistillationServer

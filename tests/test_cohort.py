@@ -3,7 +3,7 @@ cohort's nodes are asked to train and to take part in the round's secure sum."""
 
 import pytest
 
-from fedkd.apps.secure import auto_scale, secagg_config
+from fedkd.aggregate import auto_scale, secagg_config
 from fedkd.cli import simulate
 from fedkd.config import Config, ConfigError
 from fedkd.task import dp_params, sample_cohort

@@ -9,7 +9,7 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedkd.apps import codec
-from fedkd.apps.secure import auto_clip
+from fedkd.aggregate import auto_clip
 from fedkd.cli import simulate
 from fedkd.config import Config, ConfigError
 from fedkd.secagg import ProtocolError, SecAggClient, SecAggConfig, SecAggServer, UNMASK
@@ -78,7 +78,7 @@ def test_clip_follows_the_ensemble_rule():
 
 
 def test_auto_scale_is_finest_that_fits():
-    from fedkd.apps.secure import MAX_AUTO_SCALE, auto_scale, secagg_config
+    from fedkd.aggregate import MAX_AUTO_SCALE, auto_scale, secagg_config
 
     assert auto_scale(Config(secagg_bit_width=32), 1.0) == MAX_AUTO_SCALE  # 10 clients in 32 bits: capped at 2^24
     # the default ring without DP is 24 bits: 10 clients' codes fit, 2^18 steps per unit
@@ -93,7 +93,8 @@ def test_auto_scale_is_finest_that_fits():
 
 
 def test_plain_aggregation_is_the_secure_sum_bit_for_bit():
-    from fedkd.apps.secure import fixed_point_sum, secagg_config
+    from fedkd.aggregate import secagg_config
+    from fedkd.apps.secure import fixed_point_sum
     from fedkd.secagg import run_in_memory
 
     config = Config(num_clients=8)
@@ -173,7 +174,7 @@ def _leaks(received, vectors, fixed_point, bit_width=24):
 ], ids=["defaults", "persist-confidence"])
 def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options):
     from fedkd.apps.records import vector_from_message
-    from fedkd.apps.secure import secagg_config
+    from fedkd.aggregate import secagg_config
 
     settings = dict(SMALL, rounds=2, **options)
     plain_cfg = Config(**settings, aggregation="plain", out=str(tmp_path / "plain"))
@@ -246,7 +247,8 @@ def test_a_node_cannot_reply_in_another_clients_name():
 
 
 def test_refused_request_wipes_the_saved_secrets_and_vector():
-    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, client_step, keep_vector, secagg_config, session_for
+    from fedkd.aggregate import secagg_config
+    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, client_step, keep_vector, session_for
     from fedkd.secagg.messages import ShareKeysRequest
 
     config = Config(num_clients=3)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fedkd import distill
-from fedkd.apps.secure import fixed_point_sum, secagg_config
+from fedkd.aggregate import secagg_config
+from fedkd.apps.secure import fixed_point_sum
 from fedkd.config import Config, ConfigError
 from fedkd.secagg import run_in_memory
 from fedkd.task import Layout

@@ -1,7 +1,7 @@
 """Secure aggregation over Flower: the server drives `fedkd.secagg`'s state machines with one
 `query.secagg` message exchange per stage, and gets back only the sum.
 
-Owns: the fedkd -> SecAggConfig mapping (the clip range chosen per ensemble rule), the session id
+Owns: the session id
 both sides derive from (run id, round), the node's pinned minimums (`node_pins`), the stage loop on
 the server (`secure_sum`), and the client's handler body (`client_step`), which keeps its protocol
 state and pending vector in the node's `context.state` between stages.
@@ -21,7 +21,6 @@ roster, are refused.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -30,11 +29,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedkd.aggregate import Aggregate, check_contribution
+from fedkd.aggregate import Aggregate, SecureAggregationError, check_contribution, secagg_config
 from fedkd.apps import codec
 from fedkd.apps.records import config_record
 from fedkd.config import Config
-from fedkd.secagg import UNMASK, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer
+from fedkd.secagg import UNMASK, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggServer
 from fedkd.secagg.messages import AdvertiseKeysRequest, MaskedInputRequest
 
 SECAGG_MESSAGE = f"{MessageType.QUERY}.secagg"
@@ -42,61 +41,6 @@ VECTOR_KEY = "secagg-vector"  # context.state: this round's vector, waiting for 
 STATE_KEY = "secagg-client"  # context.state: the protocol client's saved state (private keys: node only)
 ROUND_KEY = "secagg-round"  # context.state: the last round this node started a session for
 CLAIM_KEY = "secagg-vector-claimed"  # context.state: the round whose session the held vector is committed to
-
-
-class SecureAggregationError(RuntimeError):
-    """The secure sum could not be completed; the message names the stage and the shortfall."""
-
-
-def auto_clip(config: Config, num_classes: int) -> float:
-    """The smallest clip range that holds every value the ensemble rule uploads."""
-    if config.secagg_clip > 0:
-        return config.secagg_clip
-    if config.ensemble == "geometric":
-        from fedkd.distill import LOG_PROB_FLOOR  # here, not above: a stage's process needs no torch
-
-        return -LOG_PROB_FLOOR  # log-probabilities in [LOG_PROB_FLOOR, 0]
-    if config.ensemble == "logits":
-        return 50.0  # logits are unbounded: clipped values are counted and reported
-    return float(num_classes) if config.vote_rule == "class-share" else 1.0  # weights <= K
-
-
-MAX_AUTO_SCALE = 2.0**24  # float32 carries 24 significant bits: finer steps add nothing
-
-
-def auto_scale(config: Config, clip: float) -> float:
-    """The finest power-of-two scale whose codes, summed over a round's n clients (its cohort:
-    `clients-per-round`, or `num-clients`), fit the bit width: n * ceil(2 * clip * scale) < 2^b.
-    The quantisation error of a summed value is then at most n / (2 * scale)."""
-    if config.secagg_scale > 0:
-        return config.secagg_scale
-    room = (2**config.ring_bits - 1) / (config.cohort_size * 2 * clip)
-    exponent = math.floor(math.log2(room)) - 1  # one bit spare for the ceiling
-    return float(min(2.0**exponent, MAX_AUTO_SCALE))
-
-
-def secagg_config(config: Config, num_classes: int, server_round: int = 1) -> SecAggConfig:
-    """With DP on, clients send integers (rounded soft labels plus noise shares): scale 1 keeps
-    them exact, and the clip range is the DP value range, so the ring sum cannot wrap."""
-    if config.dp_enabled:
-        from fedkd.task import dp_params  # here, not above: a stage's process needs no torch
-
-        clip, scale = float(dp_params(config, num_classes, server_round).value_range), 1.0
-    else:
-        clip = auto_clip(config, num_classes)
-        scale = auto_scale(config, clip)
-    try:
-        return SecAggConfig(
-            neighbors=config.secagg_neighbors or None,
-            threshold=config.secagg_threshold or None,
-            bit_width=config.ring_bits,
-            clip=clip,
-            scale=scale,
-            consistency_check=config.secagg_consistency_check,
-            max_colluders=None if config.secagg_max_colluders < 0 else config.secagg_max_colluders,
-        )
-    except ValueError as exc:
-        raise SecureAggregationError(f"secure-aggregation settings do not fit: {exc}") from None
 
 
 def session_for(run_id: int, server_round: int) -> bytes:

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from secagg_testkit import seeded_random
 
 from fedkd.apps import codec
-from fedkd.apps.secure import client_step, keep_vector, secagg_config, session_for
+from fedkd.aggregate import secagg_config
+from fedkd.apps.secure import client_step, keep_vector, session_for
 from fedkd.config import Config
 from fedkd.secagg import (
     ADVERTISE_KEYS, SHARE_KEYS, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggConfig, SecAggServer,
