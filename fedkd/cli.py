@@ -35,7 +35,7 @@ from fedkd.config import Config
 from fedkd.errors import report
 from fedkd.privacy.mechanism import PrivacyError
 from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, write_json_atomic
-from fedkd.simulation import simulate  # also `fedkd.cli.simulate`, as scripts know it
+from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
 # 1 s), Opacus (`fedkd.privacy.dpsgd`), Flower and Ray load only when a run needs them, so that

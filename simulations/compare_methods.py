@@ -96,7 +96,7 @@ def run_inprocess(cfg: Config) -> dict:
 
 
 def run_flower(cfg: Config) -> dict:
-    from fedkd.cli import simulate
+    from fedkd.simulation import simulate
 
     return simulate(cfg)["rounds"][-1]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkd.cli import simulate
+from fedkd.simulation import simulate
 from fedkd.config import Config
 from fedkd.results import student_to_ensemble, write_json_atomic
 from input_kinds import make_inputs  # simulations/input_kinds.py, beside this script

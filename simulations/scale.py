@@ -2,7 +2,7 @@
 
 For each scenario (clients, clients per round) it runs, each in a fresh process so peak memory is
 per run and Ray starts cold:
-  flower: `fedkd.cli.simulate` (what `fedkd run` runs), `--rounds` rounds; steady: the median after the first;
+  flower: `fedkd.simulation.simulate` (what `fedkd run` runs), `--rounds` rounds; steady: the median after the first;
   floor:  the same client and server work in one process without Flower or Ray: each cohort client's
           `fedkd.task.teacher_round` in turn (torch at client-cpus threads, as the ClientApp sets it),
           the secure sum of their vectors by `fedkd.secagg.inmemory.run_in_memory` with the round's
@@ -51,7 +51,7 @@ def settings(clients: int, cohort: int, rounds: int) -> dict:
 
 def run_flower(config) -> dict:
     from fedkd.bench.procs import PeakRSS
-    from fedkd.cli import simulate
+    from fedkd.simulation import simulate
 
     started = time.perf_counter()
     with PeakRSS() as peak:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkd.cli import simulate
+from fedkd.simulation import simulate
 from fedkd.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))

@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedkd.apps import codec
 from fedkd.aggregate import auto_clip
-from fedkd.cli import simulate
+from fedkd.simulation import simulate
 from fedkd.config import Config, ConfigError
 from fedkd.secagg import ProtocolError, SecAggClient, SecAggConfig, SecAggServer, UNMASK
 from fedkd.secagg.quantize import pack

@@ -1,13 +1,13 @@
 """DataSpec: every setting that determines the splits, checked once and kept in one canonical form.
 
-Owns: the data settings, their defaults, their checks (one DataError naming the value and the
+Owns: the data settings, their checks (one DataError naming the value and the
 valid range), and their normalisation: a user input's local path and the data folder made
 absolute, numbers made plain float / int, so that equal requests are equal specs. A DataSpec is
 the one argument of ``load_splits`` and its cache key, in process and on disk.
 
 Must not touch: the data itself (it only asks whether a user's path exists), splits, torch,
-Flower. It reads a Config (``from_config``) but does not import fedkd.config, which imports this
-package for DATASETS and PARTITIONS.
+Flower. Its defaults are the run's (Config's): ``from_config`` and ``of`` read a Config, importing
+fedkd.config only when called, since fedkd.config imports this package for DATASETS and PARTITIONS.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What to split and how. Built from keywords (these defaults) or from a run's Config.
+    """What to split and how. Built from a run's Config, or with `of` from keywords (what they
+    leave out takes Config's defaults).
 
     dataset: one of DATASETS, or a user input read by fedkd.data.source: a ``.npz`` (``x``/``y``
         or Keras's ``x_train``/``y_train``/``x_test``/``y_test``), a ``.parquet`` file, a
@@ -47,17 +48,17 @@ class DataSpec:
 
     # The field order is the on-disk cache's key order (splits.py hashes astuple(spec)): keep it,
     # or every node's cached splits are built again once.
-    dataset: str = "digits"
-    num_clients: int = 10
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    num_public: int = 500
-    test_fraction: float = 0.2
-    seed: int = 0
-    data_dir: str | None = None  # None: DEFAULT_DATA_DIR; always an absolute path once built
-    download: bool = False
-    min_partition_size: int = 1
+    dataset: str
+    num_clients: int
+    partition: str
+    alpha: float
+    classes_per_client: int
+    num_public: int
+    test_fraction: float
+    seed: int
+    data_dir: str | None  # None: DEFAULT_DATA_DIR; always an absolute path once built
+    download: bool
+    min_partition_size: int = 1  # a data-only setting (no run option): at least this many per client
 
     def __post_init__(self) -> None:
         _check(self)
@@ -82,6 +83,14 @@ class DataSpec:
             num_public=config.num_public, test_fraction=config.test_fraction, seed=config.seed,
             data_dir=config.data_dir or None, download=config.download,
         )
+
+    @classmethod
+    def of(cls, dataset: str | None = None, **settings) -> DataSpec:
+        """A spec from keywords (DataSpec's field names); the rest are the run defaults."""
+        from fedkd.config import Config  # here, not above: fedkd.config imports this package
+
+        base = dict(cls.from_config(Config()).__dict__, data_dir=None)  # None: the default folder
+        return cls(**{**base, **({} if dataset is None else {"dataset": dataset}), **settings})
 
     def key(self) -> tuple:
         """The plain tuple the on-disk cache names and checks its files by."""

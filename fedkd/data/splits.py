@@ -76,14 +76,14 @@ class Splits:
 
 def load_splits(spec: DataSpec | str = _KEYWORDS, /, **settings: Any) -> Splits:  # type: ignore[assignment]
     """The splits of ``spec``: ``load_splits(DataSpec(...))``, or ``load_splits("digits",
-    num_clients=3)``, whose arguments are DataSpec's fields (and defaults), checked the same way.
+    num_clients=3)``, whose arguments are DataSpec's fields (the rest take Config's defaults), checked the same way.
 
     The same spec always gives bitwise-identical arrays. Results are cached in-process (every
     simulated client calls this), so all arrays come back read-only; with FEDKD_SPLITS_CACHE set,
     the splits of a built-in dataset are also kept on disk, for the next process.
     """
     if not isinstance(spec, DataSpec):
-        spec = DataSpec(**settings) if spec is _KEYWORDS else DataSpec(spec, **settings)
+        spec = DataSpec.of(**settings) if spec is _KEYWORDS else DataSpec.of(spec, **settings)
     elif settings:
         raise TypeError(f"load_splits takes a DataSpec or keywords, not both ({', '.join(settings)})")
     folder = os.environ.get(SPLITS_CACHE_ENV)
