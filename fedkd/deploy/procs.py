@@ -44,7 +44,8 @@ class Process:
             start_new_session=True, text=True, errors="replace", bufsize=1,
         )
         self._reader = threading.Thread(target=self._read, args=(echo,), name=f"log-{name}", daemon=True)
-        self._reader.start()
+        with _main_thread_signals():
+            self._reader.start()
 
     def _read(self, echo: Callable[[str], None] | None) -> None:
         for raw in self.popen.stdout:
@@ -138,6 +139,23 @@ def _signal(pid: int, sig: int, group: bool) -> None:
         os.killpg(pid, sig) if group else os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextmanager
+def _main_thread_signals():
+    """Threads started inside the block never receive Ctrl-C or SIGTERM: they inherit a mask that
+    blocks both, so the kernel hands those signals to the main thread. A signal taken by a reader
+    thread would leave the main thread asleep in a blocking call (waiting for a `flwr` command to
+    exit, say) with the Ctrl-C noted but not acted on until that call returned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    terminal = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, terminal)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # one that came meanwhile is delivered now
 
 
 @contextmanager
