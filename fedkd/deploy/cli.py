@@ -67,8 +67,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"{PROG}: interrupted; every process was stopped", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
     print(_summary(results, opts.num_nodes), flush=True)
     return 0
 

@@ -44,8 +44,7 @@ class Process:
             start_new_session=True, text=True, errors="replace", bufsize=1,
         )
         self._reader = threading.Thread(target=self._read, args=(echo,), name=f"log-{name}", daemon=True)
-        with _main_thread_signals():
-            self._reader.start()
+        self._reader.start()
 
     def _read(self, echo: Callable[[str], None] | None) -> None:
         for raw in self.popen.stdout:
@@ -142,23 +141,6 @@ def _signal(pid: int, sig: int, group: bool) -> None:
 
 
 @contextmanager
-def _main_thread_signals():
-    """Threads started inside the block never receive Ctrl-C or SIGTERM: they inherit a mask that
-    blocks both, so the kernel hands those signals to the main thread. A signal taken by a reader
-    thread would leave the main thread asleep in a blocking call (waiting for a `flwr` command to
-    exit, say) with the Ctrl-C noted but not acted on until that call returned."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    terminal = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, terminal)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # one that came meanwhile is delivered now
-
-
-@contextmanager
 def _signals_deferred():
     """Ignore SIGINT and SIGTERM inside the block (main thread only; elsewhere signals cannot arrive)."""
     if threading.current_thread() is not threading.main_thread():
@@ -173,15 +155,18 @@ def _signals_deferred():
 
 
 def terminate_as_interrupt():
-    """Make SIGTERM behave like Ctrl-C (so teardown runs); returns the previous handler, or None off
-    the main thread where handlers cannot be set."""
+    """Make SIGTERM behave like Ctrl-C, and Ctrl-C interrupt even when this process started with it
+    ignored (a background job of a non-interactive shell inherits SIGINT ignored): either way
+    teardown runs. Returns the previous handlers (to restore), or {} off the main thread where
+    handlers cannot be set."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
 
 
 # ---- ports --------------------------------------------------------------------------------------
