@@ -55,6 +55,8 @@ HELP = {
     "ensemble": "mean | geometric | logits | dsfl",
     "teacher_models": "comma list cycled over clients: auto, mlp, cnn, resnet8",
     "public_sample": "public examples released per round (0: all of them)",
+    "public_views": "augmented views (shifts, mirror images) of each public example the teachers also label; "
+                    "-1: auto, 3 on images of at least 16x16 pixels, else 0, and 0 under distributed DP",
     "digest_epochs": "FedMD/DS-FL digest epochs on last round's consensus (0: off)",
     "out": "output folder for config.json, results.json, summary.txt, curves.png, run.log; "
            "DIR/latest: a new DIR/<date-time> folder per run, DIR/latest links to it",
@@ -161,6 +163,7 @@ def _check_data(config: Config) -> dict:
                 dpsgd.check_model(model, name)
         if config.dp_enabled:  # bit width and noise-share size, which depend on the data's classes
             dp_params(config, splits.num_classes, 1)
+        config.views_for(splits.input_shape)  # explicit public-views need images
         resolve_device(config.device)
         return resolved_settings(config, splits)  # also checks the secure-aggregation parameters
     except (PrivacyError, RuntimeError) as exc:

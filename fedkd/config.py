@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from fedkd.data import DATASETS, PARTITIONS  # owned by the data package (numpy only, no torch)
 from fedkd.data.source import names_an_input
+from fedkd.data.views import is_image
 from fedkd.errors import ConfigError, require_clients
 
 METHODS = ("fd", "fedavg", "central", "local")
@@ -26,6 +27,9 @@ CONFIDENCE_WEIGHTINGS = ("none", "max-prob", "entropy")
 TEACHER_INITS = ("persist", "student")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
+# public-views auto: views per public example on images. Each view is one more row of soft labels
+# per client per round (3.2 bytes a value through the 24-bit secure sum)
+AUTO_VIEWS = 3
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -71,6 +75,10 @@ class Config:
     vote_weighting: str = "auto"
     confidence_weighting: str = "none"  # "max-prob" or "entropy": per-example weighted mean (distill.confidence)
     public_sample: int = 0  # public examples released per round (0: the whole public set)
+    # augmented views of each public example that the teachers also label (fedkd.data.views); -1:
+    # auto, 3 for images of at least 16x16 pixels, else 0, and 0 under distributed DP
+    public_views: int = -1
+    view_flip: bool = True  # views are also mirrored left-right at random (off for text-like images)
     aggregation: str = "secagg"  # "secagg": the server sees only the masked sum; "plain": every vector
     secagg_clip: float = 0.0  # fixed-point clip range; 0: chosen from the ensemble rule (see apps.secure)
     secagg_scale: float = 0.0  # fixed-point steps per unit; 0: the finest that fits (<= 2^24). Error <= n / (2 * scale)
@@ -163,6 +171,18 @@ class Config:
         if plan and self.aggregation != "secagg":
             raise ConfigError("drop simulates secure-aggregation drop-outs; it needs aggregation=secagg")
         return plan
+
+    def views_for(self, input_shape: tuple[int, ...]) -> int:
+        """public-views resolved for inputs of `input_shape`: auto is AUTO_VIEWS for images of at
+        least 16x16 pixels, else 0 (a shift moves too much of a small image; feature vectors have no
+        pixels to shift), and 0 under distributed DP, where every view is one more released query
+        paid for in epsilon (the shape is not read then). An explicit count needs images."""
+        if self.public_views == -1:
+            return 0 if self.dp_enabled or not is_image(tuple(input_shape)) else AUTO_VIEWS
+        if self.public_views > 0 and len(input_shape) != 3:
+            raise ConfigError(f"public-views={self.public_views} needs image inputs (C, H, W); this data's "
+                              f"inputs have shape {tuple(input_shape)}: use public-views 0")
+        return self.public_views
 
     @property
     def vote_rule(self) -> str:
@@ -302,6 +322,8 @@ class Config:
         _at_least("patience", self.patience, 1)
         _at_least("classes-per-client", self.classes_per_client, 1)
         _at_least("public-sample", self.public_sample, 0)
+        if self.public_views < -1:
+            raise ConfigError(f"public-views={self.public_views} must be -1 (auto), 0 (off) or a count of views")
         if self.public_sample > self.num_public:
             raise ConfigError(
                 f"public-sample={self.public_sample} is larger than num-public={self.num_public}; "

@@ -154,7 +154,8 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
         # knowledge transfer, with autos resolved (fedkd.config's vote_rule and joint_weight)
         "transfer": {"teacher_init": config.teacher_init, "vote_weighting": config.vote_rule,
                      "confidence_weighting": config.confidence_weighting, "consensus_weight": config.joint_weight,
-                     "ensemble": config.ensemble, "temperature": config.temperature},
+                     "ensemble": config.ensemble, "temperature": config.temperature,
+                     "public_views": config.views_for(splits.input_shape), "view_flip": config.view_flip},
     }
     if config.method == "fd" and config.aggregation == "secagg":
         from fedkd.aggregate import secagg_config

@@ -19,6 +19,7 @@ import torch
 from fedkd import distill
 from fedkd.config import Config
 from fedkd.data import DataSpec, Splits, load_splits
+from fedkd.data.views import views
 from fedkd.models import build_model
 from fedkd.privacy import mechanism
 from fedkd.privacy.mechanism import DPParams
@@ -56,6 +57,27 @@ def public_sample(config: Config, server_round: int) -> np.ndarray:
         return np.arange(n)
     rng = np.random.default_rng(derive_seed(config.seed, "public-sample", server_round))
     return np.sort(rng.choice(n, size=config.public_sample, replace=False))
+
+
+def public_inputs(config: Config, splits: Splits, server_round: int) -> np.ndarray:
+    """The inputs (rows, *shape) the teachers label this round: the public sample (m rows), then
+    its `public-views` augmented views (m rows each, `fedkd.data.views`), seeded by the run seed
+    and the round so that client and server derive the same rows without a message."""
+    x = splits.public_x[public_sample(config, server_round)]
+    count = config.views_for(splits.input_shape)
+    if count == 0:
+        return x
+    return np.concatenate([x, views(x, count, flip=config.view_flip,
+                                    seed=derive_seed(config.seed, "views", server_round))])
+
+
+def query_rows(config: Config, server_round: int, input_shape: tuple[int, ...] | None = None) -> int:
+    """How many rows of soft labels a client releases this round (`public_inputs`' length). Under
+    distributed DP auto views are 0, so the DP settings need no `input_shape`; auto needs it otherwise."""
+    if input_shape is None and config.public_views == -1 and not config.dp_enabled:
+        raise ValueError("auto public-views depend on the input shape; pass input_shape")
+    count = config.views_for(input_shape) if input_shape is not None else max(config.public_views, 0)
+    return len(public_sample(config, server_round)) * (1 + count)
 
 
 def sample_cohort(config: Config, server_round: int) -> tuple[int, ...]:
@@ -126,14 +148,15 @@ def weighting_of(config: Config) -> str:
 def vector_layout(config: Config, splits: Splits, server_round: int) -> Layout:
     """The layout of the vector a client uploads this round (`Layout`)."""
     n_test = 0 if config.dp_enabled else len(splits.test_y)
-    return Layout(len(public_sample(config, server_round)), n_test, splits.num_classes, weighting_of(config))
+    return Layout(query_rows(config, server_round, splits.input_shape), n_test, splits.num_classes,
+                  weighting_of(config))
 
 
 def dp_params(config: Config, num_classes: int, server_round: int) -> DPParams:
     """The round's distributed-DP settings, derived alike on client and server from the config
     (with dp-target-epsilon, the noise multiplier comes from `noise_multiplier_for`)."""
     z = noise_multiplier_for(config, num_classes) if config.dp_target_epsilon > 0 else config.dp_noise_multiplier
-    return _dp_params(config, num_classes, len(public_sample(config, server_round)), z)
+    return _dp_params(config, num_classes, query_rows(config, server_round), z)
 
 
 def _dp_params(config: Config, num_classes: int, m: int, z: float) -> DPParams:
@@ -155,7 +178,7 @@ def noise_multiplier_for(config: Config, num_classes: int) -> float:
     the config, so clients and server agree on it without a message."""
     from fedkd.privacy.accounting import calibrate
 
-    m = len(public_sample(config, 1))
+    m = query_rows(config, 1)
     return calibrate(lambda z: _dp_params(config, num_classes, m, z), config.rounds, config.dp_min_honest,
                      config.dp_target_epsilon, config.dp_delta)
 
@@ -221,7 +244,8 @@ def teacher_round(
     server) the teacher starts from them and skips the digest; a teacher whose architecture
     differs from the student's keeps its own weights (`state`) and digests as before.
 
-    The vector is `client_payload(logits)` on this round's public sample, then on the test set
+    The vector is `client_payload(logits)` on this round's public inputs (`public_inputs`: the
+    sample, then its views), then on the test set
     (the test part only serves to report the ensemble teacher's accuracy). With DP on it is the
     DP encoding of the public part alone (`fedkd.privacy.mechanism.encode`). With teacher DP-SGD
     on, local training is `fedkd.privacy.dpsgd.train`, `dp_history` carries the client's earlier
@@ -335,11 +359,11 @@ def soft_labels(config: Config, logits: np.ndarray, weights: np.ndarray | None
     return labels, (weights if weights is not None else conf)
 
 
-def public_release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarray, indices: np.ndarray,
+def public_release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarray, x: np.ndarray,
                    device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """The client's (m, K) soft labels on the public rows `indices` (m,), and their weights
+    """The client's (m, K) soft labels on the public inputs x (m, *shape), and their weights
     (`soft_labels`); its vote per class comes from its private labels y (N,)."""
-    logits = distill.predict_logits(model, splits.public_x[indices], device)  # (m, K)
+    logits = distill.predict_logits(model, x, device)  # (m, K)
     return soft_labels(config, logits, class_weights(y, splits.num_classes, config.vote_rule))
 
 
@@ -349,7 +373,7 @@ def release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarra
     this round's sample, DP-encoded with DP on; else packed with the test block, the soft
     labels of `test_logits` (n_test, K)."""
     layout = vector_layout(config, splits, server_round)
-    public = public_release(model, config, splits, y, public_sample(config, server_round), device)
+    public = public_release(model, config, splits, y, public_inputs(config, splits, server_round), device)
     metrics: dict[str, float] = {}
     if config.dp_enabled:
         # noise from the OS's entropy, never from the run seed: the server knows the seed

@@ -42,6 +42,7 @@ ABLATION = (
     ("fd confidence max-prob", {"vote_weighting": "none", "confidence_weighting": "max-prob"}),
     ("fd confidence entropy", {"vote_weighting": "none", "confidence_weighting": "entropy"}),
     ("fd ensemble dsfl", {"ensemble": "dsfl"}),
+    ("fd public-views 0", {"public_views": 0}),  # images of 16x16 and more: auto is 3 views
 )
 MAIN = (
     ("fd", {}),
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--main-variants", nargs="+", default=None, help="subset of the main table's variants")
     parser.add_argument("--skews", nargs="+", default=None, help="subset of: " + ", ".join(s for s, _ in SKEWS))
     parser.add_argument("--ablation-on", default="digits", help="digits | fashion | both")
+    parser.add_argument("--ablation-variants", nargs="+", default=None,
+                        help="subset of the ablation's variants, by label: " + ", ".join(v for v, _ in ABLATION[1:]))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, dataset in data:
             if args.ablation_on not in ("both", label if label == "digits" else "fashion"):
                 continue
-            rows += grid(dataset, label, ABLATION[1:], [k for k in skews if k[0] != 'pathological 2'], args.seeds, args.rounds, args.engine, out, args.jobs)
+            variants = [v for v in ABLATION[1:] if args.ablation_variants is None or v[0] in args.ablation_variants]
+            if label == "digits":  # digits are 8x8: auto views are 0 there, so the row would repeat the default
+                variants = [v for v in variants if "public_views" not in v[1]]
+            rows += grid(dataset, label, variants, [k for k in skews if k[0] != 'pathological 2'], args.seeds,
+                         args.rounds, args.engine, out, args.jobs)
             write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})
     for r in rows:  # the ablation's default row is the main table's fd row
         if r["variant"] == "fd":

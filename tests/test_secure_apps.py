@@ -168,11 +168,19 @@ def _leaks(received, vectors, fixed_point, bit_width=24):
     return found
 
 
-@pytest.mark.parametrize("options", [
-    {},  # defaults: teachers from the student, joint consensus training, seen-classes weights
-    {"teacher_init": "persist", "digest_epochs": 1, "confidence_weighting": "max-prob"},
-], ids=["defaults", "persist-confidence"])
-def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options):
+DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes", "confidence_weighting": "none",
+                    "consensus_weight": 1.0, "public_views": 0}  # digits: 8x8, too small for auto views
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, DEFAULT_TRANSFER),  # defaults: teachers from the student, joint consensus training, seen-classes weights
+    ({"teacher_init": "persist", "digest_epochs": 1, "confidence_weighting": "max-prob"},
+     {"teacher_init": "persist", "vote_weighting": "none", "confidence_weighting": "max-prob",
+      "consensus_weight": 1.0}),
+    # two shifted views of each public example, labelled by the teachers through the same sum
+    ({"public_views": 2, "view_flip": False}, dict(DEFAULT_TRANSFER, public_views=2, view_flip=False)),
+], ids=["defaults", "persist-confidence", "views"])
+def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options, expected):
     from fedkd.apps.records import vector_from_message
     from fedkd.aggregate import secagg_config
 
@@ -188,7 +196,9 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     # same bit for bit (same seeds, and sums equal to the plain fixed-point sums)
     vectors = [vector_from_message(m) for m in seen_plain if not m.has_error() and "payload" in m.content]
     assert len(vectors) == 2 * 4
-    assert vectors[0][: 150 * 10].reshape(150, 10).sum(1).max() > 0  # weighted soft labels, not an empty block
+    rows = 150 * (1 + options.get("public_views", 0))  # the public sample, then its views
+    blocks = vectors[0][: rows * 10].reshape(-1, 150, 10)  # (1 + views, 150, K)
+    assert (blocks.sum(2).max(1) > 0).all()  # weighted soft labels in every block, not an empty one
 
     # the probe can fail: under plain aggregation it finds every client's vector, in both rounds
     assert _leaks(seen_plain, vectors, fixed_point) == set(range(8))
@@ -202,9 +212,6 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     assert plain["final"]["ensemble_accuracy"] == secure["final"]["ensemble_accuracy"]
     # results.json shows what the options resolved to
     transfer = json.loads((tmp_path / "secure" / "results.json").read_text())["config"]["resolved"]["transfer"]
-    expected = {"teacher_init": "student", "vote_weighting": "seen-classes", "confidence_weighting": "none",
-                "consensus_weight": 1.0} if not options else {
-        "teacher_init": "persist", "vote_weighting": "none", "confidence_weighting": "max-prob", "consensus_weight": 1.0}
     assert {k: transfer[k] for k in expected} == expected
     info = secure["rounds"][1]["secagg"]
     assert info["survivors"] == [0, 1, 2, 3] and info["clipped"] == 0

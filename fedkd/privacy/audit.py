@@ -162,8 +162,7 @@ def _release(setting: Setting, pid: int, x: np.ndarray, y: np.ndarray, shuffle: 
         model = task.initial_teacher(config, splits, pid)
     task.train_teacher(model, config, x, y, generator=shuffle, device=cpu,
                        phase="local training")  # what a divergence error has always named here
-    every_query = np.arange(len(splits.public_y))
-    labels, _ = task.public_release(model, config, splits, y, every_query, cpu)  # (m, K); no weights (vote none)
+    labels, _ = task.public_release(model, config, splits, y, splits.public_x, cpu)  # (m, K); no weights (vote none)
     return labels.ravel().astype(np.float64)
 
 
