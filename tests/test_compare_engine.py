@@ -15,9 +15,10 @@ import compare_methods  # noqa: E402
 SMALL = dict(num_clients=3, rounds=2, local_epochs=3, distill_epochs=10, num_public=150, alpha=0.3)
 
 
-@pytest.mark.parametrize("method", ["fd", "fedavg"])
-def test_in_process_engine_matches_a_flower_simulation(tmp_path, method):
-    cfg = Config(**SMALL, method=method, aggregation="plain", out=str(tmp_path / "flower"))
+@pytest.mark.parametrize("method, extra", [("fd", {}), ("fedavg", {}), ("fd", {"public_views": 1, "view_flip": False})],
+                         ids=["fd", "fedavg", "fd-views"])
+def test_in_process_engine_matches_a_flower_simulation(tmp_path, method, extra):
+    cfg = Config(**SMALL, **extra, method=method, aggregation="plain", out=str(tmp_path / "flower"))
     flower = simulate(cfg)["rounds"][-1]
     inprocess = compare_methods.run_inprocess(cfg.replace(out=str(tmp_path / "inprocess")))
     assert inprocess["student_accuracy"] == pytest.approx(flower["student_accuracy"], abs=0.02)
