@@ -54,7 +54,7 @@ HELP = {
     "temperature": "softmax temperature T of the released predictions",
     "ensemble": "mean | geometric | logits | dsfl",
     "teacher_models": "comma list cycled over clients: auto, mlp, cnn, resnet8",
-    "public_sample": "public examples released per round (0: all of them)",
+    "public_sample": "public examples released per round (0: all of them); each adds 1 + public-views rows",
     "public_views": "augmented views (shifts, mirror images) of each public example the teachers also label; "
                     "-1: auto, 3 on images of at least 16x16 pixels, else 0, and 0 under distributed DP",
     "view_flip": "mirror views left-right at random (off for images whose mirror is another class)",

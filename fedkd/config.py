@@ -76,7 +76,7 @@ class Config:
     confidence_weighting: str = "none"  # "max-prob" or "entropy": per-example weighted mean (distill.confidence)
     public_sample: int = 0  # public examples released per round (0: the whole public set)
     # augmented views of each public example that the teachers also label (fedkd.data.views); -1:
-    # auto, 3 for images of at least 16x16 pixels, else 0, and 0 under distributed DP
+    # auto, 3 for images of at least 16x16 pixels, else 0, and 0 under distributed DP (views_for)
     public_views: int = -1
     view_flip: bool = True  # views are also mirrored left-right at random (off for text-like images)
     aggregation: str = "secagg"  # "secagg": the server sees only the masked sum; "plain": every vector
@@ -175,8 +175,9 @@ class Config:
     def views_for(self, input_shape: tuple[int, ...]) -> int:
         """public-views resolved for inputs of `input_shape`: auto is AUTO_VIEWS for images of at
         least 16x16 pixels, else 0 (a shift moves too much of a small image; feature vectors have no
-        pixels to shift), and 0 under distributed DP, where every view is one more released query
-        paid for in epsilon (the shape is not read then). An explicit count needs images."""
+        pixels to shift), and 0 under distributed DP (the shape is not read then): the clip bounds
+        the L2 norm of a client's whole release, so every view spreads the same clip over more
+        coordinates and each soft label carries more relative noise. An explicit count needs images."""
         if self.public_views == -1:
             return 0 if self.dp_enabled or not is_image(tuple(input_shape)) else AUTO_VIEWS
         if self.public_views > 0 and len(input_shape) != 3:

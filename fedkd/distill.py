@@ -382,6 +382,23 @@ def distillation_loss(
     return loss
 
 
+def _holdout(n: int, fraction: float, generator: torch.Generator, groups: np.ndarray | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, training) row indices of n rows: a `fraction` slice of the rows, or with
+    `groups` (n,) of the groups, each held out whole; no validation slice when it would hold fewer
+    than MIN_VAL_EXAMPLES rows or groups (a loss on a handful of examples is noise: stopping on it
+    undertrains)."""
+    units = n if groups is None else len(np.unique(groups))
+    order = torch.randperm(units, generator=generator)
+    n_val = int(round(units * fraction)) if fraction > 0 else 0
+    if n_val < MIN_VAL_EXAMPLES:
+        n_val = 0
+    if groups is None:
+        return order[:n_val], order[n_val:]
+    held = np.isin(groups, np.unique(groups)[order[:n_val].numpy()])
+    return torch.as_tensor(np.flatnonzero(held)), torch.as_tensor(np.flatnonzero(~held))
+
+
 def distill(
     model: nn.Module,
     x: np.ndarray,
@@ -392,11 +409,14 @@ def distill(
     device: torch.device,
     labels: np.ndarray | None = None,
     hard_label_weight: float = 0.0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Train `model` (warm: whatever weights it has) to match `teacher` on x: (N, *shape).
 
     A `schedule.val_fraction` slice of x is held out (none if it would hold fewer than
-    MIN_VAL_EXAMPLES: then all epochs run), and training stops after `schedule.patience` epochs
+    MIN_VAL_EXAMPLES: then all epochs run); with `groups` (N,), the example each row is a view
+    of, the slice is of examples, every row of a held-out example with it, so that no view of a
+    validation example trains the model. Training stops after `schedule.patience` epochs
     without improvement of the
     distillation loss on it (without the hard-label term). The best weights are restored, and
     the weights the model came in with count as a candidate (epoch 0): a round never leaves the
@@ -408,12 +428,8 @@ def distill(
     Returns {"epochs" (run, best included), "train_loss", "val_loss", "recoveries", "lr" (at the end)}.
     """
     model.to(device)
-    n = len(x)
-    order = torch.randperm(n, generator=generator)
-    n_val = int(round(n * schedule.val_fraction)) if schedule.val_fraction > 0 else 0
-    if n_val < MIN_VAL_EXAMPLES:  # a loss on a handful of examples is noise: stopping on it undertrains
-        n_val = 0
-    val_idx, train_idx = order[:n_val].to(device), order[n_val:]
+    val_idx, train_idx = _holdout(len(x), schedule.val_fraction, generator, groups)
+    n_val, val_idx = len(val_idx), val_idx.to(device)
     xt, tt = _tensor(x, device), _tensor(teacher.values, device)
     yt = _tensor(labels, device, torch.long) if labels is not None else None
 

@@ -141,7 +141,7 @@ class DistillationServer:
 
     def _ensemble_teacher(self, record: RoundRecord, replies: list[ClientReply],
                           aggregate: Aggregate | None) -> tuple[RoundRecord, distill.Teacher]:
-        """Build the ensemble teacher on the public sample from the sum (decoded and accounted
+        """Build the ensemble teacher on the public inputs (sample and views) from the sum (decoded and accounted
         under DP); the record gains the sum's figures and, with a test part, the ensemble's accuracy."""
         layout = vector_layout(self.config, self.splits, record.round)
         agg, seconds_aggregate = self._sum(replies, aggregate, layout.length)
@@ -180,17 +180,21 @@ class DistillationServer:
 
     def _distil(self, record: RoundRecord, teacher: distill.Teacher) -> RoundRecord:
         """Distil the student (warm-started) from the ensemble teacher on the round's public
-        sample; that sample and teacher become the consensus sent down next round."""
+        inputs (the sample, then its views); the teacher on the sample becomes the consensus sent
+        down next round."""
         cfg, server_round = self.config, record.round
         idx = public_sample(cfg, server_round)
         x = public_inputs(cfg, self.splits, server_round)  # (m * (1 + views), *shape)
         t0 = time.perf_counter()
-        # a view is a shifted (or mirrored) copy of its example: it keeps the example's label
-        labels = np.resize(self.splits.public_y[idx], len(x)) if cfg.public_labels else None
+        example = np.resize(np.arange(len(idx)), len(x))  # (rows,): row j*m + i is a view of example i
+        # hard labels (public-labels): a view takes its example's; shifts keep the class, and so do
+        # mirror images on the data view-flip is meant for (off for digits and text, whose mirrors differ)
+        labels = self.splits.public_y[idx][example] if cfg.public_labels else None
         stats = distill.distill(
             self.student, x, teacher, distill.Schedule.server(cfg),
             generator=generator(cfg.seed, "distill", server_round), device=self.device,
             labels=labels, hard_label_weight=cfg.hard_label_weight,
+            groups=example if len(x) > len(idx) else None,  # validate on examples none of whose views train
         )
         # the consensus sent down is the teacher on the public sample itself, without the views (sending
         # the views' rows too, for the joint term, measured no better: fashion3615 alpha 0.1, seed 0)

@@ -1,9 +1,9 @@
 """What one client does in a round, and the helpers client and server share.
 
-Owns: device choice, seeded generators, the per-round public sample, loading the splits a config
-names, and the client's work: train (or continue) its teacher, optionally digest last round's
-consensus first, and emit the vector to be summed. For `fedavg` it trains the global student
-architecture instead. Must not touch: Flower messages (the apps wrap these functions) or files.
+Owns: device choice, seeded generators, the per-round public sample and its views, loading the
+splits a config names, and the client's work: train (or continue) its teacher, optionally digest
+last round's consensus first, and emit the vector to be summed. For `fedavg` it trains the global
+student architecture instead. Must not touch: Flower messages (the apps wrap these functions) or files.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Layout:
     the block's weights: K per class (vote-weighting), one per row (confidence-weighting) or
     none. The server divides the summed labels by the summed weights (`distill.combine`)."""
 
-    public: int  # m, rows of this round's public sample
+    public: int  # rows of this round's public inputs: m * (1 + views) (`query_rows`)
     test: int  # rows of the test set (0 with DP: predictions on it would be a release too)
     classes: int  # K
     weighting: str = "none"  # "none", "class" or "example"
@@ -212,8 +212,8 @@ class Consensus:
 @dataclass(frozen=True)
 class TeacherUpdate:
     state: dict[str, torch.Tensor]  # the teacher's weights, to keep on the node for the next round
-    vector: np.ndarray  # (m*K + n_test*K,) float32: public payload then test-set payload;
-    # with DP: (m*K,) float64 integers, the rounded centred payload plus this client's noise share
+    vector: np.ndarray  # float32 (`Layout`): public payload (rows*K), test-set payload (n_test*K), with weights;
+    # with DP: (rows*K,) float64 integers, the rounded centred payload plus this client's noise share
     metrics: dict[str, float]
     dp_history: tuple = ()  # DP-SGD accounting events so far (fedkd.privacy.dpsgd.Event), kept on the node
 
@@ -370,7 +370,7 @@ def public_release(model: torch.nn.Module, config: Config, splits: Splits, y: np
 def release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarray, server_round: int,
             device: torch.device, test_logits: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
     """The vector to be summed (`TeacherUpdate.vector`) and its metrics: the public block on
-    this round's sample, DP-encoded with DP on; else packed with the test block, the soft
+    this round's public inputs (sample and views), DP-encoded with DP on; else packed with the test block, the soft
     labels of `test_logits` (n_test, K)."""
     layout = vector_layout(config, splits, server_round)
     public = public_release(model, config, splits, y, public_inputs(config, splits, server_round), device)

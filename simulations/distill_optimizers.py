@@ -33,7 +33,7 @@ SEEDS = (0, 1)
 
 def teacher_for(dataset: str) -> tuple[Config, distill.Teacher, float]:
     """Round-1 ensemble teacher on the public set, and the ensemble's test accuracy."""
-    cfg = Config(dataset=dataset, aggregation="plain")
+    cfg = Config(dataset=dataset, aggregation="plain", public_views=0)  # the bare public set, as measured for issue 11
     splits = task.splits_for(cfg)
     vectors = {pid: task.teacher_round(cfg, pid, 1, None).vector for pid in range(cfg.num_clients)}
     (public, public_w), (test, test_w) = task.vector_layout(cfg, splits, 1).unpack(plain_sum(vectors).total)

@@ -199,6 +199,8 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     rows = 150 * (1 + options.get("public_views", 0))  # the public sample, then its views
     blocks = vectors[0][: rows * 10].reshape(-1, 150, 10)  # (1 + views, 150, K)
     assert (blocks.sum(2).max(1) > 0).all()  # weighted soft labels in every block, not an empty one
+    # each view block labels other inputs than the sample: not a copy of the sample's block
+    assert all(not np.allclose(blocks[0], blocks[j]) for j in range(1, len(blocks)))
 
     # the probe can fail: under plain aggregation it finds every client's vector, in both rounds
     assert _leaks(seen_plain, vectors, fixed_point) == set(range(8))

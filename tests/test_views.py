@@ -96,3 +96,59 @@ def test_views_on_feature_vectors_are_refused_in_one_line_before_anything_runs(t
     assert err.count("\n") == 1 and not (tmp_path / "out").exists()
     assert main(["run", "--public-views", "-2", "--out", str(tmp_path / "out")]) == 2
     assert "public-views=-2" in capsys.readouterr().err
+
+
+def test_another_process_derives_the_same_views():
+    # client and server are different processes (Ray actors, SuperNodes): the rows must not depend
+    # on anything process-local, such as Python's per-process hash seed
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from fedkd import task; from fedkd.config import Config; "
+            "cfg = Config(num_public=60, public_views=2, seed=5).validated(); "
+            "print(hashlib.sha256(task.public_inputs(cfg, task.splits_for(cfg), 3).tobytes()).hexdigest())")
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    theirs = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    cfg = Config(num_public=60, public_views=2, seed=5).validated()
+    mine = hashlib.sha256(task.public_inputs(cfg, task.splits_for(cfg), 3).tobytes()).hexdigest()
+    assert theirs.stdout.strip() == mine
+
+
+def test_validation_holds_out_whole_examples_with_every_view():
+    import torch
+
+    from fedkd.distill import _holdout
+
+    groups = np.tile(np.arange(200), 4)  # 200 examples, each with 3 views after it
+    val, train = _holdout(len(groups), 0.1, torch.Generator().manual_seed(0), groups)
+    held = set(groups[val.numpy()])
+    assert len(held) == 20 and len(val) == 80  # 10% of the examples, each with all 4 rows
+    assert held.isdisjoint(groups[train.numpy()])  # no view of a held-out example trains
+    assert len(val) + len(train) == len(groups)
+    # the control: a slice of rows, as without groups, leaves views of held-out examples in training
+    rows_val, rows_train = _holdout(len(groups), 0.1, torch.Generator().manual_seed(0), None)
+    assert not set(groups[rows_val.numpy()]).isdisjoint(groups[rows_train.numpy()])
+
+
+def test_the_server_distils_on_the_sample_and_its_views_and_sends_down_the_sample_alone(monkeypatch):
+    from fedkd import distill, server as server_module
+    from fedkd.rounds import RoundRecord
+
+    cfg = Config(num_public=60, public_views=2, public_labels=True, hard_label_weight=0.5, seed=2).validated()
+    srv = server_module.DistillationServer(cfg)
+    seen = {}
+
+    def fake_distill(model, x, teacher, schedule, **kw):
+        seen.update(x=x, teacher=teacher, **kw)
+        return {"epochs": 1.0, "recoveries": 0.0}
+
+    monkeypatch.setattr(server_module.distill, "distill", fake_distill)
+    values = np.random.default_rng(0).dirichlet(np.ones(10), size=180).astype(np.float32)
+    srv._distil(RoundRecord(1), distill.Teacher(values, "probs", 3.0))
+    splits = srv.splits
+    assert np.array_equal(seen["x"], task.public_inputs(cfg, splits, 1))  # what the clients labelled
+    assert np.array_equal(seen["labels"], np.tile(splits.public_y, 3))  # a view has its example's label
+    assert np.array_equal(seen["groups"], np.tile(np.arange(60), 3))
+    assert np.array_equal(srv.consensus.teacher.values, values[:60]) and len(srv.consensus.indices) == 60

@@ -25,8 +25,8 @@ def is_image(input_shape: tuple[int, ...]) -> bool:
 
 
 def max_shift(input_shape: tuple[int, ...]) -> int:
-    """The largest shift, in pixels, in each direction: 1/14 of the width (2 pixels at 28 and 32)."""
-    return max(1, round(input_shape[-1] / 14))
+    """The largest shift, in pixels, on each axis: 1/14 of the shorter side (2 pixels at 28 and 32)."""
+    return max(1, round(min(input_shape[1:]) / 14))
 
 
 def views(x: np.ndarray, count: int, *, flip: bool, seed: int) -> np.ndarray:
