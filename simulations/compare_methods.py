@@ -131,7 +131,7 @@ def _one(job: tuple[str, dict, str]) -> dict:
 
 
 def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: int, engine: str, out: Path,
-         jobs: int = 1) -> list[dict]:
+         jobs: int = 1, part: str = "") -> list[dict]:
     """Every (skew, variant, seed) of one data set; rows of mean and sd over the seeds."""
     plan = []
     for skew, skew_settings in skews:
@@ -149,7 +149,7 @@ def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: in
             records = pool.map(_one, [job for _, job in plan], chunksize=1)
     else:
         records = [_one(job) for _, job in plan]
-    raw = out / f"{label}-runs.json"  # every run's last record, before any table is made of them
+    raw = out / f"{label}{part}-runs.json"  # every run's last record, before any table is made of them
     write_json_atomic(raw, [{"key": list(key), "settings": job[1], "record": rec} for (key, job), rec in zip(plan, records)])
     rows = []
     for skew, _ in skews:
@@ -212,7 +212,8 @@ def ablation_table(rows: list[dict]) -> str:
             for s in skews:
                 r = next((r for r in ab if r["data"] == d and r["skew"] == s and r["variant"] == name), None)
                 cells.append(_pm(r) if r else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if any(c != "–" for c in cells):  # variants run on none of these data sets are left out
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             if label == "digits":  # digits are 8x8: auto views are 0 there, so the row would repeat the default
                 variants = [v for v in variants if "public_views" not in v[1]]
             rows += grid(dataset, label, variants, [k for k in skews if k[0] != 'pathological 2'], args.seeds,
-                         args.rounds, args.engine, out, args.jobs)
+                         args.rounds, args.engine, out, args.jobs, part="-ablation")
             write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})
     for r in rows:  # the ablation's default row is the main table's fd row
         if r["variant"] == "fd":
