@@ -72,10 +72,9 @@ def public_inputs(config: Config, splits: Splits, server_round: int) -> np.ndarr
 
 
 def query_rows(config: Config, server_round: int, input_shape: tuple[int, ...] | None = None) -> int:
-    """How many rows of soft labels a client releases this round (`public_inputs`' length). Under
-    distributed DP auto views are 0, so the DP settings need no `input_shape`; auto needs it otherwise."""
-    if input_shape is None and config.public_views == -1 and not config.dp_enabled:
-        raise ValueError("auto public-views depend on the input shape; pass input_shape")
+    """How many rows of soft labels a client releases this round (`public_inputs`' length). Without
+    `input_shape` auto counts as 0 views, what it resolves to under distributed DP: the DP sizing
+    (`dp_params`, the only caller without a shape) needs no shape."""
     count = config.views_for(input_shape) if input_shape is not None else max(config.public_views, 0)
     return len(public_sample(config, server_round)) * (1 + count)
 
