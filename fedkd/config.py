@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from fedkd.data import DATASETS, PARTITIONS  # owned by the data package (numpy only, no torch)
 from fedkd.data.source import names_an_input
-from fedkd.data.views import is_image
+from fedkd.data.views import shiftable
 from fedkd.errors import ConfigError, require_clients
 
 METHODS = ("fd", "fedavg", "central", "local")
@@ -27,8 +27,8 @@ CONFIDENCE_WEIGHTINGS = ("none", "max-prob", "entropy")
 TEACHER_INITS = ("persist", "student")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
-# public-views auto: views per public example on images. Each view is one more row of soft labels
-# per client per round (3.2 bytes a value through the 24-bit secure sum)
+# public-views auto: views per public example on images of 16x16 and more; each view is one more row
+# of soft labels per client per round
 AUTO_VIEWS = 3
 OPTIMIZERS = ("adam", "sgd")
 
@@ -179,7 +179,7 @@ class Config:
         the L2 norm of a client's whole release, so every view spreads the same clip over more
         coordinates and each soft label carries more relative noise. An explicit count needs images."""
         if self.public_views == -1:
-            return 0 if self.dp_enabled or not is_image(tuple(input_shape)) else AUTO_VIEWS
+            return 0 if self.dp_enabled or not shiftable(tuple(input_shape)) else AUTO_VIEWS
         if self.public_views > 0 and len(input_shape) != 3:
             raise ConfigError(f"public-views={self.public_views} needs image inputs (C, H, W); this data's "
                               f"inputs have shape {tuple(input_shape)}: use public-views 0")

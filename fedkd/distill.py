@@ -388,14 +388,15 @@ def _holdout(n: int, fraction: float, generator: torch.Generator, groups: np.nda
     `groups` (n,) of the groups, each held out whole; no validation slice when it would hold fewer
     than MIN_VAL_EXAMPLES rows or groups (a loss on a handful of examples is noise: stopping on it
     undertrains)."""
-    units = n if groups is None else len(np.unique(groups))
+    ids = None if groups is None else np.unique(groups)
+    units = n if ids is None else len(ids)
     order = torch.randperm(units, generator=generator)
     n_val = int(round(units * fraction)) if fraction > 0 else 0
     if n_val < MIN_VAL_EXAMPLES:
         n_val = 0
-    if groups is None:
+    if ids is None:
         return order[:n_val], order[n_val:]
-    held = np.isin(groups, np.unique(groups)[order[:n_val].numpy()])
+    held = np.isin(groups, ids[order[:n_val].numpy()])
     return torch.as_tensor(np.flatnonzero(held)), torch.as_tensor(np.flatnonzero(~held))
 
 

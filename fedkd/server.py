@@ -141,8 +141,9 @@ class DistillationServer:
 
     def _ensemble_teacher(self, record: RoundRecord, replies: list[ClientReply],
                           aggregate: Aggregate | None) -> tuple[RoundRecord, distill.Teacher]:
-        """Build the ensemble teacher on the public inputs (sample and views) from the sum (decoded and accounted
-        under DP); the record gains the sum's figures and, with a test part, the ensemble's accuracy."""
+        """Build the ensemble teacher on the public inputs (sample and views) from the sum (decoded
+        and accounted under DP); the record gains the sum's figures and, with a test part, the
+        ensemble's accuracy."""
         layout = vector_layout(self.config, self.splits, record.round)
         agg, seconds_aggregate = self._sum(replies, aggregate, layout.length)
         total, privacy = self._decode(record.round, agg, replies)

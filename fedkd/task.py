@@ -244,8 +244,8 @@ def teacher_round(
     differs from the student's keeps its own weights (`state`) and digests as before.
 
     The vector is `client_payload(logits)` on this round's public inputs (`public_inputs`: the
-    sample, then its views), then on the test set
-    (the test part only serves to report the ensemble teacher's accuracy). With DP on it is the
+    sample, then its views), then on the test set (the test part only serves to report the
+    ensemble teacher's accuracy). With DP on it is the
     DP encoding of the public part alone (`fedkd.privacy.mechanism.encode`). With teacher DP-SGD
     on, local training is `fedkd.privacy.dpsgd.train`, `dp_history` carries the client's earlier
     DP-SGD steps in, and its epsilon over all of them goes out as the "teacher-epsilon" metric.

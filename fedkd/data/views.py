@@ -19,7 +19,7 @@ import numpy as np
 MIN_SIDE = 16  # smallest image side (pixels) on which a shift of a few pixels keeps the content
 
 
-def is_image(input_shape: tuple[int, ...]) -> bool:
+def shiftable(input_shape: tuple[int, ...]) -> bool:
     """Whether inputs of `input_shape` (C, H, W) are images big enough to shift and mirror."""
     return len(input_shape) == 3 and min(input_shape[1:]) >= MIN_SIDE
 
