@@ -233,6 +233,74 @@ def test_round_survives_a_client_dropping_after_masked_input(tmp_path):
     assert results["final"]["student_accuracy"] > 0.5
 
 
+class ExchangeGrid:
+    """Wraps the server's Grid; keeps every exchange as (sent messages, replies)."""
+
+    def __init__(self, grid, exchanges):
+        self._grid, self.exchanges = grid, exchanges
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self.exchanges.append((messages, replies))
+        return replies
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def test_keys_travel_with_training_and_a_client_that_sends_none_is_a_drop_out(tmp_path):
+    cfg = Config(**dict(SMALL, rounds=2), drop="advertise_keys:1", out=str(tmp_path))
+    exchanges = []
+    results = simulate(cfg, observe_grid=lambda g: ExchangeGrid(g, exchanges))
+    assert results["status"] == "completed"
+    kinds = [msgs[0].metadata.message_type for msgs, _ in exchanges]
+    # one roll call per run, then per round: training (with the keys) and four stages, not five
+    assert kinds == ["query.roll_call"] + 2 * (["train"] + 4 * ["query.secagg"])
+    partition_of = {r.metadata.src_node_id: int(r.content["metrics"]["partition-id"]) for r in exchanges[0][1]}
+    for msgs, replies in (e for e in exchanges if e[0][0].metadata.message_type == "train"):
+        for msg in msgs:  # each node's own request, addressed to the client the roll call tied to it
+            request = codec.decode(RecordDict({codec.RECORD: msg.content[codec.RECORD]}))
+            assert type(request).__name__ == "AdvertiseKeysRequest"
+            assert request.recipient == partition_of[msg.metadata.dst_node_id]
+        with_keys = sorted(partition_of[r.metadata.src_node_id] for r in replies if codec.RECORD in r.content)
+        assert with_keys == [0, 2, 3]  # client 1 trained and replied, without keys
+    for msgs, _ in exchanges[1:]:  # no advertise-keys request is ever sent alone
+        if msgs[0].metadata.message_type == "query.secagg":
+            assert {codec.decode(m.content).__class__.__name__ for m in msgs} != {"AdvertiseKeysRequest"}
+    for record in results["rounds"]:
+        assert record["secagg"]["dropped"] == {"advertise_keys": [1]}
+        assert record["secagg"]["survivors"] == [0, 2, 3] and record["contributors"] == 3
+        assert record["secagg"]["upload_bytes_per_client"] > 0
+    assert results["final"]["student_accuracy"] > 0.5  # chance: 0.1
+
+
+def test_a_train_message_carries_only_an_advertise_request_and_once_per_round():
+    from fedkd.aggregate import secagg_config
+    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, keep_vector, keys_with_training, session_for
+    from fedkd.secagg.messages import ShareKeysRequest
+
+    config = Config(num_clients=3)
+    session = session_for(7, 1)
+    server = SecAggServer(secagg_config(config, 10), session, [0, 1, 2], 4)
+    advertise = codec.encode(server.start()[0])
+    state = RecordDict()
+    keep_vector(state, 0, np.zeros(4, np.float32))
+    # a later stage's request inside a train message is refused, and the held vector is wiped
+    share = codec.encode(ShareKeysRequest(session, 0, {}, {}, {}, {}))
+    assert keys_with_training(share, state, config, 0, 10, 1, run_id=7) is None
+    assert VECTOR_KEY not in state and STATE_KEY not in state
+    # the control: with a fresh vector, the advertise request is answered and the session saved
+    keep_vector(state, 0, np.zeros(4, np.float32))
+    keys = keys_with_training(advertise, state, config, 0, 10, 1, run_id=7)
+    assert codec.decode(RecordDict({codec.RECORD: keys})).__class__.__name__ == "AdvertiseKeysReply"
+    assert STATE_KEY in state and VECTOR_KEY in state
+    # the same round's request again (a second train message): refused, secrets and vector wiped
+    keep_vector(state, 0, np.zeros(4, np.float32))
+    assert keys_with_training(advertise, state, config, 0, 10, 1, run_id=7) is None
+    assert VECTOR_KEY not in state and STATE_KEY not in state
+
+
 def test_too_many_drop_outs_stop_the_run_with_the_stage(tmp_path):
     cfg = Config(**SMALL, drop="share_keys:0,1,2", out=str(tmp_path))
     with pytest.raises(Exception) as err:

@@ -1,5 +1,6 @@
 """fedkd's ClientApp: read the round's config from the message, call one function of
-`fedkd.task` (or `fedkd.apps.secure` for a secure-aggregation stage), wrap the reply. The
+`fedkd.task` (or `fedkd.apps.secure` for a secure-aggregation stage; the first stage's request
+comes with the train message and is answered after training), wrap the reply. The
 teacher's weights (and, with DP-SGD teachers, their accounting history) are kept in the node's
 `context.state` between rounds, and so is the number of classes of the node's data, which the
 secure-aggregation stages need; with teacher-init student (the default) a teacher of the
@@ -18,7 +19,8 @@ from flwr.clientapp import ClientApp
 from fedkd.apps.records import (
     config_from_message, consensus_from_message, metrics_record, student_from_message, vector_record,
 )
-from fedkd.apps.secure import client_step, keep_vector
+from fedkd.apps import codec
+from fedkd.apps.secure import client_step, keep_vector, keys_with_training
 from fedkd.rounds import ClientMetrics
 
 CLASSES_KEY = "num-classes"  # context.state: classes of this node's data, kept for the secagg stages
@@ -55,7 +57,13 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({"metrics": metrics_record(partition_id, ClientMetrics.from_wire(update.metrics))})
     if config.method == "fd" and config.aggregation == "secagg":
         keep_vector(context.state, partition_id, update.vector)  # leaves the node only masked, in the secagg stages
-        context.state[CLASSES_KEY] = ConfigRecord({"num-classes": splits_for(config).num_classes})
+        num_classes = splits_for(config).num_classes
+        context.state[CLASSES_KEY] = ConfigRecord({"num-classes": num_classes})
+        if codec.RECORD in msg.content:  # the round's advertise-keys request came with training: keys go back now
+            keys = keys_with_training(msg.content, context.state, config, partition_id, num_classes, server_round,
+                                      run_id=context.run_id, node_config=context.node_config)
+            if keys is not None:  # None: refused (logged); the server counts a drop-out
+                content[codec.RECORD] = keys
     elif config.method == "fd":
         content["payload"] = vector_record(update.vector)
     return Message(content, reply_to=msg)

@@ -7,7 +7,9 @@ sampling rule (`fedkd.task.sample_cohort`, a function of the seed and the round)
 
 Why a roll call: Flower gives nodes random ids, so a cohort drawn over sorted node ids would
 differ between runs with one seed. The cohort is drawn over partition ids instead, and the server
-learns which node holds which partition id before round 1 (the same id every train reply carries).
+learns which node holds which partition id before round 1 (the same id every train reply carries;
+a train reply naming another id stops the run). Secure rounds need it too: each client's train
+message carries its own advertise-keys request.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ def roll_call(grid: Grid, nodes: list[int], config: Config) -> dict[int, int]:
 
 
 class Cohorts:
-    """Each round's cohort as (partition ids, node ids). Without sampling every node is asked and
-    no roll call is made (the partition ids then come back in the train replies)."""
+    """Each round's cohort as (partition ids, node ids). Without sampling, and without `by_partition`,
+    every node is asked and no roll call is made (the partition ids then come back in the train
+    replies). `by_partition`: secure fd rounds, whose train messages carry per-client key requests
+    (`fedkd.apps.secure.SecureRound`), so the server must know each node's partition id first."""
 
-    def __init__(self, grid: Grid, nodes: list[int], config: Config):
+    def __init__(self, grid: Grid, nodes: list[int], config: Config, by_partition: bool = False):
         self.config, self.nodes = config, list(nodes)
-        self.node_of = roll_call(grid, nodes, config) if config.clients_per_round else None
+        self.node_of = roll_call(grid, nodes, config) if config.clients_per_round or by_partition else None
 
     def of_round(self, server_round: int) -> tuple[tuple[int, ...], list[int]]:
         cohort = sample_cohort(self.config, server_round)

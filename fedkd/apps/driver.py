@@ -14,13 +14,14 @@ from dataclasses import replace
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedkd.apps.cohort import CohortFedAvg, Cohorts
 from fedkd.apps.records import metrics_from_message, partition_from_message, train_content, vector_from_message
-from fedkd.apps.secure import fixed_point_sum, secure_sum
+from fedkd.apps import codec
+from fedkd.apps.secure import SecureRound, fixed_point_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder, resolved_settings
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
@@ -85,8 +86,11 @@ def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: 
 
 def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
     """fd and local rounds. A PrivacyBudgetError stops the run cleanly (`recorder.stop`): the
-    rounds so far stand, and the privacy spent is recorded even when the round is refused."""
-    cohorts = Cohorts(grid, wait_for_nodes(grid, config), config)
+    rounds so far stand, and the privacy spent is recorded even when the round is refused.
+    With secure aggregation the round's sum is opened before training (`SecureRound`): each train
+    message carries its client's advertise-keys request, and the keys come back with training."""
+    secure = config.method == "fd" and config.aggregation == "secagg"
+    cohorts = Cohorts(grid, wait_for_nodes(grid, config), config, by_partition=secure)
     for r in range(1, config.rounds + 1):
         try:
             server.check_budget(r)
@@ -96,15 +100,19 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         t0 = time.perf_counter()
         content = train_content(config, r, server.consensus, student=server.student.state_dict())
         cohort, nodes = cohorts.of_round(r)  # only the cohort trains and joins this round's secure sum
-        messages = [Message(content, node, MessageType.TRAIN, group_id=str(r)) for node in nodes]
+        session = None
+        if secure:
+            layout = vector_layout(config, server.splits, r)
+            session = SecureRound(grid.run.run_id, dict(zip(cohort, nodes)), layout.length, config, layout.classes, r)
+        messages = [Message(with_keys(content, session, pid), node, MessageType.TRAIN, group_id=str(r))
+                    for pid, node in zip(cohort, nodes)]
         raw = list(grid.send_and_receive(messages, timeout=config.timeout))
         replies = _collect(raw, r, config)
         seconds_clients = time.perf_counter() - t0
         aggregate = None
-        if config.method == "fd" and config.aggregation == "secagg":
-            node_of = _client_nodes(raw, r)
-            layout = vector_layout(config, server.splits, r)
-            aggregate = secure_sum(grid, node_of, layout.length, config, layout.classes, r)
+        if session is not None:
+            _check_claims(raw, cohorts.node_of, r)
+            aggregate = session.finish(grid, raw)
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly
@@ -116,16 +124,23 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort)))
 
 
-def _client_nodes(replies: list[Message], server_round: int) -> dict[int, int]:
-    """Client (partition) id -> node id from the train replies; two nodes claiming one id stop the run."""
-    node_of: dict[int, int] = {}
+def with_keys(content: RecordDict, session: SecureRound | None, client_id: int) -> RecordDict:
+    """The round's train content, plus client `client_id`'s advertise-keys request in a secure round."""
+    if session is None:
+        return content
+    return RecordDict({**content, codec.RECORD: session.keys_request(client_id)})
+
+
+def _check_claims(replies: list[Message], node_of: dict[int, int], server_round: int) -> None:
+    """A train reply must name the partition id its node gave at the roll call: keys are asked of,
+    and counted for, the client id the roll call tied to the node."""
     for msg in replies:
+        if msg.has_error():
+            continue
         pid = partition_from_message(msg)
-        if pid in node_of:
-            raise RunError(f"round {server_round}: nodes {node_of[pid]} and {msg.metadata.src_node_id} "
-                           f"both claim partition-id {pid}")
-        node_of[pid] = msg.metadata.src_node_id
-    return node_of
+        if node_of.get(pid) != msg.metadata.src_node_id:
+            raise RunError(f"round {server_round}: node {msg.metadata.src_node_id} replied as partition-id {pid}, "
+                           f"which the roll call tied to node {node_of.get(pid)}")
 
 
 def _collect(replies: list[Message], server_round: int, config: Config) -> list[ClientReply]:

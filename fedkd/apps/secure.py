@@ -1,10 +1,12 @@
-"""Secure aggregation over Flower: the server drives `fedkd.secagg`'s state machines with one
-`query.secagg` message exchange per stage, and gets back only the sum.
+"""Secure aggregation over Flower: the server drives `fedkd.secagg`'s state machines and gets back
+only the sum. The first stage's requests (advertise keys) ride in the round's train messages and
+the keys come back in the train replies; every later stage is one `query.secagg` exchange.
 
 Owns: the session id
 both sides derive from (run id, round), the node's pinned minimums (`node_pins`), the stage loop on
-the server (`secure_sum`), and the client's handler body (`client_step`), which keeps its protocol
-state and pending vector in the node's `context.state` between stages.
+the server (`SecureRound`), and the client's handler bodies (`keys_with_training` after training,
+`client_step` for a stage), which keep its protocol state and pending vector in the node's
+`context.state` between stages.
 Must not touch: protocol maths (`fedkd.secagg`), distillation, files.
 
 What the client does not take from the server: the session id (it derives it from the run id
@@ -24,9 +26,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping
+from logging import WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedkd.aggregate import Aggregate, SecureAggregationError, check_contribution, secagg_config
@@ -124,53 +128,86 @@ def node_roster(node_config: Mapping[str, object]) -> tuple[dict[int, bytes] | N
 
 # ---- server ----------------------------------------------------------------------------------
 
-def secure_sum(
-    grid: Grid, nodes: dict[int, int], dim: int, config: Config, num_classes: int, server_round: int
-) -> Aggregate:
-    """Run one secure-aggregation round with the clients `nodes` (client id -> node id) over
-    vectors of length `dim` they already hold; returns the sum, the count and per-stage figures."""
-    sa_config = secagg_config(config, num_classes, server_round)
-    session = session_for(grid.run.run_id, server_round)
-    try:
-        server = SecAggServer(sa_config, session, sorted(nodes), dim)
-    except ValueError as exc:
-        raise SecureAggregationError(f"secure aggregation cannot start: {exc}") from None
-    uploaded = dict.fromkeys(nodes, 0)  # client id -> bytes it sent in protocol replies
-    refused: dict[str, list[int]] = {}
-    wall: dict[str, float] = {}
-    started = time.perf_counter()
-    requests = server.start()
-    try:
-        while True:
-            stage, t0 = server.stage, time.perf_counter()
-            replies, malformed = _exchange(grid, requests, nodes, config, server_round)
-            refused.setdefault(stage, []).extend(malformed)
-            take_replies(server, replies, uploaded, refused.setdefault(stage, []))
-            if stage == UNMASK:
-                result = server.finish()
+class SecureRound:
+    """One round's secure sum over the cohort `nodes` (client id -> node id), opened before the
+    round's training so that each client's advertise-keys request rides in its train message and
+    its keys come back in the train reply: one exchange fewer per round (issue 14). The stages
+    after it run as `query.secagg` exchanges in `finish`.
+
+    The client answers the request only after training, with the vector already held
+    (`keys_with_training`), and checks it exactly as it checks one sent alone; a train reply
+    without keys is a drop-out at advertise_keys."""
+
+    def __init__(self, run_id: int, nodes: Mapping[int, int], dim: int, config: Config, num_classes: int,
+                 server_round: int):
+        self.config, self.round, self.nodes = config, server_round, dict(nodes)
+        self.sa_config = secagg_config(config, num_classes, server_round)
+        try:
+            self.server = SecAggServer(self.sa_config, session_for(run_id, server_round), sorted(nodes), dim)
+        except ValueError as exc:
+            raise SecureAggregationError(f"secure aggregation cannot start: {exc}") from None
+        self.requests = self.server.start()  # client id -> AdvertiseKeysRequest
+
+    def keys_request(self, client_id: int) -> ConfigRecord:
+        """The record that carries client `client_id`'s advertise-keys request in its train message."""
+        return codec.encode(self.requests[client_id])[codec.RECORD]
+
+    def finish(self, grid: Grid, train_replies: Iterable[Message]) -> Aggregate:
+        """Take the keys from the train replies, run the remaining stages, return the sum."""
+        started = time.perf_counter()
+        client_of = {node: cid for cid, node in self.nodes.items()}
+        keys, malformed = [], []
+        for msg in train_replies:
+            cid = client_of.get(msg.metadata.src_node_id)
+            if cid is None or msg.has_error() or codec.RECORD not in msg.content:
+                continue  # no keys: a drop-out at advertise_keys
+            try:
+                keys.append((cid, codec.decode(RecordDict({codec.RECORD: msg.content[codec.RECORD]}))))
+            except ProtocolError:
+                malformed.append(cid)
+        return self._run(grid, sorted(keys, key=lambda pair: pair[0]), malformed, started)
+
+    def _run(self, grid: Grid, keys: list[tuple[int, object]], malformed: list[int], started: float) -> Aggregate:
+        server, config, server_round = self.server, self.config, self.round
+        uploaded = dict.fromkeys(self.nodes, 0)  # client id -> bytes it sent in protocol replies
+        refused: dict[str, list[int]] = {}
+        wall: dict[str, float] = {}
+        replies, requests = keys, {}  # the keys are the first stage's replies; its requests went with training
+        refused[server.stage] = list(malformed)
+        try:
+            while True:
+                # advertise_keys' wall is the server's time to take in the keys (they came with training)
+                stage, t0 = server.stage, time.perf_counter()
+                if replies is None:
+                    replies, malformed = _exchange(grid, requests, self.nodes, config, server_round)
+                    refused.setdefault(stage, []).extend(malformed)
+                take_replies(server, replies, uploaded, refused.setdefault(stage, []))
+                replies = None
+                if stage == UNMASK:
+                    result = server.finish()
+                    wall[stage] = time.perf_counter() - t0
+                    break
+                requests = server.advance()
                 wall[stage] = time.perf_counter() - t0
-                break
-            requests = server.advance()
-            wall[stage] = time.perf_counter() - t0
-    except RoundFailed as exc:
-        raise SecureAggregationError(f"round {server_round}: secure aggregation failed at stage '{exc.stage}': {exc}") from None
-    except ProtocolError as exc:
-        raise SecureAggregationError(f"round {server_round}: secure aggregation aborted: {exc}") from None
-    details = {
-        "survivors": list(result.survivors),
-        "dropped": {stage: list(ids) for stage, ids in result.dropped.items() if ids},
-        "refused": {stage: ids for stage, ids in refused.items() if ids},
-        "clipped": int(result.clipped),
-        "upload_bytes_per_client": float(np.mean([uploaded[c] for c in result.survivors])),
-        "seconds_per_stage": {stage: round(s, 4) for stage, s in wall.items()},
-        "seconds_total": time.perf_counter() - started,
-        "server_compute_seconds": {stage: round(s, 4) for stage, s in result.seconds_per_stage.items()},
-        "neighbors": server.neighbors,
-        "threshold": server.threshold,
-        "clip": sa_config.clip,
-        "error_bound": result.count / (2 * sa_config.scale),
-    }
-    return Aggregate(total=result.sum, count=result.count, contributors=tuple(result.survivors), details=details)
+        except RoundFailed as exc:
+            raise SecureAggregationError(f"round {server_round}: secure aggregation failed at stage '{exc.stage}': {exc}") from None
+        except ProtocolError as exc:
+            raise SecureAggregationError(f"round {server_round}: secure aggregation aborted: {exc}") from None
+        details = {
+            "survivors": list(result.survivors),
+            "dropped": {stage: list(ids) for stage, ids in result.dropped.items() if ids},
+            "refused": {stage: ids for stage, ids in refused.items() if ids},
+            "clipped": int(result.clipped),
+            "upload_bytes_per_client": float(np.mean([uploaded[c] for c in result.survivors])),
+            "seconds_per_stage": {stage: round(s, 4) for stage, s in wall.items()},
+            "seconds_total": time.perf_counter() - started,  # after training: the keys' intake, then the stages
+            "server_compute_seconds": {stage: round(s, 4) for stage, s in result.seconds_per_stage.items()},
+            "neighbors": server.neighbors,
+            "threshold": server.threshold,
+            "clip": self.sa_config.clip,
+            "error_bound": result.count / (2 * self.sa_config.scale),
+        }
+        return Aggregate(total=result.sum, count=result.count, contributors=tuple(result.survivors), details=details)
 
 
 def take_replies(server: SecAggServer, replies: list[tuple[int, object]], uploaded: dict[int, int],
@@ -250,12 +287,39 @@ def client_step(content: RecordDict, state: RecordDict, config: Config, client_i
     return reply
 
 
+def keys_with_training(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
+                       server_round: int, *, run_id: int, node_config: Mapping[str, object] | None = None
+                       ) -> ConfigRecord | None:
+    """Answer the advertise-keys request that came in a train message (`SecureRound`), after
+    training, with this round's vector already held (`keep_vector`). Only that request is taken
+    there, and `client_step` checks it as it checks one sent alone. The record goes into the train
+    reply; None when the client refuses or (config `drop`) drops out at that stage: the reply then
+    carries no keys and the server counts the client a drop-out, as it counts an error reply to a
+    request sent alone. A refusal is logged here, on the node."""
+    request = RecordDict({codec.RECORD: content[codec.RECORD]})
+    try:
+        if not isinstance(codec.decode(request), AdvertiseKeysRequest):
+            raise ProtocolError(f"client {client_id}: a train message may carry only an advertise-keys request")
+        return client_step(request, state, config, client_id, num_classes, server_round, run_id=run_id,
+                           node_config=node_config)[codec.RECORD]
+    except (ProtocolError, RoundFailed, SimulatedDropout) as exc:
+        for key in (STATE_KEY, VECTOR_KEY, CLAIM_KEY):  # as client_step does on a refusal
+            if key in state:
+                del state[key]
+        log(WARNING, "fedkd: %s", exc)
+        return None
+
+
+class SimulatedDropout(RuntimeError):
+    """A client leaving at a stage that config `drop` names (experiments)."""
+
+
 def _client_step(content, state, config, client_id, num_classes, server_round, run_id, node_config):
     request = codec.decode(content)
     stage = type(request).__name__
     for dropped_stage, ids in config.drop_plan.items():
         if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
-            raise RuntimeError(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
+            raise SimulatedDropout(f"client {client_id}: simulated drop-out at stage '{dropped_stage}' (config 'drop')")
     sa_config = secagg_config(config, num_classes, server_round)
     node_config = node_settings(node_config)
     pins = node_pins(node_config, config)
