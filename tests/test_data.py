@@ -422,3 +422,24 @@ def test_cifar_reader_refuses_pickles_that_call_functions(tmp_path):
         pickle.dump({b"data": _Hostile(), b"labels": [0]}, f)
     with pytest.raises(DataError, match="not allowed in a CIFAR batch"):
         data.read_cifar_batch(path)
+
+
+def test_digits_read_without_sklearn_equal_load_digits_and_the_fallback(monkeypatch):
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from fedkd.data import builtin
+
+    bunch = load_digits()
+    x, y, test, classes = builtin._load_digits()
+    assert np.array_equal(x, (bunch.images / 16.0).astype(np.float32)[:, None]) and x.dtype == np.float32
+    assert np.array_equal(y, bunch.target) and y.dtype == np.int64 and test is None and classes == 10
+    # the fallback, for a scikit-learn release that moves the file, gives the same arrays
+    monkeypatch.setattr(builtin, "_digits_table", lambda: None)
+    x2, y2, _, _ = builtin._load_digits()
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    # and the file path does not import scikit-learn (seconds in every process that loads splits)
+    code = "import sys; from fedkd.data import builtin; builtin._load_digits(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
