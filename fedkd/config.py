@@ -90,7 +90,7 @@ class Config:
     secagg_max_colluders: int = -1  # c, clients that may collude with a malicious server; -1: 2 for n >= 10
     secagg_min_clients: int = 3  # a client refuses smaller sessions (a node's --node-config may raise it)
     secagg_consistency_check: bool = True  # clients sign the survivor and drop-out lists (Ed25519)
-    secagg_timeout: float = 120.0  # seconds to wait for each stage's replies
+    secagg_timeout: float = 120.0  # seconds to wait for each stage's replies (the keys come with training: `timeout`)
     drop: str = ""  # experiments: "stage:id,id;stage:id" makes those clients fail at that stage
     # Distributed differential privacy inside the secure sum (see fedkd.privacy); dp_clip > 0 turns it on
     dp_clip: float = 0.0  # L2 bound c on a client's centred soft labels for one round (0: DP off)

@@ -80,8 +80,10 @@ class ClientMetrics:
 
 @dataclass(frozen=True, kw_only=True)
 class SecAggStats(_Record):
-    """One secure-aggregation round as `fedkd.apps.secure.secure_sum` measured it. Client ids are
-    partition ids; stage names are the protocol's ("share_keys", "unmask", ...)."""
+    """One secure-aggregation round as `fedkd.apps.secure.SecureRound` measured it. Client ids are
+    partition ids; stage names are the protocol's ("share_keys", "unmask", ...). advertise_keys
+    travels with the train exchange: its figure is the server's intake of the keys, and the
+    clients' key generation and upload fall in the round's seconds_clients."""
 
     survivors: list[int]  # clients whose inputs are in the sum, ascending
     dropped: dict[str, list[int]] = field(default_factory=dict)  # stage -> clients lost there
@@ -89,7 +91,7 @@ class SecAggStats(_Record):
     clipped: int = 0  # values clipped to the fixed-point range, over all survivors
     upload_bytes_per_client: float  # mean bytes a survivor sent, all stages, masked
     seconds_per_stage: dict[str, float] = field(default_factory=dict)  # wall time, messaging included
-    seconds_total: float  # the whole protocol, wall time
+    seconds_total: float  # the protocol after training (the keys' intake, then the stages), wall time
     server_compute_seconds: dict[str, float] = field(default_factory=dict)  # the server's own work per stage
     neighbors: int | None = None  # each client's masking partners
     threshold: int | None = None  # shares needed to reconstruct a secret

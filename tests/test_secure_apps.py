@@ -259,6 +259,7 @@ def test_keys_travel_with_training_and_a_client_that_sends_none_is_a_drop_out(tm
     assert kinds == ["query.roll_call"] + 2 * (["train"] + 4 * ["query.secagg"])
     partition_of = {r.metadata.src_node_id: int(r.content["metrics"]["partition-id"]) for r in exchanges[0][1]}
     for msgs, replies in (e for e in exchanges if e[0][0].metadata.message_type == "train"):
+        assert len(msgs) == len(replies) == 4 and not any(r.has_error() for r in replies)
         for msg in msgs:  # each node's own request, addressed to the client the roll call tied to it
             request = codec.decode(RecordDict({codec.RECORD: msg.content[codec.RECORD]}))
             assert type(request).__name__ == "AdvertiseKeysRequest"
@@ -267,38 +268,86 @@ def test_keys_travel_with_training_and_a_client_that_sends_none_is_a_drop_out(tm
         assert with_keys == [0, 2, 3]  # client 1 trained and replied, without keys
     for msgs, _ in exchanges[1:]:  # no advertise-keys request is ever sent alone
         if msgs[0].metadata.message_type == "query.secagg":
-            assert {codec.decode(m.content).__class__.__name__ for m in msgs} != {"AdvertiseKeysRequest"}
+            assert "AdvertiseKeysRequest" not in {type(codec.decode(m.content)).__name__ for m in msgs}
     for record in results["rounds"]:
         assert record["secagg"]["dropped"] == {"advertise_keys": [1]}
         assert record["secagg"]["survivors"] == [0, 2, 3] and record["contributors"] == 3
-        assert record["secagg"]["upload_bytes_per_client"] > 0
     assert results["final"]["student_accuracy"] > 0.5  # chance: 0.1
 
 
-def test_a_train_message_carries_only_an_advertise_request_and_once_per_round():
+def _session_of_three():
+    """A secure session of clients 0, 1, 2 (run 7, round 1) and a vector held by each node."""
     from fedkd.aggregate import secagg_config
-    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, keep_vector, keys_with_training, session_for
-    from fedkd.secagg.messages import ShareKeysRequest
+    from fedkd.apps.secure import keep_vector, session_for
 
     config = Config(num_clients=3)
-    session = session_for(7, 1)
-    server = SecAggServer(secagg_config(config, 10), session, [0, 1, 2], 4)
-    advertise = codec.encode(server.start()[0])
-    state = RecordDict()
-    keep_vector(state, 0, np.zeros(4, np.float32))
-    # a later stage's request inside a train message is refused, and the held vector is wiped
-    share = codec.encode(ShareKeysRequest(session, 0, {}, {}, {}, {}))
-    assert keys_with_training(share, state, config, 0, 10, 1, run_id=7) is None
-    assert VECTOR_KEY not in state and STATE_KEY not in state
-    # the control: with a fresh vector, the advertise request is answered and the session saved
-    keep_vector(state, 0, np.zeros(4, np.float32))
-    keys = keys_with_training(advertise, state, config, 0, 10, 1, run_id=7)
-    assert codec.decode(RecordDict({codec.RECORD: keys})).__class__.__name__ == "AdvertiseKeysReply"
-    assert STATE_KEY in state and VECTOR_KEY in state
-    # the same round's request again (a second train message): refused, secrets and vector wiped
-    keep_vector(state, 0, np.zeros(4, np.float32))
-    assert keys_with_training(advertise, state, config, 0, 10, 1, run_id=7) is None
-    assert VECTOR_KEY not in state and STATE_KEY not in state
+    server = SecAggServer(secagg_config(config, 10), session_for(7, 1), [0, 1, 2], 4)
+    states = {i: RecordDict() for i in range(3)}
+    for i in range(3):
+        keep_vector(states[i], i, np.zeros(4, np.float32))
+    return config, server, states
+
+
+def test_a_train_message_carries_only_an_advertise_request_and_once_per_round():
+    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, keys_with_training
+
+    config, server, states = _session_of_three()
+    advertise = {i: codec.encode(r) for i, r in server.start().items()}
+    for i in range(3):  # the keys come back with training, and each node keeps its session
+        keys = keys_with_training(advertise[i], states[i], config, i, 10, 1, run_id=7)
+        server.receive(codec.decode(RecordDict({codec.RECORD: keys})))
+        assert STATE_KEY in states[i] and VECTOR_KEY in states[i]
+    share = {i: codec.encode(r) for i, r in server.advance().items()}  # real share-keys requests
+    # a later stage's request inside a train message is refused, though the session would answer it
+    assert keys_with_training(share[0], states[0], config, 0, 10, 1, run_id=7) is None
+    assert STATE_KEY not in states[0] and VECTOR_KEY not in states[0]  # secrets and vector wiped
+    # the same round's advertise request again (a second train message) is refused and wipes too
+    assert keys_with_training(advertise[1], states[1], config, 1, 10, 1, run_id=7) is None
+    assert STATE_KEY not in states[1] and VECTOR_KEY not in states[1]
+
+
+def test_a_stage_request_cannot_open_a_session_and_later_stages_are_answered():
+    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, keys_with_training, stage_step
+
+    config, server, states = _session_of_three()
+    advertise = {i: codec.encode(r) for i, r in server.start().items()}
+    # an advertise-keys request sent alone (query.secagg) is refused, and the held vector wiped
+    with pytest.raises(ProtocolError, match="only with a train message"):
+        stage_step(advertise[0], states[0], config, 0, 10, 1, run_id=7)
+    assert VECTOR_KEY not in states[0] and STATE_KEY not in states[0]
+    # the control: in a session opened with training, the next stage sent alone is answered
+    config, server, states = _session_of_three()
+    for i, request in server.start().items():
+        server.receive(codec.decode(RecordDict({codec.RECORD: keys_with_training(
+            codec.encode(request), states[i], config, i, 10, 1, run_id=7)})))
+    share = server.advance()
+    reply = codec.decode(stage_step(codec.encode(share[1]), states[1], config, 1, 10, 1, run_id=7))
+    assert type(reply).__name__ == "ShareKeysReply" and reply.sender == 1
+
+
+def test_a_node_settings_error_with_training_is_a_drop_out_not_a_crash(monkeypatch):
+    from fedkd.apps.secure import NODE_CONFIG_ENV, STATE_KEY, VECTOR_KEY, keys_with_training
+
+    config, server, states = _session_of_three()
+    advertise = server.start()
+    monkeypatch.setenv(NODE_CONFIG_ENV, "secagg-min-clients=abc")  # the operator's typo
+    assert keys_with_training(codec.encode(advertise[0]), states[0], config, 0, 10, 1, run_id=7) is None
+    assert VECTOR_KEY not in states[0] and STATE_KEY not in states[0]
+
+
+def test_a_train_reply_must_name_the_client_the_roll_call_tied_to_its_node():
+    from types import SimpleNamespace
+
+    from fedkd.apps.driver import RunError, _check_claims
+
+    def reply(node, pid):
+        return SimpleNamespace(content={"metrics": {"partition-id": float(pid)}},
+                               metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
+
+    node_of = {0: 101, 1: 102}
+    _check_claims([reply(101, 0), reply(102, 1)], node_of, 1)  # the control: each names its own
+    with pytest.raises(RunError, match="node 102 replied as partition-id 0"):
+        _check_claims([reply(101, 0), reply(102, 0)], node_of, 1)
 
 
 def test_too_many_drop_outs_stop_the_run_with_the_stage(tmp_path):

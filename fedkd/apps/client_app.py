@@ -20,7 +20,7 @@ from fedkd.apps.records import (
     config_from_message, consensus_from_message, metrics_record, student_from_message, vector_record,
 )
 from fedkd.apps import codec
-from fedkd.apps.secure import client_step, keep_vector, keys_with_training
+from fedkd.apps.secure import keep_vector, keys_with_training, stage_step
 from fedkd.rounds import ClientMetrics
 
 CLASSES_KEY = "num-classes"  # context.state: classes of this node's data, kept for the secagg stages
@@ -88,7 +88,7 @@ def secagg(msg: Message, context: Context) -> Message:
     config, server_round = config_from_message(msg)
     partition_id = int(context.node_config["partition-id"])
     num_classes = _num_classes(config, context.state)
-    reply = client_step(msg.content, context.state, config, partition_id, num_classes, server_round,
+    reply = stage_step(msg.content, context.state, config, partition_id, num_classes, server_round,
                         run_id=context.run_id, node_config=context.node_config)
     return Message(reply, reply_to=msg)
 

@@ -8,7 +8,7 @@ sampling rule (`fedkd.task.sample_cohort`, a function of the seed and the round)
 Why a roll call: Flower gives nodes random ids, so a cohort drawn over sorted node ids would
 differ between runs with one seed. The cohort is drawn over partition ids instead, and the server
 learns which node holds which partition id before round 1 (the same id every train reply carries;
-a train reply naming another id stops the run). Secure rounds need it too: each client's train
+an fd or local train reply naming another id stops the run). Secure rounds need it too: each client's train
 message carries its own advertise-keys request.
 """
 

@@ -1,4 +1,5 @@
-"""The federation loop on the server: one Flower message exchange per round, then the core.
+"""The federation loop on the server: one train exchange per round (and, with secure aggregation,
+its remaining stages: `fedkd.apps.secure.SecureRound`), then the core.
 
 Owns: waiting for nodes (saying what it waits for), sending each round's train messages (to the
 round's cohort, `fedkd.apps.cohort`) and
@@ -88,7 +89,10 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
     """fd and local rounds. A PrivacyBudgetError stops the run cleanly (`recorder.stop`): the
     rounds so far stand, and the privacy spent is recorded even when the round is refused.
     With secure aggregation the round's sum is opened before training (`SecureRound`): each train
-    message carries its client's advertise-keys request, and the keys come back with training."""
+    message carries its client's advertise-keys request, and the keys come back with training. The
+    session is sized for the whole cohort, so a client whose train reply does not come back in time
+    is a drop-out at advertise_keys and uses up the session's drop-out tolerance (before, the
+    session was opened over the clients that had replied)."""
     secure = config.method == "fd" and config.aggregation == "secagg"
     cohorts = Cohorts(grid, wait_for_nodes(grid, config), config, by_partition=secure)
     for r in range(1, config.rounds + 1):
@@ -109,10 +113,9 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         raw = list(grid.send_and_receive(messages, timeout=config.timeout))
         replies = _collect(raw, r, config)
         seconds_clients = time.perf_counter() - t0
-        aggregate = None
-        if session is not None:
+        if cohorts.node_of is not None:  # the roll call tied each node to a client: replies must agree
             _check_claims(raw, cohorts.node_of, r)
-            aggregate = session.finish(grid, raw)
+        aggregate = session.finish(grid, raw) if session is not None else None
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly
@@ -134,9 +137,7 @@ def with_keys(content: RecordDict, session: SecureRound | None, client_id: int) 
 def _check_claims(replies: list[Message], node_of: dict[int, int], server_round: int) -> None:
     """A train reply must name the partition id its node gave at the roll call: keys are asked of,
     and counted for, the client id the roll call tied to the node."""
-    for msg in replies:
-        if msg.has_error():
-            continue
+    for msg in replies:  # error replies have already stopped the run (_collect)
         pid = partition_from_message(msg)
         if node_of.get(pid) != msg.metadata.src_node_id:
             raise RunError(f"round {server_round}: node {msg.metadata.src_node_id} replied as partition-id {pid}, "

@@ -173,7 +173,7 @@ class SecureRound:
         refused: dict[str, list[int]] = {}
         wall: dict[str, float] = {}
         replies, requests = keys, {}  # the keys are the first stage's replies; its requests went with training
-        refused[server.stage] = list(malformed)
+        refused[server.stage] = sorted(malformed)
         try:
             while True:
                 # advertise_keys' wall is the server's time to take in the keys (they came with training)
@@ -287,22 +287,40 @@ def client_step(content: RecordDict, state: RecordDict, config: Config, client_i
     return reply
 
 
+def stage_step(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
+               server_round: int = 1, *, run_id: int, node_config: Mapping[str, object] | None = None
+               ) -> RecordDict:
+    """A `query.secagg` request: any stage after advertise_keys, through `client_step`. An
+    advertise-keys request sent alone is refused (and what the node held wiped): a session opens
+    only with the training that produced its vector (`keys_with_training`)."""
+    if isinstance(codec.decode(content), AdvertiseKeysRequest):
+        for key in (STATE_KEY, VECTOR_KEY, CLAIM_KEY):
+            if key in state:
+                del state[key]
+        raise ProtocolError(f"client {client_id}: an advertise-keys request comes only with a train message")
+    return client_step(content, state, config, client_id, num_classes, server_round, run_id=run_id,
+                       node_config=node_config)
+
+
 def keys_with_training(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
                        server_round: int, *, run_id: int, node_config: Mapping[str, object] | None = None
                        ) -> ConfigRecord | None:
     """Answer the advertise-keys request that came in a train message (`SecureRound`), after
     training, with this round's vector already held (`keep_vector`). Only that request is taken
-    there, and `client_step` checks it as it checks one sent alone. The record goes into the train
-    reply; None when the client refuses or (config `drop`) drops out at that stage: the reply then
-    carries no keys and the server counts the client a drop-out, as it counts an error reply to a
-    request sent alone. A refusal is logged here, on the node."""
+    there, and `client_step` checks it as it would check one sent alone. The record goes into the
+    train reply; None when the client refuses, its node's own settings are invalid, or (config
+    `drop`) it drops out at that stage: the reply then carries no keys and the server counts the
+    client a drop-out at advertise_keys. A refusal is logged here, on the node, and wipes what the
+    node held for the round (its vector and any session state)."""
     request = RecordDict({codec.RECORD: content[codec.RECORD]})
     try:
         if not isinstance(codec.decode(request), AdvertiseKeysRequest):
             raise ProtocolError(f"client {client_id}: a train message may carry only an advertise-keys request")
         return client_step(request, state, config, client_id, num_classes, server_round, run_id=run_id,
                            node_config=node_config)[codec.RECORD]
-    except (ProtocolError, RoundFailed, SimulatedDropout) as exc:
+    except (ProtocolError, RoundFailed, SimulatedDropout, SecureAggregationError) as exc:
+        # SecureAggregationError: this node's own settings are invalid (pins, roster); sent alone,
+        # the request would have got an error reply, which the server also counts as a drop-out
         for key in (STATE_KEY, VECTOR_KEY, CLAIM_KEY):  # as client_step does on a refusal
             if key in state:
                 del state[key]
