@@ -82,7 +82,8 @@ class ClientMetrics:
 class SecAggStats(_Record):
     """One secure-aggregation round as `fedkd.apps.secure.SecureRound` measured it. Client ids are
     partition ids; stage names are the protocol's ("share_keys", "unmask", ...). advertise_keys
-    travels with the train exchange: its figure is the server's intake of the keys, and the
+    travels with the train exchange: its figure is the server's intake of the keys (and closing the
+    stage), and the
     clients' key generation and upload fall in the round's seconds_clients."""
 
     survivors: list[int]  # clients whose inputs are in the sum, ascending

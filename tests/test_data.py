@@ -433,6 +433,7 @@ def test_digits_read_without_sklearn_equal_load_digits_and_the_fallback(monkeypa
     from fedkd.data import builtin
 
     bunch = load_digits()
+    assert builtin._digits_table() is not None  # the file path runs here, not the fallback
     x, y, test, classes = builtin._load_digits()
     assert np.array_equal(x, (bunch.images / 16.0).astype(np.float32)[:, None]) and x.dtype == np.float32
     assert np.array_equal(y, bunch.target) and y.dtype == np.int64 and test is None and classes == 10

@@ -325,6 +325,20 @@ def test_a_stage_request_cannot_open_a_session_and_later_stages_are_answered():
     assert type(reply).__name__ == "ShareKeysReply" and reply.sender == 1
 
 
+def test_a_malformed_stage_message_wipes_the_session_it_arrives_in():
+    from fedkd.apps.secure import STATE_KEY, VECTOR_KEY, keys_with_training, stage_step
+
+    config, server, states = _session_of_three()
+    for i, request in server.start().items():
+        keys_with_training(codec.encode(request), states[i], config, i, 10, 1, run_id=7)
+    assert STATE_KEY in states[0] and VECTOR_KEY in states[0]
+    malformed = RecordDict({codec.RECORD: ConfigRecord({"type": "ShareKeysRequest"})})  # fields missing
+    with pytest.raises(ProtocolError):
+        stage_step(malformed, states[0], config, 0, 10, 1, run_id=7)
+    # refused and wiped: the server cannot retry the stage against the old secrets
+    assert STATE_KEY not in states[0] and VECTOR_KEY not in states[0]
+
+
 def test_a_node_settings_error_with_training_is_a_drop_out_not_a_crash(monkeypatch):
     from fedkd.apps.secure import NODE_CONFIG_ENV, STATE_KEY, VECTOR_KEY, keys_with_training
 

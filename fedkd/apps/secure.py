@@ -5,7 +5,7 @@ the keys come back in the train replies; every later stage is one `query.secagg`
 Owns: the session id
 both sides derive from (run id, round), the node's pinned minimums (`node_pins`), the stage loop on
 the server (`SecureRound`), and the client's handler bodies (`keys_with_training` after training,
-`client_step` for a stage), which keep its protocol state and pending vector in the node's
+`stage_step` for a later stage, both through `client_step`), which keep its protocol state and pending vector in the node's
 `context.state` between stages.
 Must not touch: protocol maths (`fedkd.secagg`), distillation, files.
 
@@ -135,8 +135,9 @@ class SecureRound:
     after it run as `query.secagg` exchanges in `finish`.
 
     The client answers the request only after training, with the vector already held
-    (`keys_with_training`), and checks it exactly as it checks one sent alone; a train reply
-    without keys is a drop-out at advertise_keys."""
+    (`keys_with_training`), with the checks `client_step` applies to every request (session id,
+    round not yet started, parameters, pins); a train reply without keys is a drop-out at
+    advertise_keys."""
 
     def __init__(self, run_id: int, nodes: Mapping[int, int], dim: int, config: Config, num_classes: int,
                  server_round: int):
@@ -270,13 +271,16 @@ def keep_vector(state: RecordDict, client_id: int, vector: np.ndarray) -> None:
 
 
 def client_step(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
-                server_round: int = 1, *, run_id: int, node_config: Mapping[str, object] | None = None
-                ) -> RecordDict:
+                server_round: int = 1, *, run_id: int, node_config: Mapping[str, object] | None = None,
+                alone: bool = False) -> RecordDict:
     """Answer one protocol request (`content`), keeping the client between stages in the node's
     `state`; raises on a refused request (Flower then sends an error reply). `run_id` is the run
-    Flower says this node is in (not the server's word); `node_config` is the SuperNode's own."""
+    Flower says this node is in (not the server's word); `node_config` is the SuperNode's own.
+    `alone`: the request came as a message of its own, not with training; an advertise-keys
+    request is then refused."""
     try:
-        reply = _client_step(content, state, config, client_id, num_classes, server_round, run_id, node_config or {})
+        reply = _client_step(content, state, config, client_id, num_classes, server_round, run_id, node_config or {},
+                             alone)
     except (ProtocolError, RoundFailed):
         # the client has refused and wiped itself: its saved secrets and vector go too, so a
         # server cannot retry the stage against the old state
@@ -293,13 +297,8 @@ def stage_step(content: RecordDict, state: RecordDict, config: Config, client_id
     """A `query.secagg` request: any stage after advertise_keys, through `client_step`. An
     advertise-keys request sent alone is refused (and what the node held wiped): a session opens
     only with the training that produced its vector (`keys_with_training`)."""
-    if isinstance(codec.decode(content), AdvertiseKeysRequest):
-        for key in (STATE_KEY, VECTOR_KEY, CLAIM_KEY):
-            if key in state:
-                del state[key]
-        raise ProtocolError(f"client {client_id}: an advertise-keys request comes only with a train message")
     return client_step(content, state, config, client_id, num_classes, server_round, run_id=run_id,
-                       node_config=node_config)
+                       node_config=node_config, alone=True)
 
 
 def keys_with_training(content: RecordDict, state: RecordDict, config: Config, client_id: int, num_classes: int,
@@ -307,7 +306,8 @@ def keys_with_training(content: RecordDict, state: RecordDict, config: Config, c
                        ) -> ConfigRecord | None:
     """Answer the advertise-keys request that came in a train message (`SecureRound`), after
     training, with this round's vector already held (`keep_vector`). Only that request is taken
-    there, and `client_step` checks it as it would check one sent alone. The record goes into the
+    there, with the checks `client_step` applies to every request (session id, round not yet
+    started, parameters, pins). The record goes into the
     train reply; None when the client refuses, its node's own settings are invalid, or (config
     `drop`) it drops out at that stage: the reply then carries no keys and the server counts the
     client a drop-out at advertise_keys. A refusal is logged here, on the node, and wipes what the
@@ -332,8 +332,10 @@ class SimulatedDropout(RuntimeError):
     """A client leaving at a stage that config `drop` names (experiments)."""
 
 
-def _client_step(content, state, config, client_id, num_classes, server_round, run_id, node_config):
+def _client_step(content, state, config, client_id, num_classes, server_round, run_id, node_config, alone):
     request = codec.decode(content)
+    if alone and isinstance(request, AdvertiseKeysRequest):
+        raise ProtocolError(f"client {client_id}: an advertise-keys request comes only with a train message")
     stage = type(request).__name__
     for dropped_stage, ids in config.drop_plan.items():
         if client_id in ids and stage.lower().startswith(dropped_stage.replace("_", "")):
