@@ -15,13 +15,12 @@ from dataclasses import replace
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedkd.apps.cohort import CohortFedAvg, Cohorts
 from fedkd.apps.records import metrics_from_message, partition_from_message, train_content, vector_from_message
-from fedkd.apps import codec
 from fedkd.apps.secure import SecureRound, fixed_point_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder, resolved_settings
@@ -108,8 +107,8 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         if secure:
             layout = vector_layout(config, server.splits, r)
             session = SecureRound(grid.run.run_id, dict(zip(cohort, nodes)), layout.length, config, layout.classes, r)
-        messages = [Message(with_keys(content, session, pid), node, MessageType.TRAIN, group_id=str(r))
-                    for pid, node in zip(cohort, nodes)]
+        messages = [Message(content if session is None else session.with_keys(content, pid), node,
+                            MessageType.TRAIN, group_id=str(r)) for pid, node in zip(cohort, nodes)]
         raw = list(grid.send_and_receive(messages, timeout=config.timeout))
         replies = _collect(raw, r, config)
         seconds_clients = time.perf_counter() - t0
@@ -125,13 +124,6 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             if server.ledger is not None:  # spent privacy is recorded even when the round is refused
                 recorder.spend(server.privacy_spent())
         recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort)))
-
-
-def with_keys(content: RecordDict, session: SecureRound | None, client_id: int) -> RecordDict:
-    """The round's train content, plus client `client_id`'s advertise-keys request in a secure round."""
-    if session is None:
-        return content
-    return RecordDict({**content, codec.RECORD: session.keys_request(client_id)})
 
 
 def _check_claims(replies: list[Message], node_of: dict[int, int], server_round: int) -> None:

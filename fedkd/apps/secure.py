@@ -149,9 +149,9 @@ class SecureRound:
             raise SecureAggregationError(f"secure aggregation cannot start: {exc}") from None
         self.requests = self.server.start()  # client id -> AdvertiseKeysRequest
 
-    def keys_request(self, client_id: int) -> ConfigRecord:
-        """The record that carries client `client_id`'s advertise-keys request in its train message."""
-        return codec.encode(self.requests[client_id])[codec.RECORD]
+    def with_keys(self, content: RecordDict, client_id: int) -> RecordDict:
+        """The round's train content plus client `client_id`'s advertise-keys request."""
+        return RecordDict({**content, codec.RECORD: codec.encode(self.requests[client_id])[codec.RECORD]})
 
     def finish(self, grid: Grid, train_replies: Iterable[Message]) -> Aggregate:
         """Take the keys from the train replies, run the remaining stages, return the sum."""
@@ -173,17 +173,19 @@ class SecureRound:
         uploaded = dict.fromkeys(self.nodes, 0)  # client id -> bytes it sent in protocol replies
         refused: dict[str, list[int]] = {}
         wall: dict[str, float] = {}
-        replies, requests = keys, {}  # the keys are the first stage's replies; its requests went with training
-        refused[server.stage] = sorted(malformed)
         try:
-            while True:
-                # advertise_keys' wall is the server's time to take in the keys (they came with training)
+            # the keys are the first stage's replies (its requests went with training): its wall is
+            # the server's time to take them in and close the stage
+            stage, t0 = server.stage, time.perf_counter()
+            refused[stage] = sorted(malformed)
+            take_replies(server, keys, uploaded, refused[stage])
+            requests = server.advance()
+            wall[stage] = time.perf_counter() - t0
+            while True:  # every later stage: one query.secagg exchange
                 stage, t0 = server.stage, time.perf_counter()
-                if replies is None:
-                    replies, malformed = _exchange(grid, requests, self.nodes, config, server_round)
-                    refused.setdefault(stage, []).extend(malformed)
-                take_replies(server, replies, uploaded, refused.setdefault(stage, []))
-                replies = None
+                replies, malformed = _exchange(grid, requests, self.nodes, config, server_round)
+                refused[stage] = list(malformed)
+                take_replies(server, replies, uploaded, refused[stage])
                 if stage == UNMASK:
                     result = server.finish()
                     wall[stage] = time.perf_counter() - t0
