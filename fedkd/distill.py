@@ -194,11 +194,12 @@ class Schedule:
     patience: int = 0  # distill only: epochs without a better validation loss before stopping
     phase: str = "local training"
     setting: str = "lr"
+    clip_norm: float = 0.0  # > 0: each step's gradient is scaled down to at most this L2 norm
 
     @classmethod
     def local(cls, config, phase: str = "local training") -> Schedule:
         """Supervised training on private data (clients, FedAvg, the central baseline)."""
-        return cls(config.local_epochs, config.lr, config.batch_size, phase=phase)
+        return cls(config.local_epochs, config.lr, config.batch_size, phase=phase, clip_norm=config.clip_norm)
 
     @classmethod
     def digest(cls, config, phase: str) -> Schedule:
@@ -274,7 +275,7 @@ class _Guard:
     def __init__(self, model: nn.Module, schedule: Schedule):
         self.model, self.optimizer_name, self.lr = model, schedule.optimizer, schedule.lr
         self.phase, self.setting, self.first_lr = schedule.phase, schedule.setting, schedule.lr
-        self.recoveries = 0
+        self.recoveries, self.clip_norm = 0, schedule.clip_norm
         self.optimizer = make_optimizer(self.optimizer_name, model.parameters(), self.lr)
         self._good = copy.deepcopy(model.state_dict())
 
@@ -302,6 +303,8 @@ def _epoch(guard: _Guard, batches, loss_of) -> float | None:
             return None
         guard.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if guard.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(guard.model.parameters(), guard.clip_norm)
         guard.optimizer.step()
         total, seen = total + loss.item() * len(idx), seen + len(idx)
     if not _finite_weights(guard.model):

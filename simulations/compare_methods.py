@@ -34,7 +34,8 @@ from fedkd.results import write_json_atomic
 # (label, settings) of the ablation: fd's options one at a time around the default, then the baselines
 ABLATION = (
     ("fd (default)", {}),
-    ("fd, issue-11 settings", {"teacher_init": "persist", "vote_weighting": "none", "consensus_weight": 0.0}),
+    ("fd, issue-11 settings", {"teacher_init": "persist", "vote_weighting": "none", "consensus_weight": 0.0,
+                               "clip_norm": 0.0}),
     ("fd teacher-init persist", {"teacher_init": "persist"}),
     ("fd consensus-weight 0", {"consensus_weight": 0.0}),
     ("fd vote-weighting none", {"vote_weighting": "none"}),
@@ -43,6 +44,7 @@ ABLATION = (
     ("fd confidence entropy", {"vote_weighting": "none", "confidence_weighting": "entropy"}),
     ("fd ensemble dsfl", {"ensemble": "dsfl"}),
     ("fd public-views 0", {"public_views": 0}),  # images of 16x16 and more: auto is 3 views
+    ("fd clip-norm 0", {"clip_norm": 0.0}),  # local steps unclipped (before issue 12's last change)
 )
 MAIN = (
     ("fd", {}),

@@ -164,3 +164,23 @@ def test_tiny_validation_slice_is_not_trusted_for_early_stopping():
     stats = distill.distill(model, x, target, distill.Schedule(40, 0.01, 16, val_fraction=0.1, patience=2),
                             generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert stats["epochs"] == 40 and np.isnan(stats["val_loss"])  # every epoch ran, none held out
+
+
+def test_clip_norm_bounds_each_local_step():
+    # One SGD step over one batch: torch's SGD moves by lr * (g + wd * w) on its first step (the
+    # momentum buffer starts as that), so the gradient part of the move is the clipped g itself.
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(32, 6, generator=g) * 50).numpy()  # large inputs: an unclipped gradient norm far above 1
+    y = torch.randint(0, 3, (32,), generator=g).numpy()
+
+    def step_norm(clip: float) -> float:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3)
+        w0 = torch.cat([p.detach().clone().flatten() for p in model.parameters()])
+        distill.train_supervised(model, x, y, distill.Schedule(1, 0.1, 32, clip_norm=clip),
+                                 generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+        w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return float(((w0 - w1) / 0.1 - 5e-4 * w0).norm())  # = the gradient the optimiser used
+
+    assert step_norm(0.0) > 10.0  # the control: without clipping the step is large
+    assert step_norm(1.0) == pytest.approx(1.0, rel=1e-3)  # clipped to exactly the bound
