@@ -57,9 +57,9 @@ SKEWS = (("dirichlet 0.1", {"alpha": 0.1}), ("dirichlet 0.5", {"alpha": 0.5}),
          ("pathological 2", {"partition": "pathological"}))
 
 
-def run_inprocess(cfg: Config) -> dict:
+def run_inprocess(cfg: Config, on_round=None) -> dict:
     """Every round of `cfg` in this process: the Flower apps' work without Flower. Returns the
-    last round's record."""
+    last round's record; `on_round(record)`, when given, sees every round's (fd and fedavg)."""
     import torch
 
     from fedkd import task
@@ -86,6 +86,8 @@ def run_inprocess(cfg: Config) -> dict:
             weights = np.asarray(sizes) / sum(sizes)  # Flower's FedAvg: weighted by num-examples
             mean = {k: sum(w * s[k].double() for w, s in zip(weights, states)).to(start[k].dtype) for k in start}
             record = server.fedavg_record(r, mean, seconds_clients=0.0)
+            if on_round is not None:
+                on_round(record)
             continue
         student = {k: v.clone() for k, v in server.student.state_dict().items()}
         replies = []
@@ -95,6 +97,8 @@ def run_inprocess(cfg: Config) -> dict:
             teachers[pid] = update.state
             replies.append(ClientReply(pid, update.vector, update.metrics))
         record = server.finish_round(r, replies, seconds_clients=0.0)
+        if on_round is not None:
+            on_round(record)
     return record
 
 
