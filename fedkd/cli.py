@@ -58,7 +58,8 @@ HELP = {
     "public_views": "augmented views (shifts, mirror images) of each public example the teachers also label; "
                     "-1: auto, 3 on images of at least 16x16 pixels, else 0, and 0 under distributed DP",
     "view_flip": "mirror views left-right at random (off for images whose mirror is another class)",
-    "clip_norm": "max L2 norm of each local SGD step's gradient (teachers, FedAvg, central; 0: off)",
+    "clip_norm": "max L2 norm of each local SGD step's gradient (teachers, FedAvg, central; 0: off; "
+                 "DP-SGD teachers clip per example instead)",
     "digest_epochs": "FedMD/DS-FL digest epochs on last round's consensus (0: off)",
     "out": "output folder for config.json, results.json, summary.txt, curves.png, run.log; "
            "DIR/latest: a new DIR/<date-time> folder per run, DIR/latest links to it",

@@ -294,8 +294,9 @@ class _Guard:
 
 
 def _epoch(guard: _Guard, batches, loss_of) -> float | None:
-    """One pass over `batches` (index tensors); the mean loss, or None at the first non-finite
-    loss (the step is not taken). loss_of(idx) -> scalar tensor."""
+    """One pass over `batches` (index tensors), each step's gradient clipped to the guard's
+    clip_norm when it is > 0; the mean loss, or None at the first non-finite loss (the step is
+    not taken). loss_of(idx) -> scalar tensor."""
     total, seen = 0.0, 0
     for idx in batches:
         loss = loss_of(idx)
@@ -331,10 +332,16 @@ def train_supervised(
     Transfer"). Unlike a digest before local training (FedMD), the consensus keeps pulling while
     the private data pull, so a client that holds few classes does not forget the others.
 
+    With `schedule.clip_norm` > 0 each step's gradient is scaled down to at most that L2 norm
+    (`clip-norm`): a teacher started from the student at a rate fit for training from scratch
+    otherwise collapsed to one class in its first steps (fashion3615, alpha 0.1, round 2).
+
     A non-finite loss or weights, or after the last epoch non-finite logits (on x, and on the
     public inputs with the consensus term: the weights are finite, yet a release would be NaN),
     restarts training from the weights it was handed at half the rate (at most MAX_RECOVERIES
-    times; then DivergedError names `phase` and `setting`).
+    times; then DivergedError names `phase` and `setting`). With clipping, steps are bounded, so
+    a far too high rate may end finite and useless rather than diverge: the reported train loss
+    and teacher accuracy show it.
     Returns {"loss": the last epoch's mean loss (nan when epochs == 0), "recoveries", "lr": the
     rate in force at the end}.
     """

@@ -320,8 +320,9 @@ def train_teacher(
     device: torch.device, phase: str, joint: distill.JointTerm | None = None, dp_history: tuple = (),
 ) -> LocalFit:
     """Local training of `model` on the private (x (N, *shape), y (N,)), in place: DP-SGD when
-    teacher DP-SGD is on (continuing `dp_history`), else cross-entropy, joined by the KD term
-    on last round's consensus (`joint`)."""
+    teacher DP-SGD is on (continuing `dp_history`; Opacus clips per example, so `clip-norm` does
+    not apply), else cross-entropy with clipped steps, joined by the KD term on last round's
+    consensus (`joint`)."""
     schedule = distill.Schedule.local(config, phase)
     if config.teacher_dp_enabled:
         from fedkd.privacy import dpsgd

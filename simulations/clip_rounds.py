@@ -15,12 +15,11 @@ import multiprocessing
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from compare_methods import run_inprocess  # this folder is the script's own: on sys.path
 
-from compare_methods import run_inprocess  # noqa: E402
-
-from fedkd.config import Config  # noqa: E402
-from fedkd.results import write_json_atomic  # noqa: E402
+from fedkd.config import Config
+from fedkd.errors import UserError
+from fedkd.results import write_json_atomic
 
 KEYS = ("teacher_accuracy_mean", "ensemble_accuracy", "student_accuracy")
 
@@ -74,21 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="simulations/results")
     parser.add_argument("--name", default="clip_rounds")
     args = parser.parse_args(argv)
+    clips = list(dict.fromkeys(args.clips))  # each setting once
     try:
-        plans = [dict(dataset=args.dataset, alpha=args.alpha, seed=args.seed, rounds=args.rounds, clip_norm=c)
-                 for c in args.clips]
-        for settings in plans:
-            Config(**settings).validated()  # a bad setting stops here, before any work
-    except Exception as exc:  # ConfigError and bad paths: one line, not a traceback
-        print(f"clip_rounds: {exc}", file=sys.stderr)
+        if args.jobs < 1:
+            raise UserError(f"--jobs {args.jobs} must be >= 1")
+        # aggregation plain: the in-process engine sums in fixed point, as compare_methods does
+        plans = [dict(dataset=args.dataset, alpha=args.alpha, seed=args.seed, rounds=args.rounds, clip_norm=c,
+                      aggregation="plain") for c in clips]
+        for settings in plans:  # a bad setting or data path stops here, before any work
+            Config(**settings).validated()
+        from fedkd.task import splits_for
+
+        splits_for(Config(**plans[0]))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+    except (UserError, OSError) as exc:
+        print(f"clip_rounds: error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(plans)} runs of {args.rounds} rounds on {args.dataset} (alpha {args.alpha:g}, seed {args.seed})",
           flush=True)
     with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(plans))) as pool:
         traces = pool.map(trace, plans)
-    runs = dict(zip(args.clips, traces))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    runs = dict(zip(clips, traces))
     write_json_atomic(out / f"{args.name}.json", {"settings": plans, "runs": {str(c): t for c, t in runs.items()}})
     title = f"fd on {Path(args.dataset).stem}, Dirichlet {args.alpha:g}, seed {args.seed}"
     text = f"# {title}: with and without clip-norm\n\n" + table(runs)

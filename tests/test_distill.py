@@ -184,3 +184,12 @@ def test_clip_norm_bounds_each_local_step():
 
     assert step_norm(0.0) > 10.0  # the control: without clipping the step is large
     assert step_norm(1.0) == pytest.approx(1.0, rel=1e-3)  # clipped to exactly the bound
+
+
+def test_clip_norm_reaches_local_training_only():
+    from fedkd.config import Config
+
+    config = Config(clip_norm=3.0)
+    assert distill.Schedule.local(config).clip_norm == 3.0  # teachers, FedAvg and central train through it
+    assert distill.Schedule.digest(config, "digest").clip_norm == 0.0
+    assert distill.Schedule.server(config).clip_norm == 0.0

@@ -141,3 +141,15 @@ def test_default_rounds_do_not_lose_accuracy_on_pathological_partitions():
     assert ensemble[0] > 0.6 and student[0] > 0.4, records[0]  # chance is 0.1
     assert min(ensemble[1:]) >= 0.9 * ensemble[0], ensemble
     assert min(student[1:]) >= 0.8 * student[0], student
+
+
+def test_clipped_steps_at_a_far_too_high_rate_still_end_finite():
+    # clip-norm bounds each step, so the weights may grow without overflowing; what the guard
+    # promises still holds: the model it hands back is finite and its logits are too
+    x, y = _blobs()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    fit = distill.train_supervised(model, x, y, distill.Schedule(5, 1e4, 32, clip_norm=5.0),
+                                   generator=torch.Generator().manual_seed(0), device=CPU)
+    assert math.isfinite(fit["loss"]) and _finite(model)
+    assert np.isfinite(distill.predict_logits(model, x, CPU)).all()
