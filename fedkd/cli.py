@@ -34,7 +34,7 @@ from fedkd.bench import round as round_bench
 from fedkd.config import Config
 from fedkd.errors import report
 from fedkd.privacy.mechanism import PrivacyError
-from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, write_json_atomic
+from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, stalled_text, write_json_atomic
 from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
@@ -227,12 +227,14 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
                         TimeElapsedColumn(), console=console, transient=False)
     task = progress.add_task(f"{config.method} rounds", total=config.rounds)
 
-    def on_round(record: dict) -> None:
-        progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
-        progress.advance(task)
-
     def say(line: str) -> None:
         progress.console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
+
+    def on_round(record: dict) -> None:
+        progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
+        if stalled_text(record):
+            say(f"fedkd warning: {stalled_text(record)}")
+        progress.advance(task)
 
     started = time.perf_counter()
     with run_logging(out / LOG_FILE, say=None if verbose else say), progress:

@@ -517,6 +517,23 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(ece)
 
 
+def learnt_nothing(logits: np.ndarray, y: np.ndarray) -> bool:
+    """Whether a model's logits (N, K) on its own training data, labels y (N,), predict them no
+    better than the labels' own class shares q would: mean cross-entropy >= H(q), the
+    cross-entropy of always answering q. Training that worked sits far below that line; a model
+    that collapsed onto one class (confidently wrong on the rest) or never left chance sits on or
+    above it. This is how clipped steps at a far too high rate fail: they stay finite, so the
+    divergence guard never fires. False for data of a single class: there is nothing to beat."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64))
+    q = counts[counts > 0] / len(y)
+    if len(q) < 2:
+        return False
+    entropy = float(-(q * np.log(q)).sum())  # nats; the shares' own cross-entropy
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    ce = float(F.cross_entropy(z, torch.as_tensor(np.array(y), dtype=torch.long)))
+    return ce >= entropy
+
+
 def evaluate_logits(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Accuracy, negative log-likelihood (nats per example) and 15-bin ECE of logits (N, K)."""
     z = torch.as_tensor(logits, dtype=torch.float64)

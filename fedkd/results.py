@@ -174,6 +174,17 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
     return resolved
 
 
+def stalled_text(record: dict) -> str:
+    """A warning for a round whose clients' local training learnt nothing ('' when none did):
+    clipped steps at a far too high lr end finite and useless instead of failing loudly."""
+    ids = record.get("stalled_clients")
+    if not ids:
+        return ""
+    who = f"client {ids[0]}'s" if len(ids) == 1 else f"clients {','.join(map(str, ids))}'"
+    return (f"round {record['round']}: {who} local training learnt nothing (on their own data no better than "
+            f"their labels' class shares): lower lr, or check their data")
+
+
 def cohort_text(record: dict, num_clients: int, show: int = 8) -> str:
     """A sampled round's cohort for a log line: 'cohort 100/1000: 3,17,22,40,51,58,63,77 ...';
     '' when every client was asked (or the record has no cohort)."""

@@ -57,6 +57,7 @@ class ClientMetrics:
     upload_bytes: int | None = None  # float32 bytes of the public predictions it sends
     teacher_epsilon: float | None = None  # DP-SGD teachers: its epsilon over all rounds so far
     dp_noise_seconds: float | None = None  # distributed DP: time to draw its noise share
+    stalled: int | None = None  # 1: local training left its teacher no better than its labels' class shares
 
     @classmethod
     def from_wire(cls, metrics: Mapping[str, float]) -> ClientMetrics:
@@ -163,6 +164,8 @@ class RoundRecord(_Row):
     teacher_epsilon: TeacherEpsilon | None = None
     distill_recoveries: int | None = None  # restarts at half the rate after a non-finite loss (fedkd.distill)
     train_recoveries: int | None = None  # the same, summed over the clients
+    stalled_clients: tuple[int, ...] | None = None  # whose local training learnt nothing (ClientMetrics.stalled);
+    # None when no client reported the flag (DP on, or no local epochs)
     cohort: tuple[int, ...] | None = None  # the client (partition) ids asked this round (set by the driver)
 
     def to_json(self) -> dict:
@@ -182,8 +185,9 @@ class RoundRecord(_Row):
         for name, record in (("secagg", SecAggStats), ("privacy", PrivacyStats), ("teacher_epsilon", TeacherEpsilon)):
             if values[name] is not None:
                 values[name] = record(**values[name])
-        if values["cohort"] is not None:
-            values["cohort"] = tuple(values["cohort"])
+        for name in ("cohort", "stalled_clients"):
+            if values[name] is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 

@@ -65,6 +65,7 @@ def clients_record(server_round: int, replies: list[ClientReply], seconds_client
     accs = np.array([m.teacher_accuracy for m in metrics if m.teacher_accuracy is not None])
     per_client = {str(r.partition_id): r.metrics.teacher_epsilon for r in replies
                   if r.metrics.teacher_epsilon is not None}  # DP-SGD teachers: each client's own epsilon
+    flagged = [r for r in replies if r.metrics.stalled is not None]
     return RoundRecord(
         round=server_round,
         teacher_accuracy_mean=float(accs.mean()) if accs.size else None,
@@ -75,6 +76,7 @@ def clients_record(server_round: int, replies: list[ClientReply], seconds_client
         upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
         train_recoveries=sum(m.train_recoveries for m in metrics),
         teacher_epsilon=TeacherEpsilon(max(per_client.values()), teacher_dp_delta, per_client) if per_client else None,
+        stalled_clients=tuple(sorted(r.partition_id for r in flagged if r.metrics.stalled)) if flagged else None,
     )
 
 

@@ -274,7 +274,7 @@ def teacher_round(
         metrics["teacher-epsilon"] = fit.epsilon
 
     t0 = time.perf_counter()
-    test_logits, tested = evaluate_teacher(model, config, splits, len(y), fit.loss, device)
+    test_logits, tested = evaluate_teacher(model, config, splits, x, y, fit.loss, device)
     metrics.update(tested)
     vector = np.zeros(0, dtype=np.float32)
     if with_predictions:
@@ -334,18 +334,22 @@ def train_teacher(
     return LocalFit(fit["loss"], fit["recoveries"], tuple(dp_history))
 
 
-def evaluate_teacher(model: torch.nn.Module, config: Config, splits: Splits, num_examples: int, loss: float,
-                     device: torch.device) -> tuple[np.ndarray | None, dict[str, float]]:
+def evaluate_teacher(model: torch.nn.Module, config: Config, splits: Splits, x: np.ndarray, y: np.ndarray,
+                     loss: float, device: torch.device) -> tuple[np.ndarray | None, dict[str, float]]:
     """The teacher's (n_test, K) test logits and what the client reports besides its vector:
-    test accuracy, and without DP-SGD its example count and training loss. With distributed DP
-    on, nothing computed from private data leaves the node outside the noisy sum: no test
-    accuracy, loss or example count (they would sit outside the guarantee), and no logits."""
+    test accuracy, and without DP-SGD its example count, training loss and whether local
+    training "stalled": on its own data x (N, *shape), y (N,) the teacher does no better than
+    its labels' class shares (`distill.learnt_nothing`), so the server can name it. With
+    distributed DP on, nothing computed from private data leaves the node outside the noisy sum:
+    no test accuracy, loss, count or flag (they would sit outside the guarantee), and no logits."""
     if config.dp_enabled:
         return None, {}
     test_logits = distill.predict_logits(model, splits.test_x, device)  # (n_test, K)
     metrics = {"teacher-accuracy": distill.accuracy(test_logits, splits.test_y)}  # of the model: post-processing
-    if not config.teacher_dp_enabled:  # the loss and the count are not outputs of the DP-SGD model
-        metrics.update({"num-examples": float(num_examples), "train-loss": loss})
+    if not config.teacher_dp_enabled:  # these are not outputs of the DP-SGD model alone
+        metrics.update({"num-examples": float(len(y)), "train-loss": loss})
+        if config.local_epochs > 0:  # one bit about its training, as coarse as the loss beside it
+            metrics["stalled"] = float(distill.learnt_nothing(distill.predict_logits(model, x, device), y))
     return test_logits, metrics
 
 

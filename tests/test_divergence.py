@@ -153,3 +153,34 @@ def test_clipped_steps_at_a_far_too_high_rate_still_end_finite():
                                    generator=torch.Generator().manual_seed(0), device=CPU)
     assert math.isfinite(fit["loss"]) and _finite(model)
     assert np.isfinite(distill.predict_logits(model, x, CPU)).all()
+
+
+def test_learnt_nothing_draws_its_line_at_the_labels_own_class_shares():
+    y = np.array([0, 0, 0, 1])  # shares 3/4, 1/4
+    right = np.eye(2)[y] * 10.0  # confident and correct
+    shares = np.log(np.tile([0.75, 0.25], (4, 1)))  # answering the shares: cross-entropy == their entropy
+    slightly_better, slightly_worse = shares + np.eye(2)[y] * 0.1, shares - np.eye(2)[y] * 0.1
+    one_class = np.tile([10.0, -10.0], (4, 1))  # collapsed onto class 0, confidently wrong on the rest
+    assert not distill.learnt_nothing(right, y) and not distill.learnt_nothing(slightly_better, y)
+    assert distill.learnt_nothing(slightly_worse, y) and distill.learnt_nothing(one_class, y)
+    assert distill.learnt_nothing(np.zeros((4, 2)), y)  # uniform: log 2 nats > H(3/4, 1/4)
+    assert not distill.learnt_nothing(np.tile([-10.0, 10.0], (3, 1)), np.zeros(3, dtype=int))  # one class: no line
+
+
+def test_teachers_from_far_too_high_clipped_steps_report_stalled_and_sound_ones_do_not():
+    # clip-norm on (the default): at lr 1000 every step is bounded, nothing overflows, the guard
+    # never fires, and the teacher ends near chance; the flag is what names it
+    flags = {}
+    for lr in (0.05, 1000.0):
+        cfg = Config(lr=lr, alpha=0.5, num_clients=4, local_epochs=3, num_public=50).validated()
+        flags[lr] = [task.teacher_round(cfg, pid, 1, None).metrics["stalled"] for pid in range(4)]
+    assert flags[0.05] == [0.0] * 4 and flags[1000.0] == [1.0] * 4
+    replies = [ClientReply(pid, np.zeros(0, np.float32), {"train-seconds": 1.0, "stalled": flag})
+               for pid, flag in zip(range(4), [0.0, 1.0, 0.0, 1.0])]
+    from fedkd.server import clients_record
+    assert clients_record(1, replies, 0.0, 1e-5).stalled_clients == (1, 3)
+    quiet = [ClientReply(0, np.zeros(0, np.float32), {"train-seconds": 1.0})]  # DP on: nobody reports it
+    assert clients_record(1, quiet, 0.0, 1e-5).stalled_clients is None
+    dp = Config(alpha=0.5, num_clients=4, local_epochs=1, num_public=50, dp_clip=1.0,
+                dp_noise_multiplier=1.0).validated()
+    assert "stalled" not in task.teacher_round(dp, 0, 1, None).metrics

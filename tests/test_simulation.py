@@ -73,6 +73,20 @@ def test_diverged_client_is_named_and_saved_files_stay_valid(tmp_path, capsys):
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1000.0
 
 
+def test_clipped_steps_at_a_far_too_high_rate_finish_with_the_stalled_clients_named(tmp_path, capsys):
+    from fedkd.cli import main
+
+    # with clip-norm on (the default) the same lr cannot overflow: the run finishes, and what would
+    # otherwise pass in silence (teachers at chance) is named on the console and in results.json
+    code = main(["run", "--clients", "3", "--rounds", "2", "--lr", "1000", "--local-epochs", "2",
+                 "--num-public", "100", "--out", str(tmp_path)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "round 1: clients 0,1,2' local training learnt nothing" in err and "lower lr" in err
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["stalled_clients"] for r in saved["rounds"]] == [[0, 1, 2], [0, 1, 2]]
+
+
 DP_SMALL = dict(SMALL, rounds=3, public_sample=40, dp_clip=1.0, dp_noise_multiplier=1.0)
 
 

@@ -8,7 +8,7 @@ becomes a fresh timestamped folder); `fedkd run` and `fedkd deploy` choose it be
 
 from __future__ import annotations
 
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Callable
 
 from flwr.app import Context
@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.apps.driver import run_federation
 from fedkd.apps.exchange import PollingGrid
 from fedkd.config import Config
-from fedkd.results import RunRecorder, cohort_text, prepare_out
+from fedkd.results import RunRecorder, cohort_text, prepare_out, stalled_text
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
@@ -57,6 +57,8 @@ def _log_round(num_clients: int) -> Callable[[dict], None]:
         cohort = cohort_text(record, num_clients)
         _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
              f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}{', ' + cohort if cohort else ''}")
+        if stalled_text(record):
+            log(WARNING, "fedkd: %s", stalled_text(record))
 
     return log_round
 
