@@ -523,7 +523,8 @@ def learnt_nothing(logits: np.ndarray, y: np.ndarray) -> bool:
     cross-entropy of always answering q. Training that worked sits far below that line; a model
     that collapsed onto one class (confidently wrong on the rest) or never left chance sits on or
     above it. This is how clipped steps at a far too high rate fail: they stay finite, so the
-    divergence guard never fires. False for data of a single class: there is nothing to beat."""
+    divergence guard never fires. False for data of a single class: there is nothing to beat.
+    Labels must lie in 0..K-1 (the data loaders check it)."""
     counts = np.bincount(np.asarray(y, dtype=np.int64))
     q = counts[counts > 0] / len(y)
     if len(q) < 2:

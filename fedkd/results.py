@@ -174,15 +174,17 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
     return resolved
 
 
-def stalled_text(record: dict) -> str:
-    """A warning for a round whose clients' local training learnt nothing ('' when none did):
-    clipped steps at a far too high lr end finite and useless instead of failing loudly."""
+def stalled_text(record: dict, show: int = 8) -> str:
+    """A warning for a round in which some clients' local training learnt nothing ('' when none
+    did), naming at most `show` of them: clipped steps at a far too high lr end finite and useless
+    instead of failing loudly, and too low an lr or too few epochs leave a teacher unfit."""
     ids = record.get("stalled_clients")
     if not ids:
         return ""
-    who = f"client {ids[0]}'s" if len(ids) == 1 else f"clients {','.join(map(str, ids))}'"
-    return (f"round {record['round']}: {who} local training learnt nothing (on their own data no better than "
-            f"their labels' class shares): lower lr, or check their data")
+    named = ",".join(map(str, ids[:show])) + (f" ... ({len(ids)} clients)" if len(ids) > show else "")
+    return (f"round {record['round']}: local training learnt nothing on client{'s' if len(ids) > 1 else ''} "
+            f"{named} (on their own data no better than their labels' class shares): check lr (far too high, "
+            f"or too low for local-epochs), local-epochs and their data")
 
 
 def cohort_text(record: dict, num_clients: int, show: int = 8) -> str:

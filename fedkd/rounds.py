@@ -50,7 +50,7 @@ class ClientMetrics:
     predict_seconds: float = 0.0  # predictions on the public (and test) inputs, and DP encoding
     train_recoveries: int = 0  # restarts at half the rate after a non-finite loss (fedkd.distill)
     # Below: None when not reported. With distributed DP on nothing computed from private data
-    # leaves the node outside the noisy sum, so a DP client reports none of the first three.
+    # leaves the node outside the noisy sum, so a DP client reports none of the first four.
     teacher_accuracy: float | None = None  # its teacher's test accuracy
     num_examples: int | None = None  # size of its private partition (not with DP-SGD teachers)
     train_loss: float | None = None  # last local epoch's mean loss (not with DP-SGD teachers)
@@ -58,6 +58,7 @@ class ClientMetrics:
     teacher_epsilon: float | None = None  # DP-SGD teachers: its epsilon over all rounds so far
     dp_noise_seconds: float | None = None  # distributed DP: time to draw its noise share
     stalled: int | None = None  # 1: local training left its teacher no better than its labels' class shares
+    # (an eval-mode pass over its own data, counted in predict_seconds; not with DP-SGD teachers)
 
     @classmethod
     def from_wire(cls, metrics: Mapping[str, float]) -> ClientMetrics:
@@ -165,7 +166,7 @@ class RoundRecord(_Row):
     distill_recoveries: int | None = None  # restarts at half the rate after a non-finite loss (fedkd.distill)
     train_recoveries: int | None = None  # the same, summed over the clients
     stalled_clients: tuple[int, ...] | None = None  # whose local training learnt nothing (ClientMetrics.stalled);
-    # None when no client reported the flag (DP on, or no local epochs)
+    # None when no client reported the flag: distributed DP, DP-SGD teachers, local-epochs 0, fedavg, central
     cohort: tuple[int, ...] | None = None  # the client (partition) ids asked this round (set by the driver)
 
     def to_json(self) -> dict:

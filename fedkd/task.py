@@ -348,7 +348,7 @@ def evaluate_teacher(model: torch.nn.Module, config: Config, splits: Splits, x: 
     metrics = {"teacher-accuracy": distill.accuracy(test_logits, splits.test_y)}  # of the model: post-processing
     if not config.teacher_dp_enabled:  # these are not outputs of the DP-SGD model alone
         metrics.update({"num-examples": float(len(y)), "train-loss": loss})
-        if config.local_epochs > 0:  # one bit about its training, as coarse as the loss beside it
+        if config.local_epochs > 0:  # one bit about its training, from one eval-mode pass over its data
             metrics["stalled"] = float(distill.learnt_nothing(distill.predict_logits(model, x, device), y))
     return test_logits, metrics
 

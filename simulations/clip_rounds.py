@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = dict(zip(clips, traces))
     write_json_atomic(out / f"{args.name}.json", {"settings": plans, "runs": {str(c): t for c, t in runs.items()}})
     title = f"fd on {Path(args.dataset).stem}, Dirichlet {args.alpha:g}, seed {args.seed}"
-    text = f"# {title}: with and without clip-norm\n\n" + table(runs)
+    which = "with and without clip-norm" if len(runs) > 1 else f"clip-norm {clips[0]:g}"
+    text = f"# {title}: {which}\n\n" + table(runs)
     (out / f"{args.name}.md").write_text(text)
     plot(runs, out / f"{args.name}.png", title)
     print(text)

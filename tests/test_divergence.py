@@ -172,15 +172,20 @@ def test_teachers_from_far_too_high_clipped_steps_report_stalled_and_sound_ones_
     # never fires, and the teacher ends near chance; the flag is what names it
     flags = {}
     for lr in (0.05, 1000.0):
-        cfg = Config(lr=lr, alpha=0.5, num_clients=4, local_epochs=3, num_public=50).validated()
+        cfg = Config(lr=lr, alpha=0.5, num_clients=4, local_epochs=5, num_public=50).validated()
         flags[lr] = [task.teacher_round(cfg, pid, 1, None).metrics["stalled"] for pid in range(4)]
     assert flags[0.05] == [0.0] * 4 and flags[1000.0] == [1.0] * 4
     replies = [ClientReply(pid, np.zeros(0, np.float32), {"train-seconds": 1.0, "stalled": flag})
                for pid, flag in zip(range(4), [0.0, 1.0, 0.0, 1.0])]
+    from fedkd.results import stalled_text
     from fedkd.server import clients_record
     assert clients_record(1, replies, 0.0, 1e-5).stalled_clients == (1, 3)
     quiet = [ClientReply(0, np.zeros(0, np.float32), {"train-seconds": 1.0})]  # DP on: nobody reports it
     assert clients_record(1, quiet, 0.0, 1e-5).stalled_clients is None
+    many = {"round": 2, "stalled_clients": list(range(20))}  # a large cohort: the warning names a few
+    assert stalled_text(many).startswith("round 2: local training learnt nothing on clients 0,1,2,3,4,5,6,7 ... (20")
+    assert stalled_text({"round": 1, "stalled_clients": [4]}).count("client 4 ") == 1
+    assert stalled_text({"round": 1, "stalled_clients": []}) == "" == stalled_text({"round": 1})
     dp = Config(alpha=0.5, num_clients=4, local_epochs=1, num_public=50, dp_clip=1.0,
                 dp_noise_multiplier=1.0).validated()
     assert "stalled" not in task.teacher_round(dp, 0, 1, None).metrics

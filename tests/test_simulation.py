@@ -82,7 +82,7 @@ def test_clipped_steps_at_a_far_too_high_rate_finish_with_the_stalled_clients_na
                  "--num-public", "100", "--out", str(tmp_path)])
     assert code == 0
     err = capsys.readouterr().err
-    assert "round 1: clients 0,1,2' local training learnt nothing" in err and "lower lr" in err
+    assert "round 1: local training learnt nothing on clients 0,1,2" in err and "check lr" in err
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["stalled_clients"] for r in saved["rounds"]] == [[0, 1, 2], [0, 1, 2]]
 
