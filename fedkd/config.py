@@ -74,6 +74,9 @@ class Config:
     temperature: float = 3.0
     ensemble: str = "mean"
     era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
+    # the server's step in function space from the student's predictions towards the ensemble's
+    # (distill.extrapolate): 1 distils the ensemble itself; > 1 steps past it (FedExP-like), from round 2
+    server_step: float = 1.0
     # per-class weighted mean (task.class_weights): "seen-classes", "class-share" or "none";
     # auto: seen-classes, or none with either kind of DP (the weights come from raw label counts)
     vote_weighting: str = "auto"
@@ -342,6 +345,10 @@ class Config:
         _positive("client-cpus", self.client_cpus)
         _positive("timeout", self.timeout)
         _positive("secagg-timeout", self.secagg_timeout)
+        _positive("server-step", self.server_step)
+        if self.server_step != 1 and self.ensemble == "logits":
+            raise ConfigError(f"server-step={self.server_step:g} steps between probabilities; the logits rule has "
+                              f"none: use ensemble mean, geometric or dsfl, or server-step 1")
         if not 0 < self.era_temperature < 1:
             raise ConfigError(f"era-temperature={self.era_temperature} must lie in (0, 1) (it sharpens)")
         if not 0 < self.test_fraction < 1:

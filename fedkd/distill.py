@@ -174,6 +174,27 @@ def combine(total: np.ndarray, count: int, rule: str, temperature: float, era_te
     return Teacher(values.to(torch.float32).numpy(), kind, t)
 
 
+def extrapolate(teacher: Teacher, student_logits: np.ndarray, step: float) -> Teacher:
+    """The server's step in function space from its student towards the ensemble, (N, K) rows:
+
+        target = softmax(log p_s + step * (log p_e - log p_s)),   p_s = softmax(z_s / T)
+
+    with p_e the ensemble teacher's probabilities at its temperature T and z_s (N, K) the
+    student's logits on the same inputs. step 1 returns the ensemble; step > 1 goes past it, as
+    FedExP extrapolates FedAvg's averaged update in weight space (Jhunjhunwala, Wang & Joshi,
+    "FedExP: Speeding Up Federated Averaging via Extrapolation", ICLR 2023; a server learning
+    rate > 1, Reddi et al. 2021). Only the sum and the server's own model enter: nothing more leaves a
+    client. Probabilities are floored at e^LOG_PROB_FLOOR before the logarithm."""
+    if teacher.kind != "probs":
+        raise ValueError(f"extrapolation steps between probabilities; a '{teacher.kind}' teacher has none")
+    if step == 1:
+        return teacher
+    log_s = F.log_softmax(torch.as_tensor(student_logits, dtype=torch.float64) / teacher.temperature, dim=1)
+    log_e = torch.as_tensor(teacher.values, dtype=torch.float64).clamp(min=math.exp(LOG_PROB_FLOOR)).log()
+    target = torch.softmax(log_s + step * (log_e - log_s), dim=1)
+    return Teacher(target.to(torch.float32).numpy(), teacher.kind, teacher.temperature)
+
+
 # ---- loops ------------------------------------------------------------------------------------
 
 MIN_VAL_EXAMPLES = 10  # smallest validation slice early stopping may trust

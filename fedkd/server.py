@@ -183,8 +183,9 @@ class DistillationServer:
 
     def _distil(self, record: RoundRecord, teacher: distill.Teacher) -> RoundRecord:
         """Distil the student (warm-started) from the ensemble teacher on the round's public
-        inputs (the sample, then its views); the teacher on the sample becomes the consensus sent
-        down next round."""
+        inputs (the sample, then its views), or with `server-step` != 1 and a student distilled
+        before, from a step past it (`distill.extrapolate`); that target on the sample becomes the
+        consensus sent down next round."""
         cfg, server_round = self.config, record.round
         idx = public_sample(cfg, server_round)
         x = public_inputs(cfg, self.splits, server_round)  # (m * (1 + views), *shape)
@@ -193,6 +194,8 @@ class DistillationServer:
         # hard labels (public-labels): a view takes its example's; shifts keep the class, and so do
         # mirror images on the data view-flip is meant for (off for digits and text, whose mirrors differ)
         labels = self.splits.public_y[idx][example] if cfg.public_labels else None
+        if cfg.server_step != 1 and self.consensus is not None:  # a student distilled before: a step from it
+            teacher = distill.extrapolate(teacher, distill.predict_logits(self.student, x, self.device), cfg.server_step)
         stats = distill.distill(
             self.student, x, teacher, distill.Schedule.server(cfg),
             generator=generator(cfg.seed, "distill", server_round), device=self.device,

@@ -45,6 +45,7 @@ ABLATION = (
     ("fd ensemble dsfl", {"ensemble": "dsfl"}),
     ("fd public-views 0", {"public_views": 0}),  # images of 16x16 and more: auto is 3 views
     ("fd clip-norm 0", {"clip_norm": 0.0}),  # local steps unclipped (before issue 12's last change)
+    ("fd server-step 1.5", {"server_step": 1.5}),  # a step past the ensemble (distill.extrapolate)
 )
 MAIN = (
     ("fd", {}),
@@ -230,6 +231,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n, _ in MAIN if any(r["variant"] == n for r in rows)]
+    if not names:  # an ablation-only run (--main-variants none): nothing for the main plot
+        return
     keys = list(dict.fromkeys((r["data"], r["skew"]) for r in rows if r["variant"] in names))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(keys)), 4.2))
     width = 0.8 / len(names)

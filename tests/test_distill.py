@@ -193,3 +193,25 @@ def test_clip_norm_reaches_local_training_only():
     assert distill.Schedule.local(config).clip_norm == 3.0  # teachers, FedAvg and central train through it
     assert distill.Schedule.digest(config, "digest").clip_norm == 0.0
     assert distill.Schedule.server(config).clip_norm == 0.0
+
+
+def test_extrapolate_steps_from_the_student_past_the_ensemble_in_log_space():
+    rng = np.random.default_rng(0)
+    T = 3.0
+    ensemble = distill.combine(distill.client_payload(rng.normal(0, 3, (20, 5)), "mean", T), 1, "mean", T)
+    z_s = rng.normal(0, 3, (20, 5))
+    assert distill.extrapolate(ensemble, z_s, 1.0) is ensemble  # step 1: the ensemble itself
+    p_s = np.exp(z_s / T) / np.exp(z_s / T).sum(1, keepdims=True)
+    for step in (0.5, 2.0):
+        raw = p_s * (ensemble.values / p_s) ** step  # the same target without logarithms
+        target = distill.extrapolate(ensemble, z_s, step)
+        np.testing.assert_allclose(target.values, raw / raw.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+        assert target.temperature == T and target.kind == "probs"
+    # a student that already predicts the ensemble has nowhere to step: the target stays put
+    agree = np.log(ensemble.values) * T
+    np.testing.assert_allclose(distill.extrapolate(ensemble, agree, 2.0).values, ensemble.values, atol=1e-5)
+    # past the ensemble: a student at 1:1 and an ensemble at 4:1 give a target at 16:1 with step 2
+    two = distill.Teacher(np.array([[0.8, 0.2]], np.float32), "probs", T)
+    np.testing.assert_allclose(distill.extrapolate(two, np.zeros((1, 2)), 2.0).values, [[16 / 17, 1 / 17]], rtol=1e-6)
+    with pytest.raises(ValueError, match="logits"):
+        distill.extrapolate(distill.Teacher(np.zeros((2, 5), np.float32), "logits", T), z_s[:2], 2.0)

@@ -179,7 +179,9 @@ DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes",
       "consensus_weight": 1.0}),
     # two shifted views of each public example, labelled by the teachers through the same sum
     ({"public_views": 2, "view_flip": False}, dict(DEFAULT_TRANSFER, public_views=2, view_flip=False)),
-], ids=["defaults", "persist-confidence", "views"])
+    # the server's step past the ensemble: its own work on the sum, the clients' uploads unchanged
+    ({"server_step": 1.5}, dict(DEFAULT_TRANSFER, server_step=1.5)),
+], ids=["defaults", "persist-confidence", "views", "server-step"])
 def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options, expected):
     from fedkd.apps.records import vector_from_message
     from fedkd.aggregate import secagg_config

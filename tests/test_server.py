@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fedkd.aggregate import ContributionError, plain_sum
 from fedkd.config import Config
@@ -119,3 +120,41 @@ def test_dp_sum_of_colluders_only_is_accounted_with_the_target_alone_and_refused
     assert err.value.status == "too-few-survivors"
     assert record["privacy"]["honest_contributors"] == 1  # an honest client in the sum has its own share there
     assert server.ledger.epsilon == pytest.approx(Ledger(cfg.dp_delta).record(params, 1))
+
+
+def test_server_step_distils_a_step_past_the_ensemble_from_round_2_and_the_ensemble_before(monkeypatch):
+    from fedkd import distill
+
+    targets, before = [], []
+    real = distill.distill
+
+    def spy(model, x, teacher, *args, **kwargs):  # the server's target, and its student's logits as it came in
+        if model is server.student:  # not a client's digest step
+            targets.append(teacher.values.copy())
+            before.append(distill.predict_logits(model, x, torch.device("cpu")))
+        return real(model, x, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "distill", spy)
+    plain = []
+    monkeypatch.setattr(DistillationServer, "_combine", lambda self, *a, _c=DistillationServer._combine:
+                        plain.append(_c(self, *a)) or plain[-1])
+    cfg = Config(**TINY, server_step=2.0)
+    server, states = DistillationServer(cfg), {}
+    for r in (1, 2):
+        server.finish_round(r, _replies(cfg, r, server, states), seconds_clients=0.0)
+    # _combine builds the public teacher, then the test part's: every other one is the public one
+    public = plain[0::2]
+    np.testing.assert_array_equal(targets[0], public[0].values)  # round 1: no student to step from yet
+    assert np.abs(targets[1] - public[1].values).max() > 0.05  # round 2: not the ensemble, but
+    # the step from the student as round 2 found it, past the ensemble
+    np.testing.assert_allclose(targets[1], distill.extrapolate(public[1], before[1], 2.0).values, atol=1e-6)
+    np.testing.assert_array_equal(server.consensus.teacher.values, targets[1][: len(server.consensus.indices)])
+
+
+def test_server_step_is_checked():
+    from fedkd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="server-step"):
+        Config(server_step=0).validated()
+    with pytest.raises(ConfigError, match="logits rule"):
+        Config(server_step=2, ensemble="logits").validated()
