@@ -346,6 +346,10 @@ class Config:
         _positive("timeout", self.timeout)
         _positive("secagg-timeout", self.secagg_timeout)
         _positive("server-step", self.server_step)
+        if self.server_step != 1 and self.dp_enabled:
+            raise ConfigError(f"server-step={self.server_step:g} is not measured under distributed DP: where noise "
+                              f"flattens the ensemble, a step past it reverses the student's own ranking; use "
+                              f"server-step 1 with dp-clip")
         if self.server_step != 1 and self.ensemble == "logits":
             raise ConfigError(f"server-step={self.server_step:g} steps between probabilities; the logits rule has "
                               f"none: use ensemble mean, geometric or dsfl, or server-step 1")

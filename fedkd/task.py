@@ -202,7 +202,8 @@ def class_weights(y: np.ndarray, num_classes: int, scheme: str) -> np.ndarray | 
 
 @dataclass(frozen=True)
 class Consensus:
-    """Last round's ensemble teacher on its public sample, sent back to clients for the digest step."""
+    """Last round's ensemble teacher on its public sample (with `server-step` != 1, the student's
+    stepped target there), sent back to clients for the digest step and the joint term."""
 
     indices: np.ndarray  # (m,) int64 into the public set
     teacher: distill.Teacher

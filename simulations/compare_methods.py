@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})
     text = (f"# fd vs FedAvg under label skew\n\n10 clients, {args.rounds} rounds, seeds {args.seeds}, engine "
             f"{args.engine}; final-round student accuracy, mean ± sd over seeds. Upload: bytes per client per "
-            f"round (fd: all secure-aggregation stages).\n\n" + main_table(rows)
+            f"round (fd: all secure-aggregation stages).\n\n"
+            + (main_table(rows) if any(r["variant"] in dict(MAIN) for r in rows) else "")
             + "\n## Ablation (one option changed from the default)\n\n" + ablation_table(rows))
     (out / (args.name + ".md")).write_text(text)
     plot(rows, out / (args.name + ".png"))

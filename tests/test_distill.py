@@ -213,5 +213,11 @@ def test_extrapolate_steps_from_the_student_past_the_ensemble_in_log_space():
     # past the ensemble: a student at 1:1 and an ensemble at 4:1 give a target at 16:1 with step 2
     two = distill.Teacher(np.array([[0.8, 0.2]], np.float32), "probs", T)
     np.testing.assert_allclose(distill.extrapolate(two, np.zeros((1, 2)), 2.0).values, [[16 / 17, 1 / 17]], rtol=1e-6)
+    # dsfl's teacher is matched at temperature 1: the student's logits are softened by the teacher's own
+    sharp = distill.combine(distill.client_payload(rng.normal(0, 3, (20, 5)), "dsfl", 1.0), 1, "dsfl", 1.0)
+    p1 = np.exp(z_s) / np.exp(z_s).sum(1, keepdims=True)
+    raw = p1 * (sharp.values / p1) ** 2.0
+    np.testing.assert_allclose(distill.extrapolate(sharp, z_s, 2.0).values, raw / raw.sum(1, keepdims=True),
+                               rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="logits"):
         distill.extrapolate(distill.Teacher(np.zeros((2, 5), np.float32), "logits", T), z_s[:2], 2.0)

@@ -138,7 +138,7 @@ def test_server_step_distils_a_step_past_the_ensemble_from_round_2_and_the_ensem
     plain = []
     monkeypatch.setattr(DistillationServer, "_combine", lambda self, *a, _c=DistillationServer._combine:
                         plain.append(_c(self, *a)) or plain[-1])
-    cfg = Config(**TINY, server_step=2.0)
+    cfg = Config(**TINY, server_step=2.0, device="cpu")  # the spy's logits and the server's on one device
     server, states = DistillationServer(cfg), {}
     for r in (1, 2):
         server.finish_round(r, _replies(cfg, r, server, states), seconds_clients=0.0)
@@ -156,5 +156,7 @@ def test_server_step_is_checked():
 
     with pytest.raises(ConfigError, match="server-step"):
         Config(server_step=0).validated()
+    with pytest.raises(ConfigError, match="distributed DP"):
+        Config(server_step=1.5, dp_clip=1.0, dp_noise_multiplier=1.0).validated()
     with pytest.raises(ConfigError, match="logits rule"):
         Config(server_step=2, ensemble="logits").validated()
