@@ -235,8 +235,9 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
 
     def on_round(record: dict) -> None:
         progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
-        if stalled_text(record):
-            say(f"fedkd warning: {stalled_text(record)}")
+        warning = stalled_text(record)
+        if warning:
+            say(f"fedkd warning: {warning}")
         progress.advance(task)
 
     started = time.perf_counter()

@@ -238,7 +238,8 @@ class Schedule:
 @dataclass(frozen=True)
 class JointTerm:
     """The consensus term of joint local training: public inputs x (M, *shape), the consensus's
-    targets on them (the ensemble teacher's, or with server-step the stepped target), and the weight w of KD(public; consensus) beside CE(private)."""
+    targets on them (the ensemble teacher's, or with server-step the stepped target), and the
+    weight w of KD(public; consensus) beside CE(private)."""
 
     x: np.ndarray
     teacher: Teacher

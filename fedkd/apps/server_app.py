@@ -57,8 +57,9 @@ def _log_round(num_clients: int) -> Callable[[dict], None]:
         cohort = cohort_text(record, num_clients)
         _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
              f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}{', ' + cohort if cohort else ''}")
-        if stalled_text(record):
-            log(WARNING, "fedkd: %s", stalled_text(record))
+        warning = stalled_text(record)
+        if warning:
+            log(WARNING, "fedkd: %s", warning)
 
     return log_round
 
