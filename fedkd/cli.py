@@ -55,7 +55,7 @@ HELP = {
     "ensemble": "mean | geometric | logits | dsfl",
     "server_step": "the student's target from round 2 on: softmax(log p_student + step * (log p_ensemble - "
                    "log p_student)) at the teacher's temperature (1 for dsfl); 1: the ensemble itself, > 1 steps "
-                   "past it; not with distributed DP",
+                   "past it; not with distributed DP; -1: auto, 1.5 under ensemble mean with every client in every round and no distributed DP, else 1",
     "teacher_models": "comma list cycled over clients: auto, mlp, cnn, resnet8",
     "public_sample": "public examples released per round (0: all of them); each adds 1 + public-views rows",
     "public_views": "augmented views (shifts, mirror images) of each public example the teachers also label; "

@@ -75,8 +75,9 @@ class Config:
     ensemble: str = "mean"
     era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
     # the server's step in function space from the student's predictions towards the ensemble's
-    # (distill.extrapolate): 1 distils the ensemble itself; > 1 steps past it (FedExP-like), from round 2
-    server_step: float = 1.0
+    # (distill.extrapolate): 1 distils the ensemble itself; > 1 steps past it (FedExP-like), from round 2;
+    # -1: auto, 1.5 under the mean rule, every client each round, no distributed DP; else 1
+    server_step: float = -1.0
     # per-class weighted mean (task.class_weights): "seen-classes", "class-share" or "none";
     # auto: seen-classes, or none with either kind of DP (the weights come from raw label counts)
     vote_weighting: str = "auto"
@@ -206,6 +207,16 @@ class Config:
         if self.consensus_weight >= 0:
             return self.consensus_weight
         return 0.0 if self.teacher_dp_enabled else 1.0
+
+    @property
+    def step(self) -> float:
+        """server-step resolved: auto is 1.5 under the mean rule with every client in every round and
+        no distributed DP, else 1 (a step past a noise-flattened ensemble, past DS-FL's sharpened
+        one or past one drawn from a changing cohort is not measured)."""
+        if self.server_step != -1:
+            return self.server_step
+        full = self.clients_per_round in (0, self.num_clients)
+        return 1.5 if self.ensemble == "mean" and full and not self.dp_enabled else 1.0
 
     @property
     def ring_bits(self) -> int:
@@ -345,12 +356,13 @@ class Config:
         _positive("client-cpus", self.client_cpus)
         _positive("timeout", self.timeout)
         _positive("secagg-timeout", self.secagg_timeout)
-        _positive("server-step", self.server_step)
-        if self.server_step != 1 and self.dp_enabled:
+        if not (self.server_step > 0 or self.server_step == -1):
+            raise ConfigError(f"server-step={self.server_step:g} must be > 0, or -1 (automatic)")
+        if self.step != 1 and self.dp_enabled:
             raise ConfigError(f"server-step={self.server_step:g} is not measured under distributed DP: where noise "
                               f"flattens the ensemble, a step past it reverses the student's own ranking; use "
                               f"server-step 1 with dp-clip")
-        if self.server_step != 1 and self.ensemble == "logits":
+        if self.step != 1 and self.ensemble == "logits":
             raise ConfigError(f"server-step={self.server_step:g} steps between probabilities; the logits rule has "
                               f"none: use ensemble mean, geometric or dsfl, or server-step 1")
         if not 0 < self.era_temperature < 1:

@@ -155,7 +155,7 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
         "transfer": {"teacher_init": config.teacher_init, "vote_weighting": config.vote_rule,
                      "confidence_weighting": config.confidence_weighting, "consensus_weight": config.joint_weight,
                      "ensemble": config.ensemble, "temperature": config.temperature,
-                     "server_step": config.server_step,
+                     "server_step": config.step,
                      "public_views": config.views_for(splits.input_shape), "view_flip": config.view_flip},
     }
     if config.method == "fd" and config.aggregation == "secagg":

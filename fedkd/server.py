@@ -194,8 +194,8 @@ class DistillationServer:
         # hard labels (public-labels): a view takes its example's; shifts keep the class, and so do
         # mirror images on the data view-flip is meant for (off for digits and text, whose mirrors differ)
         labels = self.splits.public_y[idx][example] if cfg.public_labels else None
-        if cfg.server_step != 1 and self.consensus is not None:  # a student distilled before: a step from it
-            teacher = distill.extrapolate(teacher, distill.predict_logits(self.student, x, self.device), cfg.server_step)
+        if cfg.step != 1 and self.consensus is not None:  # a student distilled before: a step from it
+            teacher = distill.extrapolate(teacher, distill.predict_logits(self.student, x, self.device), cfg.step)
         stats = distill.distill(
             self.student, x, teacher, distill.Schedule.server(cfg),
             generator=generator(cfg.seed, "distill", server_round), device=self.device,

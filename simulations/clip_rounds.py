@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="simulations/results")
     parser.add_argument("--name", default="clip_rounds")
+    parser.add_argument("--server-step", type=float, default=-1.0,
+                        help="fd's server-step (-1: auto; the recorded traces used 1, before auto became 1.5)")
     args = parser.parse_args(argv)
     clips = list(dict.fromkeys(args.clips))  # each setting once
     try:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--jobs {args.jobs} must be >= 1")
         # aggregation plain: the in-process engine sums in fixed point, as compare_methods does
         plans = [dict(dataset=args.dataset, alpha=args.alpha, seed=args.seed, rounds=args.rounds, clip_norm=c,
-                      aggregation="plain") for c in clips]
+                      server_step=args.server_step, aggregation="plain") for c in clips]
         for settings in plans:  # a bad setting or data path stops here, before any work
             Config(**settings).validated()
         from fedkd.task import splits_for

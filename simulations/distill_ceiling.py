@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.rounds < 1 or args.jobs < 1:
         parser.error("--rounds and --jobs must be at least 1")
-    jobs = [(label, {"dataset": dataset, "seed": seed, "rounds": args.rounds}) for label, dataset in data
-            for seed in args.seeds]
+    # server-step 1: the student distils the oracle's own predictions, not a step past a teacher that never moves
+    jobs = [(label, {"dataset": dataset, "seed": seed, "rounds": args.rounds, "server_step": 1.0})
+            for label, dataset in data for seed in args.seeds]
     try:
         for _, settings in jobs:  # every setting's data and config, checked before hours of work
             Config(**settings).validated()

@@ -169,7 +169,8 @@ def _leaks(received, vectors, fixed_point, bit_width=24):
 
 
 DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes", "confidence_weighting": "none",
-                    "consensus_weight": 1.0, "public_views": 0}  # digits: 8x8, too small for auto views
+                    "consensus_weight": 1.0, "public_views": 0,  # digits: 8x8, too small for auto views
+                    "server_step": 1.5}  # auto: a step past the ensemble under the mean rule
 
 
 @pytest.mark.parametrize("options, expected", [
@@ -179,9 +180,9 @@ DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes",
       "consensus_weight": 1.0}),
     # two shifted views of each public example, labelled by the teachers through the same sum
     ({"public_views": 2, "view_flip": False}, dict(DEFAULT_TRANSFER, public_views=2, view_flip=False)),
-    # the server's step past the ensemble: its own work on the sum, the clients' uploads unchanged
-    ({"server_step": 1.5}, dict(DEFAULT_TRANSFER, server_step=1.5)),
-], ids=["defaults", "persist-confidence", "views", "server-step"])
+    # no step past the ensemble (the default steps: the server's own work on the sum, the uploads unchanged)
+    ({"server_step": 1.0}, dict(DEFAULT_TRANSFER, server_step=1.0)),
+], ids=["defaults", "persist-confidence", "views", "no-server-step"])
 def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options, expected):
     from fedkd.apps.records import vector_from_message
     from fedkd.aggregate import secagg_config

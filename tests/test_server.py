@@ -160,3 +160,15 @@ def test_server_step_is_checked():
         Config(server_step=1.5, dp_clip=1.0, dp_noise_multiplier=1.0).validated()
     with pytest.raises(ConfigError, match="logits rule"):
         Config(server_step=2, ensemble="logits").validated()
+    # auto (-1) steps 1.5 under the mean rule with full cohorts only: not past DS-FL's sharpened ensemble, the logits
+    # rule's or a noise-flattened one, where it is refused when set by hand
+    assert Config().validated().step == 1.5
+    assert Config(server_step=1.25).validated().step == 1.25
+    assert Config(ensemble="dsfl").validated().step == 1.0
+    assert Config(ensemble="logits").validated().step == 1.0
+    assert Config(ensemble="geometric").validated().step == 1.0
+    assert Config(dp_clip=1.0, dp_noise_multiplier=1.0).validated().step == 1.0
+    assert Config(clients_per_round=5).validated().step == 1.0  # cohorts: each round's ensemble from others
+    assert Config(clients_per_round=10).validated().step == 1.5
+    with pytest.raises(ConfigError, match="server-step"):
+        Config(server_step=-2).validated()
