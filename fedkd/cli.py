@@ -55,7 +55,8 @@ HELP = {
     "ensemble": "mean | geometric | logits | dsfl",
     "server_step": "the student's target from round 2 on: softmax(log p_student + step * (log p_ensemble - "
                    "log p_student)) at the teacher's temperature (1 for dsfl); 1: the ensemble itself, > 1 steps "
-                   "past it; not with distributed DP; -1: auto, 1.5 under ensemble mean with every client in every round and no distributed DP, else 1",
+                   "past it; -1: auto, 1.5 under ensemble mean with every client in every round and no DP of either kind, "
+                   "else 1; set by hand, refused under distributed DP and with ensemble logits",
     "teacher_models": "comma list cycled over clients: auto, mlp, cnn, resnet8",
     "public_sample": "public examples released per round (0: all of them); each adds 1 + public-views rows",
     "public_views": "augmented views (shifts, mirror images) of each public example the teachers also label; "
@@ -196,7 +197,7 @@ def describe(config: Config, resolved: dict) -> list[str]:
                      if tr["confidence_weighting"] != "none" else "votes unweighted")
         lines.append(f"transfer: teachers start from {'the global student' if tr['teacher_init'] == 'student' else 'their own weights'}, "
                      f"consensus weight {tr['consensus_weight']:g} in local training; {tr['ensemble']} ensemble at "
-                     f"T={tr['temperature']:g}, {weighting}")
+                     f"T={tr['temperature']:g}, {weighting}, server step {tr['server_step']:g}")
     if config.clients_per_round:
         lines.append(f"cohort: {config.clients_per_round} of {config.num_clients} clients per round, drawn from "
                      f"the seed (results.json records each round's)")

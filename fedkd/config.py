@@ -76,7 +76,7 @@ class Config:
     era_temperature: float = 0.1  # DS-FL entropy-reduction sharpening (rule "dsfl"), must be < 1
     # the server's step in function space from the student's predictions towards the ensemble's
     # (distill.extrapolate): 1 distils the ensemble itself; > 1 steps past it (FedExP-like), from round 2;
-    # -1: auto, 1.5 under the mean rule, every client each round, no distributed DP; else 1
+    # -1: auto, 1.5 under the mean rule, every client each round, no DP of either kind; else 1
     server_step: float = -1.0
     # per-class weighted mean (task.class_weights): "seen-classes", "class-share" or "none";
     # auto: seen-classes, or none with either kind of DP (the weights come from raw label counts)
@@ -211,12 +211,12 @@ class Config:
     @property
     def step(self) -> float:
         """server-step resolved: auto is 1.5 under the mean rule with every client in every round and
-        no distributed DP, else 1 (a step past a noise-flattened ensemble, past DS-FL's sharpened
+        neither kind of DP, else 1 (a step past a noise-flattened ensemble, past DS-FL's sharpened
         one or past one drawn from a changing cohort is not measured)."""
         if self.server_step != -1:
             return self.server_step
         full = self.clients_per_round in (0, self.num_clients)
-        return 1.5 if self.ensemble == "mean" and full and not self.dp_enabled else 1.0
+        return 1.5 if self.ensemble == "mean" and full and not (self.dp_enabled or self.teacher_dp_enabled) else 1.0
 
     @property
     def ring_bits(self) -> int:

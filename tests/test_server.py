@@ -122,7 +122,9 @@ def test_dp_sum_of_colluders_only_is_accounted_with_the_target_alone_and_refused
     assert server.ledger.epsilon == pytest.approx(Ledger(cfg.dp_delta).record(params, 1))
 
 
-def test_server_step_distils_a_step_past_the_ensemble_from_round_2_and_the_ensemble_before(monkeypatch):
+@pytest.mark.parametrize("step, expected", [(2.0, 2.0), (-1.0, 1.5)], ids=["set", "auto"])
+def test_server_step_distils_a_step_past_the_ensemble_from_round_2_and_the_ensemble_before(monkeypatch, step,
+                                                                                          expected):
     from fedkd import distill
 
     targets, before = [], []
@@ -138,7 +140,7 @@ def test_server_step_distils_a_step_past_the_ensemble_from_round_2_and_the_ensem
     plain = []
     monkeypatch.setattr(DistillationServer, "_combine", lambda self, *a, _c=DistillationServer._combine:
                         plain.append(_c(self, *a)) or plain[-1])
-    cfg = Config(**TINY, server_step=2.0, device="cpu")  # the spy's logits and the server's on one device
+    cfg = Config(**TINY, server_step=step, device="cpu")  # the spy's logits and the server's on one device
     server, states = DistillationServer(cfg), {}
     for r in (1, 2):
         server.finish_round(r, _replies(cfg, r, server, states), seconds_clients=0.0)
@@ -147,7 +149,7 @@ def test_server_step_distils_a_step_past_the_ensemble_from_round_2_and_the_ensem
     np.testing.assert_array_equal(targets[0], public[0].values)  # round 1: no student to step from yet
     assert np.abs(targets[1] - public[1].values).max() > 0.05  # round 2: not the ensemble, but
     # the step from the student as round 2 found it, past the ensemble
-    np.testing.assert_allclose(targets[1], distill.extrapolate(public[1], before[1], 2.0).values, atol=1e-6)
+    np.testing.assert_allclose(targets[1], distill.extrapolate(public[1], before[1], expected).values, atol=1e-6)
     np.testing.assert_array_equal(server.consensus.teacher.values, targets[1][: len(server.consensus.indices)])
 
 
@@ -160,14 +162,15 @@ def test_server_step_is_checked():
         Config(server_step=1.5, dp_clip=1.0, dp_noise_multiplier=1.0).validated()
     with pytest.raises(ConfigError, match="logits rule"):
         Config(server_step=2, ensemble="logits").validated()
-    # auto (-1) steps 1.5 under the mean rule with full cohorts only: not past DS-FL's sharpened ensemble, the logits
-    # rule's or a noise-flattened one, where it is refused when set by hand
+    # auto (-1) steps 1.5 under the mean rule with full cohorts and no DP only (not past DS-FL's sharpened
+    # ensemble, the logits rule's or a noise-flattened one); set by hand, logits and distributed DP are refused
     assert Config().validated().step == 1.5
     assert Config(server_step=1.25).validated().step == 1.25
     assert Config(ensemble="dsfl").validated().step == 1.0
     assert Config(ensemble="logits").validated().step == 1.0
     assert Config(ensemble="geometric").validated().step == 1.0
     assert Config(dp_clip=1.0, dp_noise_multiplier=1.0).validated().step == 1.0
+    assert Config(teacher_dp_noise_multiplier=1.0).validated().step == 1.0  # DP-SGD teachers: not measured
     assert Config(clients_per_round=5).validated().step == 1.0  # cohorts: each round's ensemble from others
     assert Config(clients_per_round=10).validated().step == 1.5
     with pytest.raises(ConfigError, match="server-step"):
