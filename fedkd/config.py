@@ -70,6 +70,10 @@ class Config:
     # private cross-entropy (Cronus); -1: auto, 1 (0 with DP-SGD teachers, whose steps are Opacus's)
     consensus_weight: float = -1.0
     teacher_init: str = "student"  # each round's teacher starts from the global student (sent down); "persist": its own
+    # FedDF's per-architecture students: with teacher-init student, the server also distils one student
+    # of each teacher architecture unlike the student's, and those teachers start from it (sent down).
+    # Off: they keep their own weights and digest the consensus
+    architecture_students: bool = True
     # Knowledge transfer
     temperature: float = 3.0
     ensemble: str = "mean"

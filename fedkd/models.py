@@ -106,10 +106,14 @@ def auto_model(input_shape: tuple[int, ...]) -> str:
     return "resnet8" if input_shape[0] == 3 and min(input_shape[1:]) >= 32 else "cnn"
 
 
+def resolve(name: str, input_shape: tuple[int, ...]) -> str:
+    """The architecture a model name stands for on this data ("auto" resolved)."""
+    return auto_model(input_shape) if name == "auto" else name
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A fresh module. `input_shape` is one example's shape, channels first (e.g. (1, 8, 8))."""
-    if name == "auto":
-        name = auto_model(input_shape)
+    name = resolve(name, input_shape)
     if name == "mlp":
         return MLP(math.prod(input_shape), num_classes)
     if name not in MODEL_NAMES:

@@ -137,6 +137,8 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
     One place to extend when more of the data is described."""
     from fedkd.models import auto_model
 
+    from fedkd.task import prototype_architectures
+
     def model(name: str) -> str:
         return auto_model(splits.input_shape) if name == "auto" else name
 
@@ -152,7 +154,10 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
         "num_public": data["sizes"]["public"],
         "num_test": data["sizes"]["test"],
         # knowledge transfer, with autos resolved (fedkd.config's vote_rule and joint_weight)
-        "transfer": {"teacher_init": config.teacher_init, "vote_weighting": config.vote_rule,
+        "transfer": {"teacher_init": config.teacher_init,
+                     # the teacher architectures that get a global student of their own (architecture-students)
+                     "architecture_students": list(prototype_architectures(config, splits)),
+                     "vote_weighting": config.vote_rule,
                      "confidence_weighting": config.confidence_weighting, "consensus_weight": config.joint_weight,
                      "ensemble": config.ensemble, "temperature": config.temperature,
                      "server_step": config.step,

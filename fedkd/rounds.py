@@ -146,6 +146,8 @@ class RoundRecord(_Row):
     student_accuracy: float | None = None  # the global student (fd, central, fedavg)
     student_nll: float | None = None  # mean negative log-likelihood, nats
     student_ece: float | None = None  # expected calibration error
+    # architecture-students: each teacher architecture's own global student's test accuracy (name -> accuracy)
+    prototype_accuracy: dict[str, float] | None = None
     ensemble_accuracy: float | None = None  # the ensemble teacher (fd without DP: its test part)
     teacher_accuracy_mean: float | None = None  # over the clients that reported one
     teacher_accuracy_std: float | None = None

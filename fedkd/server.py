@@ -24,8 +24,8 @@ from fedkd.privacy.accounting import Ledger
 from fedkd.privacy.mechanism import decode_sum
 from fedkd.rounds import ClientMetrics, PrivacySpent, PrivacyStats, RoundRecord, SecAggStats, TeacherEpsilon
 from fedkd.task import (
-    Consensus, derive_seed, dp_params, generator, public_inputs, public_sample, resolve_device, splits_for,
-    vector_layout,
+    Consensus, derive_seed, dp_params, generator, prototype_architectures, public_inputs, public_sample,
+    resolve_device, splits_for, vector_layout,
 )
 
 
@@ -81,7 +81,8 @@ def clients_record(server_round: int, replies: list[ClientReply], seconds_client
 
 
 class DistillationServer:
-    """Server state across rounds: the student (warm-started each round) and the last consensus."""
+    """Server state across rounds: the student (warm-started each round), with architecture-students
+    one more student per other teacher architecture (`prototypes`), and the last consensus."""
 
     def __init__(self, config: Config, aggregate: Aggregator = plain_sum):
         self.config = config
@@ -90,10 +91,21 @@ class DistillationServer:
         self.aggregate = aggregate
         torch.manual_seed(derive_seed(config.seed, "student-init"))
         self.student = build_model(config.student_model, self.splits.input_shape, self.splits.num_classes)
+        # FedDF (Lin et al., NeurIPS 2020): one global model per architecture, each distilled from the
+        # same ensemble; teachers of that architecture start from it. Only weights go down: the upload
+        # stays the teachers' predictions. Measured: README, issue 12.
+        self.prototypes: dict[str, torch.nn.Module] = {}
+        for name in prototype_architectures(config, self.splits):
+            torch.manual_seed(derive_seed(config.seed, "student-init", name))
+            self.prototypes[name] = build_model(name, self.splits.input_shape, self.splits.num_classes)
         self.consensus: Consensus | None = None
         self.ledger = Ledger(config.dp_delta, config.dp_epsilon_budget) if config.dp_enabled else None
         if self.ledger is not None:  # bit width, noise share size: refused now, not after local training
             dp_params(config, self.splits.num_classes, 1)
+
+    def prototype_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The per-architecture students' weights to send down (architecture name -> state dict)."""
+        return {name: model.state_dict() for name, model in self.prototypes.items()}
 
     def check_budget(self, server_round: int) -> None:
         """Before a round: refuse it if it could take epsilon past the budget (counting the fewest
@@ -194,13 +206,21 @@ class DistillationServer:
         # hard labels (public-labels): a view takes its example's; shifts keep the class, and so do
         # mirror images on the data view-flip is meant for (off for digits and text, whose mirrors differ)
         labels = self.splits.public_y[idx][example] if cfg.public_labels else None
+        groups = example if len(x) > len(idx) else None  # validate on examples none of whose views train
+        ensemble = teacher
+        for name, model in self.prototypes.items():  # the same rule for each, each stepping from itself
+            target = ensemble
+            if cfg.step != 1 and self.consensus is not None:
+                target = distill.extrapolate(ensemble, distill.predict_logits(model, x, self.device), cfg.step)
+            distill.distill(model, x, target, distill.Schedule.server(cfg),
+                            generator=generator(cfg.seed, "distill", server_round, name), device=self.device,
+                            labels=labels, hard_label_weight=cfg.hard_label_weight, groups=groups)
         if cfg.step != 1 and self.consensus is not None:  # a student distilled before: a step from it
             teacher = distill.extrapolate(teacher, distill.predict_logits(self.student, x, self.device), cfg.step)
         stats = distill.distill(
             self.student, x, teacher, distill.Schedule.server(cfg),
             generator=generator(cfg.seed, "distill", server_round), device=self.device,
-            labels=labels, hard_label_weight=cfg.hard_label_weight,
-            groups=example if len(x) > len(idx) else None,  # validate on examples none of whose views train
+            labels=labels, hard_label_weight=cfg.hard_label_weight, groups=groups,
         )
         # the consensus sent down is the teacher on the public sample itself, without the views (sending
         # the views' rows too, for the joint term, measured no better: fashion3615 alpha 0.1, seed 0)
@@ -258,5 +278,9 @@ class DistillationServer:
         """The record with the student's test accuracy, NLL and ECE."""
         t0 = time.perf_counter()
         metrics = self.evaluate_student()
+        prototypes = {name: distill.accuracy(distill.predict_logits(model, self.splits.test_x, self.device),
+                                             self.splits.test_y)
+                      for name, model in self.prototypes.items()} or None
         return replace(record, student_accuracy=metrics["accuracy"], student_nll=metrics["nll"],
-                       student_ece=metrics["ece"], seconds_evaluate=time.perf_counter() - t0)
+                       student_ece=metrics["ece"], prototype_accuracy=prototypes,
+                       seconds_evaluate=time.perf_counter() - t0)

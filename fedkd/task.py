@@ -12,6 +12,7 @@ import functools
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from fedkd import distill
 from fedkd.config import Config
 from fedkd.data import DataSpec, Splits, load_splits
 from fedkd.data.views import views
-from fedkd.models import build_model
+from fedkd.models import build_model, resolve
 from fedkd.privacy import mechanism
 from fedkd.privacy.mechanism import DPParams
 
@@ -237,12 +238,15 @@ def teacher_round(
     with_predictions: bool = True,
     dp_history: tuple = (),
     student: dict[str, torch.Tensor] | None = None,
+    prototypes: Mapping[str, dict[str, torch.Tensor]] | None = None,
 ) -> TeacherUpdate:
     """One client's fd round: start -> (digest) -> train -> evaluate -> release, each a function below.
 
     With teacher-init student and `student` (the global student's weights, sent down by the
-    server) the teacher starts from them and skips the digest; a teacher whose architecture
-    differs from the student's keeps its own weights (`state`) and digests as before.
+    server) the teacher starts from them and skips the digest. A teacher of another architecture
+    starts from that architecture's global student in `prototypes` (architecture-students; name ->
+    weights, sent down too) and skips the digest as well; without one it keeps its own weights
+    (`state`) and digests the consensus.
 
     The vector is `client_payload(logits)` on this round's public inputs (`public_inputs`: the
     sample, then its views), then on the test set (the test part only serves to report the
@@ -255,7 +259,7 @@ def teacher_round(
     if not 0 <= partition_id < len(splits.partitions):
         raise ValueError(f"partition-id {partition_id} is outside 0..{len(splits.partitions) - 1}")
     device = resolve_device(config.device)
-    model, from_student = start_teacher(config, splits, partition_id, state, student)
+    model, from_student = start_teacher(config, splits, partition_id, state, student, prototypes)
     x, y = splits.client(partition_id)
     gen = generator(config.seed, "client", partition_id, server_round)  # digest, then training, draw from it
     # last round's consensus on its public inputs (m, *shape): the digest's target and the joint term
@@ -294,14 +298,22 @@ def initial_teacher(config: Config, splits: Splits, partition_id: int) -> torch.
 
 
 def start_teacher(config: Config, splits: Splits, partition_id: int, state: dict[str, torch.Tensor] | None,
-                  student: dict[str, torch.Tensor] | None) -> tuple[torch.nn.Module, bool]:
-    """This round's teacher before training, and whether it starts from the global student
-    (teacher-init student, when the student's weights fit it); else from its own `state`, else
-    from `initial_teacher`."""
+                  student: dict[str, torch.Tensor] | None,
+                  prototypes: Mapping[str, dict[str, torch.Tensor]] | None = None) -> tuple[torch.nn.Module, bool]:
+    """This round's teacher before training, and whether it starts from a global student
+    (teacher-init student): the student when its weights fit, else its architecture's entry in
+    `prototypes` when that fits; else from its own `state`, else from `initial_teacher`."""
     model = initial_teacher(config, splits, partition_id)  # seeds even when weights load next: later draws see it
-    from_student = student is not None and config.teacher_init == "student" and fits(model, student)
+    start = None
+    if config.teacher_init == "student":
+        own = resolve(config.teacher_model_for(partition_id), splits.input_shape)
+        for candidate in (student, (prototypes or {}).get(own)):
+            if candidate is not None and fits(model, candidate):
+                start = candidate
+                break
+    from_student = start is not None
     if from_student:
-        model.load_state_dict(student)
+        model.load_state_dict(start)
     elif state is not None:
         model.load_state_dict(state)
     return model, from_student
@@ -391,6 +403,17 @@ def release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarra
         vector = layout.pack(public, soft_labels(config, test_logits, weights))
     metrics["upload-bytes"] = float(layout.public_length * 4)
     return vector, metrics
+
+
+def prototype_architectures(config: Config, splits: Splits) -> tuple[str, ...]:
+    """The teacher architectures (resolved names, sorted) that get a global student of their own
+    (architecture-students, FedDF's per-architecture models): those unlike the student's, under
+    teacher-init student and fd. Empty otherwise, and for a single architecture."""
+    if not (config.method == "fd" and config.teacher_init == "student" and config.architecture_students):
+        return ()
+    student = resolve(config.student_model, splits.input_shape)
+    names = {resolve(config.teacher_model_for(i), splits.input_shape) for i in range(config.num_clients)}
+    return tuple(sorted(names - {student}))
 
 
 def fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:

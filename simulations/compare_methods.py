@@ -46,6 +46,8 @@ ABLATION = (
     ("fd public-views 0", {"public_views": 0}),  # images of 16x16 and more: auto is 3 views
     ("fd clip-norm 0", {"clip_norm": 0.0}),  # local steps unclipped (before issue 12's last change)
     ("fd server-step 1", {"server_step": 1.0}),  # the ensemble itself, no step past it (distill.extrapolate)
+    # mixed teachers as before issue 12's end: the MLP teachers keep their own weights and digest the consensus
+    ("fd mixed mlp,cnn, no architecture students", {"teacher_models": "mlp,cnn", "architecture_students": False}),
 )
 MAIN = (
     ("fd", {}),
@@ -91,10 +93,11 @@ def run_inprocess(cfg: Config, on_round=None) -> dict:
                 on_round(record)
             continue
         student = {k: v.clone() for k, v in server.student.state_dict().items()}
+        prototypes = {name: {k: v.clone() for k, v in state.items()} for name, state in server.prototype_states().items()}
         replies = []
         for pid in range(cfg.num_clients):
             update = task.teacher_round(cfg, pid, r, teachers.get(pid), server.consensus,
-                                        with_predictions=cfg.method == "fd", student=student)
+                                        with_predictions=cfg.method == "fd", student=student, prototypes=prototypes)
             teachers[pid] = update.state
             replies.append(ClientReply(pid, update.vector, update.metrics))
         record = server.finish_round(r, replies, seconds_clients=0.0)

@@ -18,7 +18,7 @@ def test_a_round_row_has_every_key_in_order_with_null_for_absent_parts():
 def test_a_row_reads_back_as_the_same_record():
     secagg = SecAggStats(survivors=[0, 1], upload_bytes_per_client=12.0, seconds_total=0.5, dropped={"unmask": [2]})
     record = RoundRecord(1, ensemble_accuracy=0.8, secagg=secagg, cohort=(0, 1, 2), stalled_clients=(2,),
-                         teacher_epsilon=TeacherEpsilon(2.0, 1e-5, {"0": 2.0}))
+                         teacher_epsilon=TeacherEpsilon(2.0, 1e-5, {"0": 2.0}), prototype_accuracy={"mlp": 0.75})
     row = json.loads(json.dumps(record.to_json()))
     assert RoundRecord.from_json({**row, "student_to_ensemble": None}) == record
 

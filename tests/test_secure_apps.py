@@ -126,10 +126,13 @@ SMALL = dict(num_clients=4, rounds=1, local_epochs=5, digest_epochs=0, distill_e
 class RecordingGrid:
     """Wraps the server's Grid and keeps every message it receives."""
 
-    def __init__(self, grid, received):
-        self._grid, self.received = grid, received
+    def __init__(self, grid, received, sent=None):
+        self._grid, self.received, self.sent = grid, received, sent
 
     def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if self.sent is not None:
+            self.sent.extend(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         self.received.extend(replies)
         return replies
@@ -170,7 +173,8 @@ def _leaks(received, vectors, fixed_point, bit_width=24):
 
 DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes", "confidence_weighting": "none",
                     "consensus_weight": 1.0, "public_views": 0,  # digits: 8x8, too small for auto views
-                    "server_step": 1.5}  # auto: a step past the ensemble under the mean rule
+                    "server_step": 1.5,  # auto: a step past the ensemble under the mean rule
+                    "architecture_students": []}  # one architecture: the student is every teacher's
 
 
 @pytest.mark.parametrize("options, expected", [
@@ -182,7 +186,9 @@ DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes",
     ({"public_views": 2, "view_flip": False}, dict(DEFAULT_TRANSFER, public_views=2, view_flip=False)),
     # no step past the ensemble (the default steps: the server's own work on the sum, the uploads unchanged)
     ({"server_step": 1.0}, dict(DEFAULT_TRANSFER, server_step=1.0)),
-], ids=["defaults", "persist-confidence", "views", "no-server-step"])
+    # mixed teachers: the CNN clients start from a CNN student of the server's (digits: the student is an MLP)
+    ({"teacher_models": "mlp,cnn"}, dict(DEFAULT_TRANSFER, architecture_students=["cnn"])),
+], ids=["defaults", "persist-confidence", "views", "no-server-step", "mixed-teachers"])
 def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options, expected):
     from fedkd.apps.records import vector_from_message
     from fedkd.aggregate import secagg_config
@@ -192,9 +198,9 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     secure_cfg = Config(**settings, aggregation="secagg", out=str(tmp_path / "secure"))
     fixed_point = secagg_config(secure_cfg, 10).fixed_point
 
-    seen_plain, seen_secure = [], []
+    seen_plain, seen_secure, sent = [], [], []
     plain = simulate(plain_cfg, observe_grid=lambda g: RecordingGrid(g, seen_plain))
-    secure = simulate(secure_cfg, observe_grid=lambda g: RecordingGrid(g, seen_secure))
+    secure = simulate(secure_cfg, observe_grid=lambda g: RecordingGrid(g, seen_secure, sent))
     # every vector of both rounds, as the plain run's clients sent them: the secure run's are the
     # same bit for bit (same seeds, and sums equal to the plain fixed-point sums)
     vectors = [vector_from_message(m) for m in seen_plain if not m.has_error() and "payload" in m.content]
@@ -218,6 +224,14 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     # results.json shows what the options resolved to
     transfer = json.loads((tmp_path / "secure" / "results.json").read_text())["config"]["resolved"]["transfer"]
     assert {k: transfer[k] for k in expected} == expected
+    # each other architecture's student goes down with every train message (download only) and is reported
+    own = set(expected.get("architecture_students", []))
+    trains = [m for m in sent if m.metadata.message_type == "train"]
+    assert len(trains) == 2 * 4 and all({k[len("student-"):] for k in m.content if k.startswith("student-")} == own
+                                        for m in trains)
+    assert all((r["prototype_accuracy"] is None) == (not own) for r in secure["rounds"])
+    if own:
+        assert secure["rounds"][1]["prototype_accuracy"]["cnn"] > 0.3  # chance: 0.1
     info = secure["rounds"][1]["secagg"]
     assert info["survivors"] == [0, 1, 2, 3] and info["clipped"] == 0
     # the consistency check is on by default (it was off before issue 13)

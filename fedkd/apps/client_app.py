@@ -3,8 +3,9 @@
 comes with the train message and is answered after training), wrap the reply. The
 teacher's weights (and, with DP-SGD teachers, their accounting history) are kept in the node's
 `context.state` between rounds, and so is the number of classes of the node's data, which the
-secure-aggregation stages need; with teacher-init student (the default) a teacher of the
-student's architecture starts each round from the student the server sends down instead.
+secure-aggregation stages need; with teacher-init student (the default) a teacher starts each
+round instead from the student the server sends down, or, of another architecture, from that
+architecture's student (architecture-students).
 
 torch and the data are imported in `train` only: a deployed SuperNode starts a fresh process for
 every message, and a secure-aggregation stage needs neither (about 3 s of imports and 5 s of
@@ -17,7 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedkd.apps.records import (
-    config_from_message, consensus_from_message, metrics_record, student_from_message, vector_record,
+    config_from_message, consensus_from_message, metrics_record, prototypes_from_message, student_from_message,
+    vector_record,
 )
 from fedkd.apps import codec
 from fedkd.apps.secure import keep_vector, keys_with_training, stage_step
@@ -47,6 +49,7 @@ def train(msg: Message, context: Context) -> Message:
         config, partition_id, server_round, previous,
         consensus=consensus_from_message(msg), with_predictions=config.method == "fd",
         dp_history=dp_history_from_state(context.state), student=student_from_message(msg),
+        prototypes=prototypes_from_message(msg),
     )
     context.state["teacher"] = ArrayRecord(update.state)
     if update.dp_history:  # DP-SGD steps so far: each round's epsilon composes with the earlier ones

@@ -101,7 +101,8 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             recorder.stop(exc.status, str(exc))
             return
         t0 = time.perf_counter()
-        content = train_content(config, r, server.consensus, student=server.student.state_dict())
+        content = train_content(config, r, server.consensus, student=server.student.state_dict(),
+                                prototypes=server.prototype_states())
         cohort, nodes = cohorts.of_round(r)  # only the cohort trains and joins this round's secure sum
         session = None
         if secure:

@@ -9,7 +9,7 @@ starts a fresh process per message, and a secure-aggregation stage needs none of
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -87,17 +87,30 @@ def consensus_from_message(msg: Message) -> Consensus | None:
     return Consensus(rec["indices"].numpy(), teacher)
 
 
+PROTOTYPE_PREFIX = "student-"  # + an architecture name: that architecture's global student
+
+
 def train_content(config: Config, server_round: int, consensus: Consensus | None,
-                  student: dict | None = None) -> RecordDict:
+                  student: dict | None = None, prototypes: Mapping[str, dict] | None = None) -> RecordDict:
     """A round's train message: the config, last round's consensus (for the digest step) and,
-    with teacher-init student, the global student's weights (download only: nothing flows back)."""
+    with teacher-init student, the global student's weights and each other architecture's global
+    student (`prototypes`, architecture-students), all download only: nothing flows back."""
     content = RecordDict({"config": config_record(config, server_round)})
     if consensus is not None and config.digest_epochs > 0:
         content["consensus"] = consensus_record(consensus)
-    if student is not None and config.teacher_init == "student":  # round 1 too: a shared start, as in FedAvg
-        content["student"] = ArrayRecord(student)
+    if config.teacher_init == "student":  # round 1 too: a shared start, as in FedAvg
+        if student is not None:
+            content["student"] = ArrayRecord(student)
+        for name, state in (prototypes or {}).items():
+            content[PROTOTYPE_PREFIX + name] = ArrayRecord(state)
     return content
 
 
 def student_from_message(msg: Message) -> dict | None:
     return msg.content["student"].to_torch_state_dict() if "student" in msg.content else None
+
+
+def prototypes_from_message(msg: Message) -> dict[str, dict]:
+    """Architecture name -> that architecture's global student, as `train_content` sent them."""
+    return {key[len(PROTOTYPE_PREFIX):]: record.to_torch_state_dict()
+            for key, record in msg.content.array_records.items() if key.startswith(PROTOTYPE_PREFIX)}
