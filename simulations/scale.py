@@ -88,9 +88,10 @@ def run_floor(config) -> dict:
             torch.set_num_threads(max(1, int(config.client_cpus)))
             replies, vectors = [], {}
             student = {k: v.clone() for k, v in server.student.state_dict().items()}  # sent down (teacher-init)
+            prototypes = server.prototype_states()  # other architectures' students (mixed teachers), sent down too
             for pid in sample_cohort(config, r):
                 update = teacher_round(config, pid, r, teachers.get(pid), consensus=server.consensus,
-                                       student=student)
+                                       student=student, prototypes=prototypes)
                 teachers[pid] = update.state
                 vectors[pid] = update.vector
                 replies.append(ClientReply(pid, np.zeros(0, np.float32), update.metrics))
