@@ -64,9 +64,9 @@ HELP = {
     "view_flip": "mirror views left-right at random (off for images whose mirror is another class)",
     "clip_norm": "max L2 norm of each local SGD step's gradient (teachers, FedAvg, central; 0: off; "
                  "DP-SGD teachers clip per example instead)",
-    "architecture_students": "with teacher-init student, the server also distils one student per other teacher "
-                             "architecture (FedDF) and those teachers start from it; off: they keep their own "
-                             "weights and digest the consensus",
+    "architecture_students": "with teacher-init student, the server also distils one student per teacher "
+                             "architecture unlike the student's (FedDF) and those teachers start from it; off: "
+                             "they keep their own weights and digest the consensus",
     "digest_epochs": "FedMD/DS-FL digest epochs on last round's consensus (0: off)",
     "out": "output folder for config.json, results.json, summary.txt, curves.png, run.log; "
            "DIR/latest: a new DIR/<date-time> folder per run, DIR/latest links to it",

@@ -104,7 +104,8 @@ class DistillationServer:
             dp_params(config, self.splits.num_classes, 1)
 
     def prototype_states(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The per-architecture students' weights to send down (architecture name -> state dict)."""
+        """The per-architecture students' weights to send down (architecture name -> state dict): the
+        live tensors, which the next round's distillation changes in place (copy them to keep them)."""
         return {name: model.state_dict() for name, model in self.prototypes.items()}
 
     def check_budget(self, server_round: int) -> None:
@@ -212,7 +213,8 @@ class DistillationServer:
             target = ensemble
             if cfg.step != 1 and self.consensus is not None:
                 target = distill.extrapolate(ensemble, distill.predict_logits(model, x, self.device), cfg.step)
-            distill.distill(model, x, target, distill.Schedule.server(cfg),
+            schedule = replace(distill.Schedule.server(cfg), phase=f"server distillation of the {name} student")
+            distill.distill(model, x, target, schedule,
                             generator=generator(cfg.seed, "distill", server_round, name), device=self.device,
                             labels=labels, hard_label_weight=cfg.hard_label_weight, groups=groups)
         if cfg.step != 1 and self.consensus is not None:  # a student distilled before: a step from it

@@ -130,3 +130,4 @@ def test_the_train_message_carries_each_architectures_student_down():
     persist = Config(**TINY, teacher_models="mlp,cnn", teacher_init="persist").validated()
     msg = SimpleNamespace(content=train_content(persist, 1, None, student=student, prototypes={"cnn": cnn}))
     assert prototypes_from_message(msg) == {} and student_from_message(msg) is None
+
