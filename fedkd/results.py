@@ -135,12 +135,11 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
     """What the run's `auto` and 0 (automatic) settings became for this data, and the data's
     shape: input shape and scaling, models, partition sizes, secure-aggregation parameters.
     One place to extend when more of the data is described."""
-    from fedkd.models import auto_model
-
+    from fedkd.models import resolve
     from fedkd.task import prototype_architectures
 
     def model(name: str) -> str:
-        return auto_model(splits.input_shape) if name == "auto" else name
+        return resolve(name, splits.input_shape)
 
     data = describe_splits(splits)
     resolved: dict = {

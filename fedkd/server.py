@@ -198,7 +198,8 @@ class DistillationServer:
         """Distil the student (warm-started) from the ensemble teacher on the round's public
         inputs (the sample, then its views), or with `server-step` != 1 and a student distilled
         before, from a step past it (`distill.extrapolate`); that target on the sample becomes the
-        consensus sent down next round."""
+        consensus sent down next round. Each architecture's student (`prototypes`) is distilled first,
+        by the same rule from the same ensemble, stepping from its own predictions."""
         cfg, server_round = self.config, record.round
         idx = public_sample(cfg, server_round)
         x = public_inputs(cfg, self.splits, server_round)  # (m * (1 + views), *shape)
@@ -208,22 +209,20 @@ class DistillationServer:
         # mirror images on the data view-flip is meant for (off for digits and text, whose mirrors differ)
         labels = self.splits.public_y[idx][example] if cfg.public_labels else None
         groups = example if len(x) > len(idx) else None  # validate on examples none of whose views train
+
         ensemble = teacher
-        for name, model in self.prototypes.items():  # the same rule for each, each stepping from itself
+
+        def fit(model, schedule, gen):  # the student, or an architecture's student: the same rule for each
             target = ensemble
-            if cfg.step != 1 and self.consensus is not None:
+            if cfg.step != 1 and self.consensus is not None:  # a model distilled before: a step from it
                 target = distill.extrapolate(ensemble, distill.predict_logits(model, x, self.device), cfg.step)
-            schedule = replace(distill.Schedule.server(cfg), phase=f"server distillation of the {name} student")
-            distill.distill(model, x, target, schedule,
-                            generator=generator(cfg.seed, "distill", server_round, name), device=self.device,
-                            labels=labels, hard_label_weight=cfg.hard_label_weight, groups=groups)
-        if cfg.step != 1 and self.consensus is not None:  # a student distilled before: a step from it
-            teacher = distill.extrapolate(teacher, distill.predict_logits(self.student, x, self.device), cfg.step)
-        stats = distill.distill(
-            self.student, x, teacher, distill.Schedule.server(cfg),
-            generator=generator(cfg.seed, "distill", server_round), device=self.device,
-            labels=labels, hard_label_weight=cfg.hard_label_weight, groups=groups,
-        )
+            return target, distill.distill(model, x, target, schedule, generator=gen, device=self.device,
+                                           labels=labels, hard_label_weight=cfg.hard_label_weight, groups=groups)
+
+        for name, model in self.prototypes.items():
+            fit(model, replace(distill.Schedule.server(cfg), phase=f"server distillation of the {name} student"),
+                generator(cfg.seed, "distill", server_round, name))
+        teacher, stats = fit(self.student, distill.Schedule.server(cfg), generator(cfg.seed, "distill", server_round))
         # the consensus sent down is the teacher on the public sample itself, without the views (sending
         # the views' rows too, for the joint term, measured no better: fashion3615 alpha 0.1, seed 0)
         self.consensus = Consensus(idx, replace(teacher, values=teacher.values[: len(idx)]))
