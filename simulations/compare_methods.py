@@ -48,6 +48,11 @@ ABLATION = (
     ("fd server-step 1", {"server_step": 1.0}),  # the ensemble itself, no step past it (distill.extrapolate)
     # mixed teachers as before issue 12's end: the MLP teachers keep their own weights and digest the consensus
     ("fd mixed mlp,cnn, no architecture students", {"teacher_models": "mlp,cnn", "architecture_students": False}),
+    # reference rows for the mixed run: every teacher of one of its two architectures (the one the
+    # student is not), so the mixed student can be read against both single-architecture federations.
+    # Left out where that architecture is the data's auto model (the row would repeat the default)
+    ("fd teachers mlp", {"teacher_models": "mlp"}),
+    ("fd teachers cnn", {"teacher_models": "cnn"}),
 )
 MAIN = (
     ("fd", {}),
@@ -58,6 +63,18 @@ MAIN = (
 )
 SKEWS = (("dirichlet 0.1", {"alpha": 0.1}), ("dirichlet 0.5", {"alpha": 0.5}),
          ("pathological 2", {"partition": "pathological"}))
+
+
+def repeats_default(settings: dict, dataset: str) -> bool:
+    """Whether an ablation row's settings only name the data's auto teacher model: the row would
+    be the default run again ("fd teachers mlp" on digits, "fd teachers cnn" on 28x28 images)."""
+    if set(settings) != {"teacher_models"}:
+        return False
+    from fedkd import task
+    from fedkd.models import auto_model
+
+    shape = task.splits_for(Config(dataset=dataset).validated()).input_shape
+    return settings["teacher_models"] == auto_model(shape)
 
 
 def run_inprocess(cfg: Config, on_round=None) -> dict:
@@ -141,8 +158,9 @@ def _one(job: tuple[str, dict, str]) -> dict:
 
 
 def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: int, engine: str, out: Path,
-         jobs: int = 1, part: str = "") -> list[dict]:
-    """Every (skew, variant, seed) of one data set; rows of mean and sd over the seeds."""
+         jobs: int = 1, part: str = "", stem: str = "") -> list[dict]:
+    """Every (skew, variant, seed) of one data set; rows of mean and sd over the seeds. Every run's
+    last record goes to `<stem or label><part>-runs.json` in `out`."""
     plan = []
     for skew, skew_settings in skews:
         for name, settings in variants:
@@ -159,7 +177,7 @@ def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: in
             records = pool.map(_one, [job for _, job in plan], chunksize=1)
     else:
         records = [_one(job) for _, job in plan]
-    raw = out / f"{label}{part}-runs.json"  # every run's last record, before any table is made of them
+    raw = out / f"{stem or label}{part}-runs.json"  # every run's last record, before any table is made of them
     write_json_atomic(raw, [{"key": list(key), "settings": job[1], "record": rec} for (key, job), rec in zip(plan, records)])
     rows = []
     for skew, _ in skews:
@@ -280,12 +298,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.fashion and not Path(args.fashion).exists():
         print(f"compare_methods: error: --fashion {args.fashion} does not exist", file=sys.stderr)
         return 2
+    # a label that names no row would silently run nothing for it: refuse it ("none": no main row)
+    for flag, given, known in (("--main-variants", args.main_variants, [v for v, _ in MAIN] + ["none"]),
+                               ("--ablation-variants", args.ablation_variants, [v for v, _ in ABLATION[1:]]),
+                               ("--skews", args.skews, [k for k, _ in SKEWS])):
+        unknown = [g for g in given or () if g not in known]
+        if unknown:
+            print(f"compare_methods: error: {flag}: unknown {', '.join(repr(u) for u in unknown)}; "
+                  f"choose from {', '.join(repr(k) for k in known)}", file=sys.stderr)
+            return 2
     main_variants = [v for v in MAIN if args.main_variants is None or v[0] in args.main_variants]
     skews = [k for k in SKEWS if args.skews is None or k[0] in args.skews]
     rows: list[dict] = []
     path = out / (args.name + ".json")
+    # per-run files: "digits-runs.json" for the default name, else prefixed so that another --name
+    # in the same folder does not overwrite them
+    stem = (lambda label: label) if args.name == "compare_methods" else (lambda label: f"{args.name}-{label}")
     for label, dataset in data:
-        rows += grid(dataset, label, main_variants, skews, args.seeds, args.rounds, args.engine, out, args.jobs)
+        rows += grid(dataset, label, main_variants, skews, args.seeds, args.rounds, args.engine, out, args.jobs,
+                     stem=stem(label))
         write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})
     if not args.skip_ablation:
         for label, dataset in data:
@@ -294,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             variants = [v for v in ABLATION[1:] if args.ablation_variants is None or v[0] in args.ablation_variants]
             if label == "digits":  # digits are 8x8: auto views are 0 there, so the row would repeat the default
                 variants = [v for v in variants if "public_views" not in v[1]]
+            variants = [v for v in variants if not repeats_default(v[1], dataset)]
             rows += grid(dataset, label, variants, [k for k in skews if k[0] != 'pathological 2'], args.seeds,
-                         args.rounds, args.engine, out, args.jobs, part="-ablation")
+                         args.rounds, args.engine, out, args.jobs, part="-ablation", stem=stem(label))
             write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})
     for r in rows:  # the ablation's default row is the main table's fd row
         if r["variant"] == "fd":

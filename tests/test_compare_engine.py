@@ -44,3 +44,20 @@ def test_secure_upload_counts_every_stage():
     upload = compare_methods.secure_upload(cfg)
     masked = layout.length * cfg.ring_bits / 8
     assert masked < upload < masked + 4000  # the masked vector plus keys, shares and signatures
+
+
+@pytest.mark.parametrize("argv", [["--main-variants", "fd", "fedav"], ["--skews", "dirichlet 1"],
+                                  ["--ablation-variants", "fd clip-norm 1"]])
+def test_an_unknown_label_is_refused_before_any_run(tmp_path, capsys, argv):
+    # a label that names no row used to run nothing for it, silently
+    assert compare_methods.main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown" in err and argv[-1] in err and "choose from" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_single_architecture_reference_row_is_left_out_where_it_is_the_default():
+    # digits (8x8) default to MLP teachers, so "fd teachers mlp" would repeat the default row there
+    assert compare_methods.repeats_default({"teacher_models": "mlp"}, "digits")
+    assert not compare_methods.repeats_default({"teacher_models": "cnn"}, "digits")
+    assert not compare_methods.repeats_default({"clip_norm": 0.0}, "digits")
