@@ -416,6 +416,18 @@ def prototype_architectures(config: Config, splits: Splits) -> tuple[str, ...]:
     return tuple(sorted(names - {student}))
 
 
+def starting_weights(config: Config, splits: Splits, partition_id: int, student: dict | None,
+                     prototypes: Mapping[str, dict]) -> tuple[dict | None, dict[str, dict]]:
+    """What the server sends client `partition_id` to start from (`start_teacher` picks from it):
+    its architecture's global student alone when there is one (`prototypes`, architecture-students;
+    the student's weights would not load into it), else the student. Each client downloads one
+    model, not every architecture's."""
+    own = resolve(config.teacher_model_for(partition_id), splits.input_shape)
+    if own in prototypes:
+        return None, {own: prototypes[own]}
+    return student, {}
+
+
 def fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     """Whether `state` (the student's weights) loads into `model`: same names and shapes."""
     own = model.state_dict()

@@ -131,3 +131,19 @@ def test_the_train_message_carries_each_architectures_student_down():
     msg = SimpleNamespace(content=train_content(persist, 1, None, student=student, prototypes={"cnn": cnn}))
     assert prototypes_from_message(msg) == {} and student_from_message(msg) is None
 
+
+
+def test_each_client_downloads_only_the_model_it_starts_from():
+    cfg = Config(**TINY, teacher_models="mlp,cnn").validated()
+    splits = task.splits_for(cfg)
+    student, cnn = _state("mlp", 1), _state("cnn", 2)
+    # client 0 is an MLP like the student: the student alone; client 1 a CNN: the CNN student alone
+    assert task.starting_weights(cfg, splits, 0, student, {"cnn": cnn}) == (student, {})
+    start, own = task.starting_weights(cfg, splits, 1, student, {"cnn": cnn})
+    assert start is None and set(own) == {"cnn"} and own["cnn"] is cnn
+    # and what it gets is what it would have picked from everything (start_teacher)
+    picked, _ = task.start_teacher(cfg, splits, 1, None, start, own)
+    every, _ = task.start_teacher(cfg, splits, 1, None, student, {"cnn": cnn})
+    assert all(torch.equal(picked.state_dict()[k], every.state_dict()[k]) for k in cnn)
+    # no architecture students (off, or one architecture): the student for every client
+    assert task.starting_weights(cfg, splits, 1, student, {}) == (student, {})

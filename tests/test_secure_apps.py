@@ -190,7 +190,7 @@ DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes",
     ({"teacher_models": "mlp,cnn"}, dict(DEFAULT_TRANSFER, architecture_students=["cnn"])),
 ], ids=["defaults", "persist-confidence", "views", "no-server-step", "mixed-teachers"])
 def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options, expected):
-    from fedkd.apps.records import vector_from_message
+    from fedkd.apps.records import partition_from_message, vector_from_message
     from fedkd.aggregate import secagg_config
 
     settings = dict(SMALL, rounds=2, **options)
@@ -224,11 +224,18 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     # results.json shows what the options resolved to
     transfer = json.loads((tmp_path / "secure" / "results.json").read_text())["config"]["resolved"]["transfer"]
     assert {k: transfer[k] for k in expected} == expected
-    # each other architecture's student goes down with every train message (download only) and is reported
+    # each client downloads the one model it starts from (download only): its architecture's
+    # student where the server keeps one (the CNN clients here), else the student; and it is reported
     own = set(expected.get("architecture_students", []))
     trains = [m for m in sent if m.metadata.message_type == "train"]
-    assert len(trains) == 2 * 4 and all({k[len("student-"):] for k in m.content if k.startswith("student-")} == own
-                                        for m in trains)
+    pid_of = {m.metadata.src_node_id: partition_from_message(m)
+              for m in seen_secure if m.metadata.message_type == "train" and not m.has_error()}
+    assert len(trains) == 2 * 4 and len(pid_of) == 4
+    for m in trains:
+        arch = secure_cfg.teacher_model_for(pid_of[m.metadata.dst_node_id])
+        starts = {k for k in m.content if k == "student" or k.startswith("student-")}
+        assert starts == ({f"student-{arch}"} if arch in own else {"student"}), (arch, starts)
+    assert own <= {secure_cfg.teacher_model_for(p) for p in pid_of.values()}
     assert all((r["prototype_accuracy"] is None) == (not own) for r in secure["rounds"])
     if own:
         assert secure["rounds"][1]["prototype_accuracy"]["cnn"] > 0.3  # chance: 0.1

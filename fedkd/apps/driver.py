@@ -15,7 +15,7 @@ from dataclasses import replace
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -25,7 +25,7 @@ from fedkd.apps.secure import SecureRound, fixed_point_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder, resolved_settings
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
-from fedkd.task import vector_layout
+from fedkd.task import starting_weights, vector_layout
 
 
 class RunError(RuntimeError):
@@ -93,7 +93,10 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
     is a drop-out at advertise_keys and uses up the session's drop-out tolerance (before, the
     session was opened over the clients that had replied)."""
     secure = config.method == "fd" and config.aggregation == "secagg"
-    cohorts = Cohorts(grid, wait_for_nodes(grid, config), config, by_partition=secure)
+    # with architecture students each client gets only its own architecture's start
+    # (`task.starting_weights`), so the server must know each node's partition id, as for secagg
+    per_architecture = bool(server.prototypes)
+    cohorts = Cohorts(grid, wait_for_nodes(grid, config), config, by_partition=secure or per_architecture)
     for r in range(1, config.rounds + 1):
         try:
             server.check_budget(r)
@@ -101,14 +104,13 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             recorder.stop(exc.status, str(exc))
             return
         t0 = time.perf_counter()
-        content = train_content(config, r, server.consensus, student=server.student.state_dict(),
-                                prototypes=server.prototype_states())
         cohort, nodes = cohorts.of_round(r)  # only the cohort trains and joins this round's secure sum
+        contents = _train_contents(config, server, r, cohort)
         session = None
         if secure:
             layout = vector_layout(config, server.splits, r)
             session = SecureRound(grid.run.run_id, dict(zip(cohort, nodes)), layout.length, config, layout.classes, r)
-        messages = [Message(content if session is None else session.with_keys(content, pid), node,
+        messages = [Message(contents[pid] if session is None else session.with_keys(contents[pid], pid), node,
                             MessageType.TRAIN, group_id=str(r)) for pid, node in zip(cohort, nodes)]
         raw = list(grid.send_and_receive(messages, timeout=config.timeout))
         replies = _collect(raw, r, config)
@@ -125,6 +127,23 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             if server.ledger is not None:  # spent privacy is recorded even when the round is refused
                 recorder.spend(server.privacy_spent())
         recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort)))
+
+
+def _train_contents(config: Config, server: DistillationServer, server_round: int,
+                    cohort: tuple[int, ...]) -> dict[int, RecordDict]:
+    """Partition id -> the round's train message content, one content per start: the student's,
+    or with architecture students each architecture's own (`task.starting_weights`), so a client
+    downloads only the weights it starts from. Without them every client gets the same content."""
+    student, prototypes = server.student.state_dict(), server.prototype_states()
+    made: dict[str, RecordDict] = {}
+    contents = {}
+    for pid in cohort:
+        start, own = starting_weights(config, server.splits, pid, student, prototypes)
+        key = next(iter(own), "")  # "": the student's start
+        if key not in made:
+            made[key] = train_content(config, server_round, server.consensus, student=start, prototypes=own)
+        contents[pid] = made[key]
+    return contents
 
 
 def _check_claims(replies: list[Message], node_of: dict[int, int], server_round: int) -> None:
