@@ -340,3 +340,19 @@ def test_waiting_for_nodes_says_at_once_what_it_waits_for():
     assert nodes == [1, 2, 3]
     assert len(said) == 3 and said[0].startswith("fedkd: waiting for 3 nodes, 2 connected")
     assert "num-clients must equal the number of SuperNodes" in said[0]
+
+
+def test_the_transfer_line_names_the_architecture_students():
+    from fedkd.cli import describe
+    from fedkd.config import Config
+    from fedkd.results import resolved_settings
+    from fedkd.task import splits_for
+
+    def transfer(**options):
+        config = Config(num_clients=4, **options).validated()
+        return next(line for line in describe(config, resolved_settings(config, splits_for(config)))
+                    if line.startswith("transfer:"))
+
+    assert "cnn teachers: their architecture's own global student" in transfer(teacher_models="mlp,cnn")
+    assert "own global student" not in transfer()
+    assert "own global student" not in transfer(teacher_models="mlp,cnn", architecture_students=False)
