@@ -198,9 +198,14 @@ def describe(config: Config, resolved: dict) -> list[str]:
         weighting = (f"votes weighted per class ({tr['vote_weighting']})" if tr["vote_weighting"] != "none" else
                      f"votes weighted per example ({tr['confidence_weighting']})"
                      if tr["confidence_weighting"] != "none" else "votes unweighted")
-        own = tr.get("architecture_students") or []
-        start = ("the global student" + (f" ({', '.join(own)} teachers: their architecture's own global student)"
-                                          if own else "")) if tr["teacher_init"] == "student" else "their own weights"
+        own = tr.get("architecture_students") or []  # teacher architectures with a global student of their own
+        start = "the global student"
+        if tr["teacher_init"] != "student":
+            start = "their own weights"
+        elif own and set(teachers) <= set(own):
+            start = "their architecture's own global student"
+        elif own:
+            start += f" ({', '.join(own)} teachers: their architecture's own global student)"
         lines.append(f"transfer: teachers start from {start}, "
                      f"consensus weight {tr['consensus_weight']:g} in local training; {tr['ensemble']} ensemble at "
                      f"T={tr['temperature']:g}, {weighting}, server step {tr['server_step']:g}")

@@ -166,7 +166,7 @@ def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: in
         for name, settings in variants:
             for seed in seeds:
                 run_settings = dict(rounds=rounds, seed=seed, aggregation="plain" if engine == "inprocess" else "secagg",
-                                    out=str(out / "runs" / f"{label}-{skew}-{name}-{seed}".replace(" ", "_")),
+                                    out=str(out / "runs" / f"{stem or label}-{skew}-{name}-{seed}".replace(" ", "_")),
                                     **skew_settings, **settings)
                 plan.append(((skew, name), (dataset, run_settings, engine)))
     t0 = time.perf_counter()
@@ -323,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.ablation_on not in ("both", label if label == "digits" else "fashion"):
                 continue
             variants = [v for v in ABLATION[1:] if args.ablation_variants is None or v[0] in args.ablation_variants]
-            if label == "digits":  # digits are 8x8: auto views are 0 there, so the row would repeat the default
-                variants = [v for v in variants if "public_views" not in v[1]]
-            variants = [v for v in variants if not repeats_default(v[1], dataset)]
+            skipped = [v for v in variants if repeats_default(v[1], dataset)
+                       # digits are 8x8: auto views are 0 there, so the row would repeat the default
+                       or (label == "digits" and "public_views" in v[1])]
+            if skipped and args.ablation_variants is not None:  # asked for by name: say why it does not run
+                print(f"compare_methods: {label}: left out {', '.join(repr(v) for v, _ in skipped)}: "
+                      f"the same run as the default there", file=sys.stderr)
+            variants = [v for v in variants if v not in skipped]
             rows += grid(dataset, label, variants, [k for k in skews if k[0] != 'pathological 2'], args.seeds,
                          args.rounds, args.engine, out, args.jobs, part="-ablation", stem=stem(label))
             write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})

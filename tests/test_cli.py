@@ -356,3 +356,5 @@ def test_the_transfer_line_names_the_architecture_students():
     assert "cnn teachers: their architecture's own global student" in transfer(teacher_models="mlp,cnn")
     assert "own global student" not in transfer()
     assert "own global student" not in transfer(teacher_models="mlp,cnn", architecture_students=False)
+    # every teacher unlike the student (digits: an MLP): none starts from the student itself
+    assert "start from their architecture's own global student," in transfer(teacher_models="cnn")

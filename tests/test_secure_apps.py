@@ -123,6 +123,28 @@ def test_drop_plan_is_validated():
 SMALL = dict(num_clients=4, rounds=1, local_epochs=5, digest_epochs=0, distill_epochs=15, num_public=150)
 
 
+def _check_starts(cfg, own, teacher_init, sent, seen):
+    """Every train message carries exactly the start of its node's partition's architecture (the
+    replies name each node's partition); with architecture students a roll call came first."""
+    from fedkd import task
+    from fedkd.apps.cohort import ROLL_CALL
+    from fedkd.apps.records import partition_from_message
+
+    shape = task.splits_for(cfg).input_shape
+    trains = [m for m in sent if m.metadata.message_type == "train"]
+    pid_of = {m.metadata.src_node_id: partition_from_message(m)
+              for m in seen if m.metadata.message_type == "train" and not m.has_error()}
+    assert len(trains) == 2 * 4 and len(pid_of) == 4
+    for m in trains:
+        arch = task.resolve(cfg.teacher_model_for(pid_of[m.metadata.dst_node_id]), shape)
+        starts = {k for k in m.content if k == "student" or k.startswith("student-")}
+        want = {f"student-{arch}"} if arch in own else {"student"} if teacher_init == "student" else set()
+        assert starts == want, (arch, starts)
+    assert own <= {task.resolve(cfg.teacher_model_for(p), shape) for p in pid_of.values()}
+    if own:
+        assert sent[0].metadata.message_type == ROLL_CALL
+
+
 class RecordingGrid:
     """Wraps the server's Grid and keeps every message it receives."""
 
@@ -190,7 +212,7 @@ DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes",
     ({"teacher_models": "mlp,cnn"}, dict(DEFAULT_TRANSFER, architecture_students=["cnn"])),
 ], ids=["defaults", "persist-confidence", "views", "no-server-step", "mixed-teachers"])
 def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options, expected):
-    from fedkd.apps.records import partition_from_message, vector_from_message
+    from fedkd.apps.records import vector_from_message
     from fedkd.aggregate import secagg_config
 
     settings = dict(SMALL, rounds=2, **options)
@@ -198,8 +220,8 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     secure_cfg = Config(**settings, aggregation="secagg", out=str(tmp_path / "secure"))
     fixed_point = secagg_config(secure_cfg, 10).fixed_point
 
-    seen_plain, seen_secure, sent = [], [], []
-    plain = simulate(plain_cfg, observe_grid=lambda g: RecordingGrid(g, seen_plain))
+    seen_plain, seen_secure, sent, sent_plain = [], [], [], []
+    plain = simulate(plain_cfg, observe_grid=lambda g: RecordingGrid(g, seen_plain, sent_plain))
     secure = simulate(secure_cfg, observe_grid=lambda g: RecordingGrid(g, seen_secure, sent))
     # every vector of both rounds, as the plain run's clients sent them: the secure run's are the
     # same bit for bit (same seeds, and sums equal to the plain fixed-point sums)
@@ -225,17 +247,11 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     transfer = json.loads((tmp_path / "secure" / "results.json").read_text())["config"]["resolved"]["transfer"]
     assert {k: transfer[k] for k in expected} == expected
     # each client downloads the one model it starts from (download only): its architecture's
-    # student where the server keeps one (the CNN clients here), else the student; and it is reported
+    # student where the server keeps one (the CNN clients here), else the student (none under
+    # teacher-init persist); in both runs (plain runs make the roll call for it); and it is reported
     own = set(expected.get("architecture_students", []))
-    trains = [m for m in sent if m.metadata.message_type == "train"]
-    pid_of = {m.metadata.src_node_id: partition_from_message(m)
-              for m in seen_secure if m.metadata.message_type == "train" and not m.has_error()}
-    assert len(trains) == 2 * 4 and len(pid_of) == 4
-    for m in trains:
-        arch = secure_cfg.teacher_model_for(pid_of[m.metadata.dst_node_id])
-        starts = {k for k in m.content if k == "student" or k.startswith("student-")}
-        assert starts == ({f"student-{arch}"} if arch in own else {"student"}), (arch, starts)
-    assert own <= {secure_cfg.teacher_model_for(p) for p in pid_of.values()}
+    for sent_, seen in ((sent, seen_secure), (sent_plain, seen_plain)):
+        _check_starts(secure_cfg, own, transfer["teacher_init"], sent_, seen)
     assert all((r["prototype_accuracy"] is None) == (not own) for r in secure["rounds"])
     if own:
         assert secure["rounds"][1]["prototype_accuracy"]["cnn"] > 0.3  # chance: 0.1

@@ -9,7 +9,8 @@ Why a roll call: Flower gives nodes random ids, so a cohort drawn over sorted no
 differ between runs with one seed. The cohort is drawn over partition ids instead, and the server
 learns which node holds which partition id before round 1 (the same id every train reply carries;
 an fd or local train reply naming another id stops the run). Secure rounds need it too: each client's train
-message carries its own advertise-keys request.
+message carries its own advertise-keys request. So do runs with architecture students: each client is sent only
+the model its teacher starts from (`fedkd.task.starting_weights`), which depends on its architecture.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def roll_call(grid: Grid, nodes: list[int], config: Config) -> dict[int, int]:
 class Cohorts:
     """Each round's cohort as (partition ids, node ids). Without sampling, and without `by_partition`,
     every node is asked and no roll call is made (the partition ids then come back in the train
-    replies). `by_partition`: secure fd rounds, whose train messages carry per-client key requests
-    (`fedkd.apps.secure.SecureRound`), so the server must know each node's partition id first."""
+    replies). `by_partition`: rounds whose train messages differ per client, so the server must know
+    each node's partition id first: secure fd rounds (per-client key requests,
+    `fedkd.apps.secure.SecureRound`) and architecture students (per-architecture start weights)."""
 
     def __init__(self, grid: Grid, nodes: list[int], config: Config, by_partition: bool = False):
         self.config, self.nodes = config, list(nodes)

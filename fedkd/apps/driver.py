@@ -106,6 +106,9 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         t0 = time.perf_counter()
         cohort, nodes = cohorts.of_round(r)  # only the cohort trains and joins this round's secure sum
         contents = _train_contents(config, server, r, cohort)
+        if cohorts.node_of is None and len({id(c) for c in contents.values()}) > 1:
+            # without a roll call the pairing of partition ids and nodes below is arbitrary
+            raise RunError("per-client train content needs the roll call (Cohorts by_partition)")
         session = None
         if secure:
             layout = vector_layout(config, server.splits, r)
