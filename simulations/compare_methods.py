@@ -158,15 +158,15 @@ def _one(job: tuple[str, dict, str]) -> dict:
 
 
 def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: int, engine: str, out: Path,
-         jobs: int = 1, part: str = "", stem: str = "") -> list[dict]:
+         jobs: int = 1, part: str = "", prefix: str = "") -> list[dict]:
     """Every (skew, variant, seed) of one data set; rows of mean and sd over the seeds. Every run's
-    last record goes to `<stem or label><part>-runs.json` in `out`."""
+    last record goes to `<prefix><label><part>-runs.json` in `out`."""
     plan = []
     for skew, skew_settings in skews:
         for name, settings in variants:
             for seed in seeds:
                 run_settings = dict(rounds=rounds, seed=seed, aggregation="plain" if engine == "inprocess" else "secagg",
-                                    out=str(out / "runs" / f"{stem or label}-{skew}-{name}-{seed}".replace(" ", "_")),
+                                    out=str(out / "runs" / f"{prefix}{label}-{skew}-{name}-{seed}".replace(" ", "_")),
                                     **skew_settings, **settings)
                 plan.append(((skew, name), (dataset, run_settings, engine)))
     t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: in
             records = pool.map(_one, [job for _, job in plan], chunksize=1)
     else:
         records = [_one(job) for _, job in plan]
-    raw = out / f"{stem or label}{part}-runs.json"  # every run's last record, before any table is made of them
+    raw = out / f"{prefix}{label}{part}-runs.json"  # every run's last record, before any table is made of them
     write_json_atomic(raw, [{"key": list(key), "settings": job[1], "record": rec} for (key, job), rec in zip(plan, records)])
     rows = []
     for skew, _ in skews:
@@ -313,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     path = out / (args.name + ".json")
     # per-run files: "digits-runs.json" for the default name, else prefixed so that another --name
     # in the same folder does not overwrite them
-    stem = (lambda label: label) if args.name == "compare_methods" else (lambda label: f"{args.name}-{label}")
+    prefix = "" if args.name == "compare_methods" else f"{args.name}-"
     for label, dataset in data:
         rows += grid(dataset, label, main_variants, skews, args.seeds, args.rounds, args.engine, out, args.jobs,
-                     stem=stem(label))
+                     prefix=prefix)
         write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})
     if not args.skip_ablation:
         for label, dataset in data:
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"the same run as the default there", file=sys.stderr)
             variants = [v for v in variants if v not in skipped]
             rows += grid(dataset, label, variants, [k for k in skews if k[0] != 'pathological 2'], args.seeds,
-                         args.rounds, args.engine, out, args.jobs, part="-ablation", stem=stem(label))
+                         args.rounds, args.engine, out, args.jobs, part="-ablation", prefix=prefix)
             write_json_atomic(path, {"rows": rows, "seeds": args.seeds, "rounds": args.rounds, "engine": args.engine})
     for r in rows:  # the ablation's default row is the main table's fd row
         if r["variant"] == "fd":
