@@ -60,7 +60,7 @@ def find_binaries() -> dict[str, str]:
         path = here / name if (here / name).is_file() else shutil.which(name)
         if path is None:
             raise UsageError(f"'{name}' was not found beside {sys.executable} nor on PATH; "
-                             "install Flower 1.41 in this environment (pip install 'flwr>=1.41,<1.42')")
+                             "install Flower 1.41 or 1.42 in this environment (pip install 'flwr>=1.41,<1.43')")
         found[name] = str(path)
     return found
 
