@@ -27,6 +27,7 @@ CONFIDENCE_WEIGHTINGS = ("none", "max-prob", "entropy")
 TEACHER_INITS = ("persist", "student")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("inprocess", "ray")  # fedkd run's simulation engines (fedkd.simulation)
 # public-views auto: views per public example on images of 16x16 and more; each view is one more row
 # of soft labels per client per round
 AUTO_VIEWS = 3
@@ -137,6 +138,13 @@ class Config:
     client_gpus: float = 0.0
     timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
     ray_address: str = ""  # fedkd run: attach the simulation to this Ray cluster ("" starts a local one)
+    # fedkd run's engine: inprocess (the apps called directly in this process) or ray (Flower's
+    # simulation engine, workers on several cores or a cluster); flwr run and fedkd deploy ignore it
+    engine: str = "inprocess"
+    # nodes (workers) the clients are spread over, each hosting a fixed disjoint set of partition
+    # ids; 0: auto, one node per client under flwr run and fedkd deploy (a SuperNode is an
+    # organisation), and under fedkd run one per core the engine uses (fedkd.simulation)
+    num_nodes: int = 0
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -358,6 +366,9 @@ class Config:
         _positive("lr", self.lr)
         _positive("distill-lr", self.distill_lr)
         _positive("client-cpus", self.client_cpus)
+        _choice("engine", self.engine, ENGINES)
+        if not 0 <= self.num_nodes <= self.num_clients:
+            raise ConfigError(f"num-nodes={self.num_nodes} must be 0 (auto) or 1..num-clients={self.num_clients}")
         _positive("timeout", self.timeout)
         _positive("secagg-timeout", self.secagg_timeout)
         if not (self.server_step > 0 or self.server_step == -1):

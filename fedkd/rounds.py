@@ -59,6 +59,7 @@ class ClientMetrics:
     dp_noise_seconds: float | None = None  # distributed DP: time to draw its noise share
     stalled: int | None = None  # 1: local training left its teacher no better than its labels' class shares
     # (an eval-mode pass over its own data, counted in predict_seconds; not with DP-SGD teachers)
+    secagg_seconds: float | None = None  # secure aggregation: making and sending its keys after training
 
     @classmethod
     def from_wire(cls, metrics: Mapping[str, float]) -> ClientMetrics:
@@ -96,6 +97,7 @@ class SecAggStats(_Record):
     seconds_per_stage: dict[str, float] = field(default_factory=dict)  # wall time, messaging included
     seconds_total: float  # the protocol after training (the keys' intake, then the stages), wall time
     server_compute_seconds: dict[str, float] = field(default_factory=dict)  # the server's own work per stage
+    client_compute_seconds: float | None = None  # the clients' protocol steps, summed (keys included)
     neighbors: int | None = None  # each client's masking partners
     threshold: int | None = None  # shares needed to reconstruct a secret
     clip: float | None = None  # fixed-point clipping bound, probability units
@@ -162,6 +164,10 @@ class RoundRecord(_Row):
     seconds_evaluate: float | None = None
     client_train_seconds_max: float | None = None  # the slowest client's training
     client_predict_seconds_max: float | None = None
+    # the clients' own work, summed over the cohort: training and predictions (and, with secure
+    # aggregation, their protocol steps: `secagg.client_compute_seconds`); the floor a round's
+    # engine adds its messaging to (simulations/scale.py)
+    client_work_seconds: float | None = None
     secagg: SecAggStats | None = None
     privacy: PrivacyStats | None = None
     teacher_epsilon: TeacherEpsilon | None = None

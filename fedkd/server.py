@@ -73,6 +73,7 @@ def clients_record(server_round: int, replies: list[ClientReply], seconds_client
         seconds_clients=seconds_clients, contributors=len(replies),
         client_train_seconds_max=max(m.train_seconds for m in metrics),
         client_predict_seconds_max=max(m.predict_seconds for m in metrics),
+        client_work_seconds=sum(m.train_seconds + m.predict_seconds for m in metrics),
         upload_bytes_per_client=0, eval_upload_bytes_per_client=0,
         train_recoveries=sum(m.train_recoveries for m in metrics),
         teacher_epsilon=TeacherEpsilon(max(per_client.values()), teacher_dp_delta, per_client) if per_client else None,

@@ -1,7 +1,15 @@
-"""Run a config end to end in this process: a Flower simulation (Ray), or `central` without clients.
+"""Run a config end to end in this process, on one of two engines, or `central` without clients.
 
-Owns: `simulate`, what `fedkd run` and `fedkd bench round` (and scripts) call, and the node
-settings of the simulated SuperNodes (`simulated_node_config`). Imports neither `fedkd.cli` nor
+Engines (config `engine`), both running the same ServerApp and ClientApp, so the same seed gives
+the same results.json rounds on either:
+- `inprocess` (default): the apps called directly in this process (`fedkd.apps.inprocess`), one
+  node hosting every client: no Ray to start and no message store to sweep.
+- `ray`: Flower's simulation engine, one node per worker (a core's share, `client-cpus`), each
+  hosting every num-nodes-th client; for several cores or a Ray cluster (`ray-address`).
+
+Owns: `simulate`, what `fedkd run`, `fedkd bench round` and every script in `simulations/` call,
+the number of nodes a simulation uses (`simulation_nodes`) and the node settings of the simulated
+SuperNodes (`simulated_node_config`). Imports neither `fedkd.cli` nor
 `fedkd.bench`, which both import it. Must not touch: the console (`fedkd.cli`) or the round
 itself (`fedkd.apps`).
 
@@ -40,12 +48,48 @@ def simulate(config: Config, on_round: Callable[[dict], None] | None = None, ver
     before = os.environ.get(NODE_CONFIG_ENV)
     os.environ[NODE_CONFIG_ENV] = simulated_node_config(config)
     try:
+        config = config.replace(num_nodes=simulation_nodes(config))
+        if config.engine == "inprocess":
+            return _run_inprocess(config, on_round, observe_grid)
         return _run_simulation(config, on_round, verbose, observe_grid)
     finally:  # the pins were for these simulated nodes only, not for whatever this process does next
         if before is None:
             os.environ.pop(NODE_CONFIG_ENV, None)
         else:
             os.environ[NODE_CONFIG_ENV] = before
+
+
+def simulation_nodes(config: Config) -> int:
+    """`num-nodes`, or with 0 (auto): one node under the in-process engine (it runs one node at a
+    time), and under Ray one per worker (the cores over `client-cpus`, at most one per client; on a
+    Ray cluster, `ray-address`, one per client, since its size is not known here)."""
+    if config.num_nodes:
+        return config.num_nodes
+    if config.engine == "inprocess":
+        return 1
+    if config.ray_address:
+        return config.num_clients
+    workers = int((os.cpu_count() or 1) // max(config.client_cpus, 1e-9))
+    return max(1, min(config.num_clients, workers))
+
+
+def node_configs(config: Config) -> list[dict]:
+    """The node config of each simulated node: node i of N hosts every N-th client from i
+    (`fedkd.apps.node.hosted_clients`), as Flower's simulation numbers its nodes."""
+    return [{"partition-id": i, "num-partitions": config.num_nodes} for i in range(config.num_nodes)]
+
+
+def _run_inprocess(config: Config, on_round, observe_grid) -> dict:
+    from fedkd.apps.client_app import app as client_app
+    from fedkd.apps.inprocess import run_inprocess
+    from fedkd.apps.server_app import make_server_app
+
+    holder: dict = {}
+    server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid)
+    run_inprocess(server_app, client_app, node_configs(config), seed=config.seed)
+    if "value" not in holder:
+        raise RuntimeError("the simulation ended without results (see the log above)")
+    return holder["value"]
 
 
 def _run_simulation(config: Config, on_round, verbose: bool, observe_grid) -> dict:
@@ -63,7 +107,7 @@ def _run_simulation(config: Config, on_round, verbose: bool, observe_grid) -> di
         backend["init_args"]["address"] = config.ray_address
     server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid)
     run_simulation(server_app, client_app,
-                   num_supernodes=config.num_clients, backend_config=backend, verbose_logging=verbose)
+                   num_supernodes=config.num_nodes, backend_config=backend, verbose_logging=verbose)
     if "value" not in holder:
         raise RuntimeError("the simulation ended without results (see the log above)")
     return holder["value"]

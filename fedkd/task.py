@@ -217,6 +217,8 @@ class TeacherUpdate:
     # with DP: (rows*K,) float64 integers, the rounded centred payload plus this client's noise share
     metrics: dict[str, float]
     dp_history: tuple = ()  # DP-SGD accounting events so far (fedkd.privacy.dpsgd.Event), kept on the node
+    # it started from a global student (teacher-init student): its weights need not stay on the node
+    from_student: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ def teacher_round(
         metrics.update(sent)
     metrics["predict-seconds"] = time.perf_counter() - t0
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return TeacherUpdate(cpu_state, vector, metrics, tuple(fit.dp_history))
+    return TeacherUpdate(cpu_state, vector, metrics, tuple(fit.dp_history), from_student)
 
 
 def initial_teacher(config: Config, splits: Splits, partition_id: int) -> torch.nn.Module:

@@ -15,7 +15,7 @@ import multiprocessing
 import sys
 from pathlib import Path
 
-from compare_methods import run_inprocess  # this folder is the script's own: on sys.path
+from compare_methods import run_one  # this folder is the script's own: on sys.path
 
 from fedkd.config import Config
 from fedkd.errors import UserError
@@ -27,8 +27,7 @@ KEYS = ("teacher_accuracy_mean", "ensemble_accuracy", "student_accuracy")
 def trace(settings: dict) -> list[dict]:
     """Every round's accuracies of one fd run at `settings` (Config fields)."""
     rows: list[dict] = []
-    run_inprocess(Config(**settings).validated(),
-                  on_round=lambda r: rows.append({"round": r.round, **{k: r[k] for k in KEYS}}))
+    run_one(Config(**settings).validated(), on_round=lambda r: rows.append({"round": r["round"], **{k: r[k] for k in KEYS}}))
     return rows
 
 

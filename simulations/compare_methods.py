@@ -11,11 +11,11 @@ round: for fd, every stage of secure aggregation (advertised keys, shares, the m
 signatures, unmasking shares), measured in a real secure-aggregation round at these settings;
 for FedAvg, the model's float32 parameters.
 
---engine inprocess (the default) runs each round's client and server work in this process
-(`fedkd.task.teacher_round` / `fedavg_round` and `DistillationServer`, the same functions the
-Flower apps call, with the fixed-point sum of `--aggregation plain`, which equals the secure sum
-bit for bit); --engine flower runs each setting as a full Flower simulation (slower, equal
-results: tests/test_compare_engine.py checks one setting both ways).
+Every run goes through the package's one round engine (`fedkd.simulation.simulate`, as `fedkd
+run`), on --engine inprocess (the default) or ray; both give the same results
+(tests/test_engine.py). fd runs use `--aggregation plain`: its fixed-point sum equals the secure
+sum bit for bit (tests/test_secure_apps.py), so the figures hold for secure runs and the
+protocol's cost is left out of the table's time.
 """
 
 from __future__ import annotations
@@ -77,58 +77,6 @@ def repeats_default(settings: dict, dataset: str) -> bool:
     return settings["teacher_models"] == auto_model(shape)
 
 
-def run_inprocess(cfg: Config, on_round=None) -> dict:
-    """Every round of `cfg` in this process: the Flower apps' work without Flower. Returns the
-    last round's record; `on_round(record)`, when given, sees every round's (fd and fedavg)."""
-    import torch
-
-    from fedkd import task
-    from fedkd.apps.secure import fixed_point_sum
-    from fedkd.server import ClientReply, DistillationServer
-
-    torch.set_num_threads(1)
-    server = DistillationServer(cfg)
-    if cfg.method == "fd":
-        server.aggregate = fixed_point_sum(cfg, server.splits.num_classes)
-    teachers: dict[int, dict] = {}
-    record: dict = {}
-    for r in range(1, cfg.rounds + 1):
-        if cfg.method == "central":
-            record = server.central_round(r)
-            continue
-        if cfg.method == "fedavg":
-            start = {k: v.clone() for k, v in server.student.state_dict().items()}
-            states, sizes = [], []
-            for pid in range(cfg.num_clients):
-                state, metrics = task.fedavg_round(cfg, pid, r, start)
-                states.append(state)
-                sizes.append(metrics["num-examples"])
-            weights = np.asarray(sizes) / sum(sizes)  # Flower's FedAvg: weighted by num-examples
-            mean = {k: sum(w * s[k].double() for w, s in zip(weights, states)).to(start[k].dtype) for k in start}
-            record = server.fedavg_record(r, mean, seconds_clients=0.0)
-            if on_round is not None:
-                on_round(record)
-            continue
-        student = {k: v.clone() for k, v in server.student.state_dict().items()}
-        prototypes = {name: {k: v.clone() for k, v in state.items()} for name, state in server.prototype_states().items()}
-        replies = []
-        for pid in range(cfg.num_clients):
-            update = task.teacher_round(cfg, pid, r, teachers.get(pid), server.consensus,
-                                        with_predictions=cfg.method == "fd", student=student, prototypes=prototypes)
-            teachers[pid] = update.state
-            replies.append(ClientReply(pid, update.vector, update.metrics))
-        record = server.finish_round(r, replies, seconds_clients=0.0)
-        if on_round is not None:
-            on_round(record)
-    return record
-
-
-def run_flower(cfg: Config) -> dict:
-    from fedkd.simulation import simulate
-
-    return simulate(cfg)["rounds"][-1]
-
-
 def secure_upload(cfg: Config) -> float:
     """Bytes per client per round of fd with secure aggregation at `cfg`'s settings, all stages,
     from one real secure-aggregation round in memory (`fedkd.secagg.inmemory`) over vectors of
@@ -150,11 +98,23 @@ def secure_upload(cfg: Config) -> float:
     return float(np.mean(list(uploaded.values())))
 
 
+def run_one(cfg: Config, on_round=None) -> dict:
+    """Every round of `cfg` through the package's engine (`fedkd.simulation.simulate`, what
+    `fedkd run` runs); returns the last round's record, `on_round` sees every round's row. A run
+    given no folder of its own (`out` at its default) saves into a fresh temporary one."""
+    import tempfile
+
+    from fedkd.simulation import simulate
+
+    if cfg.out == Config().out:
+        cfg = cfg.replace(out=tempfile.mkdtemp(prefix="fedkd-run-"))
+    return simulate(cfg, on_round=on_round)["rounds"][-1]
+
+
 def _one(job: tuple[str, dict, str]) -> dict:
     """One (settings, engine) run -> its last round record (in a worker process with --jobs)."""
     dataset, settings, engine = job
-    cfg = Config(dataset=dataset, **settings).validated()
-    return (run_inprocess if engine == "inprocess" else run_flower)(cfg)
+    return run_one(Config(dataset=dataset, engine=engine, **settings).validated())
 
 
 def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: int, engine: str, out: Path,
@@ -165,7 +125,7 @@ def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: in
     for skew, skew_settings in skews:
         for name, settings in variants:
             for seed in seeds:
-                run_settings = dict(rounds=rounds, seed=seed, aggregation="plain" if engine == "inprocess" else "secagg",
+                run_settings = dict(rounds=rounds, seed=seed, aggregation="plain",
                                     out=str(out / "runs" / f"{prefix}{label}-{skew}-{name}-{seed}".replace(" ", "_")),
                                     **skew_settings, **settings)
                 plan.append(((skew, name), (dataset, run_settings, engine)))
@@ -282,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fashion", default="", help="path of fashion3615.npz (or any 28x28 .npz) to add")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess")
+    parser.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (inprocess engine)")
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--no-digits", action="store_true", help="only the --fashion data set")

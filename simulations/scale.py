@@ -1,25 +1,28 @@
-"""Cross-device scale: fd rounds with secure aggregation through Flower against a no-Flower floor.
+"""Cross-device scale: fd rounds with secure aggregation on both of `fedkd run`'s engines, against
+the floor of the same work.
 
-For each scenario (clients, clients per round) it runs, each in a fresh process so peak memory is
-per run and Ray starts cold:
-  flower: `fedkd.simulation.simulate` (what `fedkd run` runs), `--rounds` rounds; steady: the median after the first;
-  floor:  the same client and server work in one process without Flower or Ray: each cohort client's
-          `fedkd.task.teacher_round` in turn (torch at client-cpus threads, as the ClientApp sets it),
-          the secure sum of their vectors by `fedkd.secagg.inmemory.run_in_memory` with the round's
-          own `secagg_config`, then `DistillationServer.finish_round`.
-It prints a table (clients, cohort, steady round s, floor s, ratio, first round s, peak RSS) and
-writes scale.md, scale.json and scale.png to --out. With --accuracy N it also runs the 1,000-client
-federation with every client in each round for N rounds, and reports its student's accuracy after
-N rounds, round time and memory beside the --big-cohort-per-round run's.
+For each scenario (clients, clients per round) and each engine (`inprocess`, `ray`) it runs
+`fedkd.simulation.simulate` (what `fedkd run` runs) in a fresh process, so peak memory is per run
+and Ray starts cold. The floor comes from the same run: each round's own work, as the engine
+measured it, with no messaging in it: the clients' training and predictions
+(`client_work_seconds`), their secure-aggregation steps (`secagg.client_compute_seconds`), the
+server's protocol work (`secagg.server_compute_seconds`) and its aggregation, distillation and
+evaluation. A round's time over its floor is what the engine costs. There is no second round loop
+here: every figure comes from the package's one engine.
 
-    python simulations/scale.py --accuracy 1                 # 10/10, 100/100, 1000/100, and 1000/all, 1 round
-    python simulations/scale.py --scenarios 10/10,100/100   # no 1,000-client runs
-    python simulations/scale.py --one flower --clients 1000 --cohort 100 --rounds 3   # one run, JSON
+It prints a table (clients, cohort, engine, steady round s, floor s, ratio, first round s, wall s,
+peak RSS) and writes scale.md, scale.json and scale.png to --out.
 
-Every scenario uses fedkd's defaults except what it lists (`settings`): the 1,000-client ones use
-num-public 100 and iid partitions (digits' private pool leaves 1-2 examples per client) and few
-epochs. Peak RSS: the whole process tree (Ray's raylet, GCS and workers descend from the driver),
-sampled every 0.5 s from /proc.
+    python simulations/scale.py                                   # 10/10, 100/100, 1000/100, 1000/1000
+    python simulations/scale.py --scenarios 100/100 --engines inprocess
+    python simulations/scale.py --scenarios 10000/100 --engines inprocess --rounds 2   # 10,000 clients
+    python simulations/scale.py --one inprocess --clients 1000 --cohort 100 --rounds 3 # one run, JSON
+
+Every scenario uses fedkd's defaults except what it lists (`settings`): those above 100 clients use
+num-public 100, iid partitions and few epochs, and above 1,000 clients a tiled copy of digits
+(`tiled_digits`: the 1,797 images repeated with a seeded one-pixel jitter, so that each of 10,000
+clients holds a few examples). Peak RSS: the whole process tree (Ray's raylet, GCS and workers
+descend from the driver), sampled every 0.5 s from /proc.
 """
 
 from __future__ import annotations
@@ -34,22 +37,51 @@ import tempfile
 import time
 from pathlib import Path
 
-# secagg-timeout: each stage of an all-1,000 round took minutes on the shared 2-core machine (Flower's
-# simulation scans every node's pending messages), past the default 120 s
 BIG = dict(partition="iid", num_public=100, local_epochs=2, digest_epochs=1, distill_epochs=20,
            secagg_timeout=1800.0, timeout=3600.0)
+ENGINES = ("inprocess", "ray")
 
 
-def settings(clients: int, cohort: int, rounds: int) -> dict:
-    """The config of one scenario: fedkd's defaults, plus the 1,000-client adjustments."""
+def settings(clients: int, cohort: int, rounds: int, data: str | None = None) -> dict:
+    """The config of one scenario: fedkd's defaults, plus the large-federation adjustments."""
     base = dict(num_clients=clients, clients_per_round=0 if cohort >= clients else cohort, rounds=rounds,
                 aggregation="secagg", method="fd")
-    return {**base, **(BIG if clients > 100 else {})}
+    big = BIG if clients > 100 else {}
+    return {**base, **big, **({"dataset": data} if data else {})}
+
+
+def tiled_digits(copies: int, path: Path) -> Path:
+    """digits repeated `copies` times, each copy shifted by a seeded pixel in x and y (8x8, 0..16),
+    saved as an .npz fedkd reads (x, y): data that gives every one of many clients examples."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, labels = digits.images.astype(np.float32), digits.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    xs = []
+    for _ in range(copies):
+        dy, dx = rng.integers(-1, 2, size=2)
+        xs.append(np.roll(images, (int(dy), int(dx)), axis=(1, 2)))
+    np.savez(path, x=np.concatenate(xs)[:, None] / 16.0, y=np.tile(labels, copies))
+    return path
 
 
 # ---- one measurement (in its own process) -------------------------------------------------------
 
-def run_flower(config) -> dict:
+def floor_of(record: dict) -> float:
+    """A round's own work, as the engine measured it (see the module docstring)."""
+    secagg = record.get("secagg") or {}
+    # with secure aggregation seconds_aggregate is the whole protocol (messaging included): its
+    # own work is the clients' and the server's compute, counted instead
+    aggregate = 0.0 if secagg else (record.get("seconds_aggregate") or 0.0)
+    parts = [record.get("client_work_seconds"), secagg.get("client_compute_seconds"),
+             sum((secagg.get("server_compute_seconds") or {}).values()), aggregate,
+             record.get("seconds_distill"), record.get("seconds_evaluate")]
+    return float(sum(p for p in parts if p))
+
+
+def run(config) -> dict:
     from fedkd.bench.procs import PeakRSS
     from fedkd.simulation import simulate
 
@@ -57,92 +89,40 @@ def run_flower(config) -> dict:
     with PeakRSS() as peak:
         results = simulate(config)
     rounds = results["rounds"]
-    return {"round_seconds": [r["seconds"] for r in rounds], "wall_seconds": time.perf_counter() - started,
+    return {"round_seconds": [r["seconds"] for r in rounds], "floor_seconds": [floor_of(r) for r in rounds],
+            "wall_seconds": time.perf_counter() - started,
             "peak_rss_bytes": peak.peak, "driver_peak_rss_bytes": peak.own_peak,
             "student_accuracy": [r["student_accuracy"] for r in rounds],
-            "secagg_stage_seconds": rounds[-1]["secagg"]["seconds_per_stage"],
-            "secagg_server_compute_seconds": sum(rounds[-1]["secagg"]["server_compute_seconds"].values()),
-            "cohorts": [r["cohort"] for r in rounds]}
-
-
-def run_floor(config) -> dict:
-    """The same rounds without Flower: clients in turn in this process, the secure sum in memory."""
-    import numpy as np
-    import torch
-
-    from fedkd.aggregate import Aggregate
-    from fedkd.aggregate import secagg_config
-    from fedkd.bench.procs import PeakRSS
-    from fedkd.secagg.inmemory import run_in_memory
-    from fedkd.server import ClientReply, DistillationServer
-    from fedkd.task import sample_cohort, teacher_round, vector_layout
-
-    server_threads = torch.get_num_threads()
-    started = time.perf_counter()
-    times, accuracy = [], []
-    with PeakRSS() as peak:
-        server = DistillationServer(config)
-        teachers: dict[int, dict] = {}  # partition id -> teacher weights (the nodes' context.state)
-        for r in range(1, config.rounds + 1):
-            t0 = time.perf_counter()
-            torch.set_num_threads(max(1, int(config.client_cpus)))
-            replies, vectors = [], {}
-            student = {k: v.clone() for k, v in server.student.state_dict().items()}  # sent down (teacher-init)
-            prototypes = server.prototype_states()  # other architectures' students (mixed teachers), sent down too
-            for pid in sample_cohort(config, r):
-                update = teacher_round(config, pid, r, teachers.get(pid), consensus=server.consensus,
-                                       student=student, prototypes=prototypes)
-                teachers[pid] = update.state
-                vectors[pid] = update.vector
-                replies.append(ClientReply(pid, np.zeros(0, np.float32), update.metrics))
-            torch.set_num_threads(server_threads)
-            seconds_clients = time.perf_counter() - t0
-            length = vector_layout(config, server.splits, r).length
-            sent: dict[int, int] = dict.fromkeys(vectors, 0)
-
-            def observe(stage, cid, seconds, nbytes):
-                sent[cid] += nbytes
-
-            t1 = time.perf_counter()
-            sa = secagg_config(config, server.splits.num_classes, r)
-            result = run_in_memory(vectors, sa, session_id=f"floor/round-{r}".encode(), dim=length,
-                                   observer=observe)
-            details = {"survivors": list(result.survivors), "seconds_total": time.perf_counter() - t1,
-                       "upload_bytes_per_client": float(np.mean([sent[c] for c in result.survivors]))}
-            aggregate = Aggregate(result.sum, result.count, tuple(result.survivors), details)
-            del vectors
-            record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
-            times.append(time.perf_counter() - t0)
-            accuracy.append(record["student_accuracy"])
-    return {"round_seconds": times, "wall_seconds": time.perf_counter() - started, "peak_rss_bytes": peak.peak,
-            "student_accuracy": accuracy}
+            "secagg_stage_seconds": rounds[-1]["secagg"]["seconds_per_stage"], "cohorts": [r["cohort"] for r in rounds]}
 
 
 def one(args: argparse.Namespace) -> int:
     from fedkd.config import Config
 
     out = tempfile.mkdtemp(prefix="fedkd-scale-")
-    config = Config(**settings(args.clients, args.cohort, args.rounds), out=out)
-    if args.cohort_all:
-        config = config.replace(clients_per_round=0)
-    report = run_flower(config) if args.one == "flower" else run_floor(config)
+    data = None
+    if args.clients > 1000:  # digits' 1,437 private examples leave most of 10,000 clients empty
+        data = str(tiled_digits(-(-args.clients * 3 // 1437), Path(out) / "tiled-digits.npz"))
+    config = Config(**settings(args.clients, args.cohort, args.rounds, data), engine=args.one, out=out)
+    report = run(config)
     report["config"] = {k: v for k, v in config.to_run_config().items() if v != getattr(Config(), k.replace("-", "_"))
-                        and k != "out"}
+                        and k not in ("out", "dataset")}
     print(json.dumps(report))
     return 0
 
 
-def measure(kind: str, clients: int, cohort: int, rounds: int, timeout: float, cohort_all: bool = False) -> dict:
-    command = [sys.executable, __file__, "--one", kind, "--clients", str(clients), "--cohort", str(cohort),
-               "--rounds", str(rounds)] + (["--cohort-all"] if cohort_all else [])
+def measure(engine: str, clients: int, cohort: int, rounds: int, timeout: float) -> dict:
+    command = [sys.executable, __file__, "--one", engine, "--clients", str(clients), "--cohort", str(cohort),
+               "--rounds", str(rounds)]
     began, load = time.perf_counter(), os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"{kind} {clients}/{cohort} failed (exit {done.returncode}):\n{tail}")
+        raise RuntimeError(f"{engine} {clients}/{cohort} failed (exit {done.returncode}):\n{tail}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
     report["process_seconds"], report["load_before"] = time.perf_counter() - began, load
-    sys.stderr.write(f"{kind:6s} {clients}/{'all' if cohort_all else cohort}: rounds {[round(s, 2) for s in report['round_seconds']]} s, "
+    sys.stderr.write(f"{engine:9s} {clients}/{cohort}: rounds {[round(s, 2) for s in report['round_seconds']]} s, "
+                     f"floor {[round(s, 2) for s in report['floor_seconds']]} s, "
                      f"peak {report['peak_rss_bytes'] / 2**30:.2f} GiB\n")
     return report
 
@@ -157,50 +137,39 @@ def steady(seconds: list[float]) -> float:
     return later[mid] if len(later) % 2 else (later[mid - 1] + later[mid]) / 2
 
 
-def row(clients: int, cohort: int, flower: dict, floor: dict) -> dict:
-    steady_s, floor_steady = steady(flower["round_seconds"]), steady(floor["round_seconds"])
-    return {"clients": clients, "cohort": cohort, "steady_round_s": steady_s, "floor_round_s": floor_steady,
-            "ratio": steady_s / floor_steady, "first_round_s": flower["round_seconds"][0],
-            "peak_rss_gib": flower["peak_rss_bytes"] / 2**30, "floor_peak_rss_gib": floor["peak_rss_bytes"] / 2**30,
-            "driver_peak_rss_gib": flower["driver_peak_rss_bytes"] / 2**30,
-            "secagg_stage_seconds": flower["secagg_stage_seconds"], "load_before": flower["load_before"],
-            "flower": flower, "floor": floor}
+def row(clients: int, cohort: int, engine: str, report: dict) -> dict:
+    # the ratio per round, then its median: a round and its floor are measured together
+    ratios = [s / f for s, f in zip(report["round_seconds"], report["floor_seconds"]) if f > 0]
+    return {"clients": clients, "cohort": cohort, "engine": engine,
+            "steady_round_s": steady(report["round_seconds"]), "floor_round_s": steady(report["floor_seconds"]),
+            "ratio": steady(ratios) if ratios else float("nan"), "first_round_s": report["round_seconds"][0],
+            "wall_s": report["process_seconds"], "peak_rss_gib": report["peak_rss_bytes"] / 2**30,
+            "driver_peak_rss_gib": report["driver_peak_rss_bytes"] / 2**30, "load_before": report["load_before"],
+            "student_accuracy": report["student_accuracy"][-1], "report": report}
 
 
-def markdown(rows: list[dict], accuracy: dict | None, rounds: int, command: str) -> str:
-    lines = [] if not rows else [
-        f"fd rounds with secure aggregation on digits, `fedkd run`'s simulation against a no-Flower floor "
-        f"(same client and server work in one process, secure sum in memory), run side by side on "
-        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU; {rounds} rounds each, "
-        f"steady round: the median of rounds 2..{rounds}. Load average (1 min) at the start of each run: "
-        f"{', '.join('%.1f' % r['load_before'] for r in rows)} (other work shared the machine). `{command}`",
+def markdown(rows: list[dict], rounds: int, command: str) -> str:
+    lines = [
+        f"fd rounds with secure aggregation on digits (tiled digits above 1,000 clients), both engines of "
+        f"`fedkd run`, each in its own process, on {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), no GPU; {rounds} rounds each, steady: the median of rounds "
+        f"2..{rounds}; floor: the same rounds' own work (clients' training, predictions and protocol steps, the "
+        f"server's protocol work, aggregation, distillation and evaluation); ratio: the median of each round over "
+        f"its floor. Load average (1 min) at the start of each run: "
+        f"{', '.join('%.1f' % r['load_before'] for r in rows)}. `{command}`",
         "",
-        "| clients | cohort | steady round (s) | floor (s) | ratio | first round (s) | peak RSS (GiB) | of which driver | "
-        "floor peak RSS (GiB) | secagg stages (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| clients | per round | engine | steady round (s) | floor (s) | ratio | first round (s) | wall (s) | "
+        "peak RSS (GiB) | student |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        stages = " + ".join(f"{s:.2f}" for s in r["secagg_stage_seconds"].values())
-        lines.append(f"| {r['clients']} | {r['cohort']} | {r['steady_round_s']:.2f} | {r['floor_round_s']:.2f} | "
-                     f"{r['ratio']:.2f}x | {r['first_round_s']:.1f} | {r['peak_rss_gib']:.2f} | "
-                     f"{r['driver_peak_rss_gib']:.2f} | {r['floor_peak_rss_gib']:.2f} | {stages} |")
-    lines += ["", "First round: Ray start-up, the roll call (with a cohort) and cold caches. Peak RSS: the whole "
-              "process tree (driver, Ray's daemons and workers; shared library pages count once per process); "
-              "driver: the simulation's own process, which holds every node's Flower context and `context.state` "
-              "(its teacher). 1,000-client scenarios: "
-              + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in BIG.items()) + "; the others use fedkd's defaults.", ""]
-    if accuracy:
-        lines += [f"1,000 clients, student accuracy after {accuracy['rounds']} round(s), the 1,000-client settings "
-                  f"above (steady round: nan with one round). `{command}`", "",
-                  "| per round | student accuracy | steady round (s) | first round (s) | peak RSS (GiB) |",
-                  "|---|---:|---:|---:|---:|"]
-        n = accuracy["rounds"]
-        for name in ("cohort", "all"):
-            a = accuracy[name]
-            lines.append(f"| {a['label']} | {a['student_accuracy'][n - 1]:.4f} | "
-                         f"{steady(a['round_seconds'][:n]) if n > 1 else float('nan'):.1f} | "
-                         f"{a['round_seconds'][0]:.1f} | {a['peak_rss_bytes'] / 2**30:.2f} |")
-        lines.append("")
+        lines.append(f"| {r['clients']:,} | {r['cohort']:,} | {r['engine']} | {r['steady_round_s']:.2f} | "
+                     f"{r['floor_round_s']:.2f} | {r['ratio']:.2f}x | {r['first_round_s']:.1f} | {r['wall_s']:.1f} | "
+                     f"{r['peak_rss_gib']:.2f} | {r['student_accuracy']:.4f} |")
+    lines += ["", "First round: the roll call, data loading and cold caches (and Ray's start on the ray engine); "
+              "wall: the whole process, imports included. Peak RSS: the whole process tree. Above 100 clients: "
+              + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in BIG.items()) + "; the others use fedkd's defaults.",
+              ""]
     return "\n".join(lines)
 
 
@@ -210,15 +179,29 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['clients']}/{r['cohort']}" for r in rows]
-    x = range(len(rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar([i - 0.2 for i in x], [r["steady_round_s"] for r in rows], 0.4, label="fedkd run (Flower)")
-    left.bar([i + 0.2 for i in x], [r["floor_round_s"] for r in rows], 0.4, label="floor (no Flower)")
-    left.set(xticks=list(x), xticklabels=labels, xlabel="clients / per round", ylabel="steady round (s)")
+    scenarios = sorted({(r["clients"], r["cohort"]) for r in rows})
+    engines = [e for e in ENGINES if any(r["engine"] == e for r in rows)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / (len(engines) + 1)
+    for j, name in enumerate(engines + ["floor"]):
+        values = []
+        for s in scenarios:
+            match = [r for r in rows if (r["clients"], r["cohort"]) == s and (r["engine"] == name or name == "floor")]
+            values.append(min(r["floor_round_s"] for r in match) if name == "floor" and match
+                          else match[0]["steady_round_s"] if match else 0.0)
+        left.bar([i + (j - len(engines) / 2) * width for i in range(len(scenarios))], values, width,
+                 label=name if name == "floor" else f"{name} engine")
+    labels = [f"{c:,}/{k:,}" for c, k in scenarios]
+    left.set(xticks=list(range(len(scenarios))), xticklabels=labels, xlabel="clients / per round",
+             ylabel="steady round (s)", yscale="log")
     left.legend()
-    right.bar(list(x), [r["peak_rss_gib"] for r in rows])
-    right.set(xticks=list(x), xticklabels=labels, xlabel="clients / per round", ylabel="peak RSS, process tree (GiB)")
+    for j, name in enumerate(engines):
+        values = [next((r["peak_rss_gib"] for r in rows if (r["clients"], r["cohort"]) == s and r["engine"] == name), 0)
+                  for s in scenarios]
+        right.bar([i + (j - (len(engines) - 1) / 2) * 0.4 for i in range(len(scenarios))], values, 0.4, label=name)
+    right.set(xticks=list(range(len(scenarios))), xticklabels=labels, xlabel="clients / per round",
+              ylabel="peak RSS, process tree (GiB)")
+    right.legend()
     for ax in (left, right):
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -227,46 +210,37 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="10/10,100/100,1000/100", help="clients/per-round, comma list")
+    parser.add_argument("--scenarios", default="10/10,100/100,1000/100,1000/1000", help="clients/per-round, comma list")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma list of inprocess, ray")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per run; the median of rounds 2.. is the steady one")
-    parser.add_argument("--accuracy", type=int, default=0, metavar="ROUNDS",
-                        help="also run 1,000 clients with all of them in every round for ROUNDS rounds (a round with "
-                             "1,000 is slow: Flower's simulation scans every node's pending messages), and compare "
-                             "with the --big-cohort-per-round run after as many rounds")
-    parser.add_argument("--big-cohort", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--one", choices=("flower", "floor"), help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="scale", help="file stem of the outputs")
+    parser.add_argument("--one", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cohort", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--cohort-all", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return one(args)
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     command = "python simulations/scale.py " + " ".join(sys.argv[1:])
     rows = []
     for item in filter(None, args.scenarios.split(",")):
         clients, _, cohort = item.partition("/")
         clients, cohort = int(clients), int(cohort or clients)
-        flower = measure("flower", clients, cohort, args.rounds, args.timeout)
-        floor = measure("floor", clients, cohort, args.rounds, args.timeout)
-        rows.append(row(clients, cohort, flower, floor))
-    accuracy = None
-    if args.accuracy:  # the big sampled scenario's own run, beside every client in every round
-        big = next((r for r in rows if r["clients"] == 1000 and r["cohort"] == args.big_cohort), None)
-        sampled = big["flower"] if big else measure("flower", 1000, args.big_cohort, args.accuracy, args.timeout)
-        every = measure("flower", 1000, args.big_cohort, args.accuracy, args.timeout, cohort_all=True)
-        accuracy = {"rounds": args.accuracy,
-                    "cohort": {"label": f"{args.big_cohort} of 1,000", **sampled},
-                    "all": {"label": "all 1,000", **every}}
-    text = markdown(rows, accuracy, args.rounds, command)
+        for engine in engines:  # side by side: each scenario's engines one after the other
+            rows.append(row(clients, cohort, engine, measure(engine, clients, cohort, args.rounds, args.timeout)))
+    text = markdown(rows, args.rounds, command)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.md").write_text(text)
-    (args.out / "scale.json").write_text(json.dumps({"command": command, "rows": rows, "accuracy": accuracy,
-                                                     "cpus": os.cpu_count()}, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(text)
+    (args.out / f"{args.name}.json").write_text(json.dumps({"command": command, "rows": rows, "cpus": os.cpu_count()},
+                                                           indent=2) + "\n")
     if rows:
-        plot(rows, args.out / "scale.png")
+        plot(rows, args.out / f"{args.name}.png")
     return 0
 
 

@@ -75,60 +75,65 @@ def test_cli_takes_clients_per_round_and_ray_address():
 # ---- through Flower ----------------------------------------------------------------------------
 
 class AskedGrid:
-    """Wraps the server's Grid; keeps (message type, destination node) of everything it sends and
-    the node -> partition id the replies reveal."""
+    """Wraps the server's Grid; keeps (message type, destination node, group, the clients the
+    message is for) of everything it sends."""
 
-    def __init__(self, grid, sent, partition_of):
-        self._grid, self.sent, self.partition_of = grid, sent, partition_of
+    def __init__(self, grid, sent):
+        self._grid, self.sent = grid, sent
 
     def send_and_receive(self, messages, *, timeout=None):
+        from fedkd.apps.node import CLIENTS, clients_of
+
         messages = list(messages)
-        self.sent.extend((m.metadata.message_type, m.metadata.dst_node_id, m.metadata.group_id) for m in messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        for reply in replies:
-            if not reply.has_error() and "metrics" in reply.content:
-                self.partition_of[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
-        return replies
+        self.sent.extend((m.metadata.message_type, m.metadata.dst_node_id, m.metadata.group_id,
+                          clients_of(m.content) if CLIENTS in m.content else ()) for m in messages)
+        return list(self._grid.send_and_receive(messages, timeout=timeout))
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
 
 
-def _asked(sent, partition_of, kind, server_round):
-    return sorted({partition_of[node] for t, node, group in sent if t.startswith(kind) and group == str(server_round)})
+def _asked(sent, kind, server_round):
+    return sorted(pid for t, _, group, ids in sent if t.startswith(kind) and group == str(server_round) for pid in ids)
 
 
-def test_only_the_cohort_trains_and_joins_the_secure_sum_and_a_dropout_is_survived(tmp_path):
-    cfg = Config(**SMALL, out=str(tmp_path))
+@pytest.mark.parametrize("nodes", [6, 2])  # one client per node; three per node
+def test_only_the_cohort_trains_and_joins_the_secure_sum_and_a_dropout_is_survived(tmp_path, nodes):
+    cfg = Config(**SMALL, out=str(tmp_path), num_nodes=nodes)
     cohorts = [sample_cohort(cfg, r) for r in (1, 2)]
     dropped = cohorts[1][0]  # a round-2 cohort member fails before its masked input (every round it is in)
     cfg = cfg.replace(drop=f"masked_input:{dropped}")
-    sent, partition_of = [], {}
-    results = simulate(cfg, observe_grid=lambda g: AskedGrid(g, sent, partition_of))
+    sent = []
+    results = simulate(cfg, observe_grid=lambda g: AskedGrid(g, sent))
     assert results["status"] == "completed"
     for r, cohort in zip((1, 2), cohorts):
         record = results["rounds"][r - 1]
         assert record["cohort"] == list(cohort)
-        assert _asked(sent, partition_of, "train", r) == list(cohort)
-        assert _asked(sent, partition_of, "query.secagg", r) == list(cohort)  # no one outside it
+        assert _asked(sent, "train", r) == list(cohort)  # each cohort client once, no one outside it
         secagg = record["secagg"]
         assert secagg["neighbors"] == 3 and secagg["threshold"] == 2  # k, t of n = 4, not of 6
         assert secagg["survivors"] == [c for c in cohort if c != dropped]
         assert record["contributors"] == len(cohort) - (dropped in cohort)
+        # every stage asked only cohort clients, and each node at most once per stage
+        stages = [(t, node) for t, node, group, _ in sent if t == "query.secagg" and group == str(r)]
+        assert set(_asked(sent, "query.secagg", r)) <= set(cohort)
+        assert len(stages) <= 4 * len({pid % nodes for pid in cohort})  # 4 stages after the keys
     assert results["rounds"][1]["secagg"]["dropped"] == {"masked_input": [dropped]}
     # the roll call asked every node once, before round 1
-    assert sorted(partition_of.values()) == list(range(6))
-    assert sum(t.endswith("roll_call") for t, _, _ in sent) == 6
+    assert sum(t.endswith("roll_call") for t, _, _, _ in sent) == nodes
+    # one train message per node holding a cohort client
+    for r, cohort in zip((1, 2), cohorts):
+        trains = [node for t, node, group, _ in sent if t == "train" and group == str(r)]
+        assert len(trains) == len(set(trains)) == len({pid % nodes for pid in cohort})
 
 
 def test_fedavg_samples_the_same_cohort(tmp_path):
-    cfg = Config(**dict(SMALL, rounds=1), method="fedavg", out=str(tmp_path))
-    sent, partition_of = [], {}
-    results = simulate(cfg, observe_grid=lambda g: AskedGrid(g, sent, partition_of))
+    cfg = Config(**dict(SMALL, rounds=1), method="fedavg", out=str(tmp_path), num_nodes=3)
+    sent = []
+    results = simulate(cfg, observe_grid=lambda g: AskedGrid(g, sent))
     cohort = list(sample_cohort(cfg, 1))
     assert results["rounds"][0]["cohort"] == cohort
-    trained = sorted({partition_of[node] for t, node, _ in sent if t == "train"})
-    assert trained == cohort
+    assert _asked(sent, "train", 1) == cohort
 
 
 def test_the_log_shows_a_sampled_cohort_compactly():

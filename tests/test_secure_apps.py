@@ -128,12 +128,12 @@ def _check_starts(cfg, own, teacher_init, sent, seen):
     replies name each node's partition); with architecture students a roll call came first."""
     from fedkd import task
     from fedkd.apps.cohort import ROLL_CALL
-    from fedkd.apps.records import partition_from_message
+    from fedkd.apps.node import clients_of
 
     shape = task.splits_for(cfg).input_shape
     trains = [m for m in sent if m.metadata.message_type == "train"]
-    pid_of = {m.metadata.src_node_id: partition_from_message(m)
-              for m in seen if m.metadata.message_type == "train" and not m.has_error()}
+    assert all(len(clients_of(m.content)) == 1 for m in trains)  # one client per node (num-nodes 4)
+    pid_of = {m.metadata.dst_node_id: clients_of(m.content)[0] for m in trains}
     assert len(trains) == 2 * 4 and len(pid_of) == 4
     for m in trains:
         arch = task.resolve(cfg.teacher_model_for(pid_of[m.metadata.dst_node_id]), shape)
@@ -212,10 +212,11 @@ DEFAULT_TRANSFER = {"teacher_init": "student", "vote_weighting": "seen-classes",
     ({"teacher_models": "mlp,cnn"}, dict(DEFAULT_TRANSFER, architecture_students=["cnn"])),
 ], ids=["defaults", "persist-confidence", "views", "no-server-step", "mixed-teachers"])
 def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, options, expected):
-    from fedkd.apps.records import vector_from_message
     from fedkd.aggregate import secagg_config
+    from fedkd.apps.node import entries
 
-    settings = dict(SMALL, rounds=2, **options)
+    # one client per node: what each client (an organisation) downloads and uploads is visible
+    settings = dict(SMALL, rounds=2, num_nodes=4, **options)
     plain_cfg = Config(**settings, aggregation="plain", out=str(tmp_path / "plain"))
     secure_cfg = Config(**settings, aggregation="secagg", out=str(tmp_path / "secure"))
     fixed_point = secagg_config(secure_cfg, 10).fixed_point
@@ -225,7 +226,8 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     secure = simulate(secure_cfg, observe_grid=lambda g: RecordingGrid(g, seen_secure, sent))
     # every vector of both rounds, as the plain run's clients sent them: the secure run's are the
     # same bit for bit (same seeds, and sums equal to the plain fixed-point sums)
-    vectors = [vector_from_message(m) for m in seen_plain if not m.has_error() and "payload" in m.content]
+    vectors = [rec["vector"].numpy() for m in seen_plain if not m.has_error()
+               for _, rec in sorted(entries(m.content, "payload").items())]
     assert len(vectors) == 2 * 4
     rows = 150 * (1 + options.get("public_views", 0))  # the public sample, then its views
     blocks = vectors[0][: rows * 10].reshape(-1, 150, 10)  # (1 + views, 150, K)
@@ -237,8 +239,8 @@ def test_server_never_sees_a_plain_vector_and_matches_plain_accuracy(tmp_path, o
     assert _leaks(seen_plain, vectors, fixed_point) == set(range(8))
     # under secure aggregation it finds none, and no reply carries a payload record
     assert _leaks(seen_secure, vectors, fixed_point) == set()
-    assert all("payload" not in m.content for m in seen_secure if not m.has_error())
-    assert any("secagg" in m.content for m in seen_secure)
+    assert all(not entries(m.content, "payload") for m in seen_secure if not m.has_error())
+    assert any(entries(m.content, "secagg") for m in seen_secure)
 
     # plain runs secagg's fixed-point encoding without masks: the same sums, so the same run
     assert plain["final"]["student_accuracy"] == secure["final"]["student_accuracy"] > 0.6  # chance: 0.1
@@ -289,26 +291,32 @@ class ExchangeGrid:
         return getattr(self._grid, name)
 
 
-def test_keys_travel_with_training_and_a_client_that_sends_none_is_a_drop_out(tmp_path):
-    cfg = Config(**dict(SMALL, rounds=2), drop="advertise_keys:1", out=str(tmp_path))
+@pytest.mark.parametrize("nodes", [4, 2])  # one client per node; two per node
+def test_keys_travel_with_training_and_a_client_that_sends_none_is_a_drop_out(tmp_path, nodes):
+    from fedkd.apps.node import clients_of, entries, entry_key
+
+    cfg = Config(**dict(SMALL, rounds=2), drop="advertise_keys:1", num_nodes=nodes, out=str(tmp_path))
     exchanges = []
     results = simulate(cfg, observe_grid=lambda g: ExchangeGrid(g, exchanges))
     assert results["status"] == "completed"
     kinds = [msgs[0].metadata.message_type for msgs, _ in exchanges]
     # one roll call per run, then per round: training (with the keys) and four stages, not five
     assert kinds == ["query.roll_call"] + 2 * (["train"] + 4 * ["query.secagg"])
-    partition_of = {r.metadata.src_node_id: int(r.content["metrics"]["partition-id"]) for r in exchanges[0][1]}
     for msgs, replies in (e for e in exchanges if e[0][0].metadata.message_type == "train"):
-        assert len(msgs) == len(replies) == 4 and not any(r.has_error() for r in replies)
-        for msg in msgs:  # each node's own request, addressed to the client the roll call tied to it
-            request = codec.decode(RecordDict({codec.RECORD: msg.content[codec.RECORD]}))
-            assert type(request).__name__ == "AdvertiseKeysRequest"
-            assert request.recipient == partition_of[msg.metadata.dst_node_id]
-        with_keys = sorted(partition_of[r.metadata.src_node_id] for r in replies if codec.RECORD in r.content)
+        assert len(msgs) == len(replies) == nodes and not any(r.has_error() for r in replies)
+        for msg in msgs:  # each client's own request, in its node's message, addressed to it
+            for pid in clients_of(msg.content):
+                request = codec.decode(RecordDict({codec.RECORD: msg.content[entry_key(codec.RECORD, pid)]}))
+                assert type(request).__name__ == "AdvertiseKeysRequest"
+                assert request.recipient == pid
+        with_keys = sorted(pid for r in replies for pid in entries(r.content, codec.RECORD))
         assert with_keys == [0, 2, 3]  # client 1 trained and replied, without keys
+        assert sorted(pid for r in replies for pid in entries(r.content, "metrics")) == [0, 1, 2, 3]
     for msgs, _ in exchanges[1:]:  # no advertise-keys request is ever sent alone
         if msgs[0].metadata.message_type == "query.secagg":
-            assert "AdvertiseKeysRequest" not in {type(codec.decode(m.content)).__name__ for m in msgs}
+            sent = {type(codec.decode(RecordDict({codec.RECORD: rec}))).__name__
+                    for m in msgs for rec in entries(m.content, codec.RECORD).values()}
+            assert sent and "AdvertiseKeysRequest" not in sent
     for record in results["rounds"]:
         assert record["secagg"]["dropped"] == {"advertise_keys": [1]}
         assert record["secagg"]["survivors"] == [0, 2, 3] and record["contributors"] == 3
@@ -392,16 +400,23 @@ def test_a_node_settings_error_with_training_is_a_drop_out_not_a_crash(monkeypat
 def test_a_train_reply_must_name_the_client_the_roll_call_tied_to_its_node():
     from types import SimpleNamespace
 
-    from fedkd.apps.driver import RunError, _check_claims
+    from flwr.app import MetricRecord
 
-    def reply(node, pid):
-        return SimpleNamespace(content={"metrics": {"partition-id": float(pid)}},
-                               metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
+    from fedkd.apps.driver import RunError, _collect
 
-    node_of = {0: 101, 1: 102}
-    _check_claims([reply(101, 0), reply(102, 1)], node_of, 1)  # the control: each names its own
+    def reply(node, pids):
+        content = RecordDict({f"metrics@{pid}": MetricRecord({"partition-id": float(pid), "train-seconds": 1.0})
+                              for pid in pids})
+        return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
+
+    by_node = {101: [0, 2], 102: [1]}
+    cfg = Config(num_clients=3)
+    got = _collect([reply(101, [0, 2]), reply(102, [1])], by_node, 1, cfg)  # the control: each names its own
+    assert sorted(got) == [0, 1, 2]
     with pytest.raises(RunError, match="node 102 replied as partition-id 0"):
-        _check_claims([reply(101, 0), reply(102, 0)], node_of, 1)
+        _collect([reply(101, [0, 2]), reply(102, [1, 0])], by_node, 1, cfg)
+    with pytest.raises(RunError, match="client 2's reply has no metrics"):
+        _collect([reply(101, [0]), reply(102, [1])], by_node, 1, cfg)
 
 
 def test_too_many_drop_outs_stop_the_run_with_the_stage(tmp_path):
@@ -494,6 +509,7 @@ def test_simulate_leaves_no_node_settings_behind(monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(cli, "_run_simulation", fake_run)
+    monkeypatch.setattr(cli, "_run_inprocess", lambda config, on_round, observe_grid: fake_run(config, on_round, 0, 0))
     with pytest.raises(RuntimeError, match="stop here"):
         cli.simulate(Config(secagg_consistency_check=False))
     assert "secagg-require-check=false" in seen["during"]

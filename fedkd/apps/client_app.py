@@ -1,11 +1,14 @@
-"""fedkd's ClientApp: read the round's config from the message, call one function of
-`fedkd.task` (or `fedkd.apps.secure` for a secure-aggregation stage; the first stage's request
-comes with the train message and is answered after training), wrap the reply. The
-teacher's weights (and, with DP-SGD teachers, their accounting history) are kept in the node's
-`context.state` between rounds, and so is the number of classes of the node's data, which the
-secure-aggregation stages need; with teacher-init student (the default) a teacher starts each
-round instead from the student the server sends down, or, of another architecture, from that
-architecture's student (architecture-students).
+"""fedkd's ClientApp: a node hosts one or more clients (`fedkd.apps.node`); each message names the
+clients it is for, and the node answers for each in turn: read the round's config, call one
+function of `fedkd.task` (or `fedkd.apps.secure` for a secure-aggregation stage; the first stage's
+request comes with the train message and is answered after training), wrap the reply entry.
+
+Each client keeps its own slice of the node's `context.state` (`ClientState`): its teacher's
+weights only where the next round needs them (teacher-init persist, or a teacher no global
+student fits; with teacher-init student, the default, none), its DP-SGD accounting history, its
+secure-aggregation state. The number of classes of the node's data is kept node-wide: the
+secure-aggregation stages need it. A client that fails answers with a `failed` entry naming why;
+the others on the node go on.
 
 torch and the data are imported in `train` only: a deployed SuperNode starts a fresh process for
 every message, and a secure-aggregation stage needs neither (about 3 s of imports and 5 s of
@@ -14,14 +17,21 @@ loading the splits saved per stage and node on this machine).
 
 from __future__ import annotations
 
+import time
+from logging import ERROR
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
+from fedkd.apps import codec
+from fedkd.apps.node import (
+    FAILED, TIMING, ClientState, clients_record, entry_key, failed_record, hosted_clients, requested,
+)
 from fedkd.apps.records import (
     config_from_message, consensus_from_message, metrics_record, prototypes_from_message, student_from_message,
     vector_record,
 )
-from fedkd.apps import codec
 from fedkd.apps.secure import keep_vector, keys_with_training, stage_step
 from fedkd.rounds import ClientMetrics
 
@@ -34,45 +44,70 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     import torch
 
+    config, server_round = config_from_message(msg)
+    ids = requested(msg.content, hosted_clients(context.node_config, config.num_clients))
+    torch.set_num_threads(max(1, int(config.client_cpus)))  # one actor per core share, no oversubscription
+    if config.method == "fedavg":
+        shared = {"global": msg.content["arrays"].to_torch_state_dict()}
+    else:  # decoded once per message, shared by the node's clients (each copies what it loads)
+        shared = {"consensus": consensus_from_message(msg), "student": student_from_message(msg),
+                  "prototypes": prototypes_from_message(msg)}
+    reply = RecordDict()
+    for pid in ids:
+        try:
+            entries = _train_client(msg, context, config, server_round, pid, shared)
+        except Exception as exc:  # this client's failure is its own: the node's other clients go on
+            entries = {entry_key(FAILED, pid): failed_record(_reason(exc))}
+        for key, record in entries.items():
+            reply[key] = record
+    return Message(reply, reply_to=msg)
+
+
+def _train_client(msg: Message, context: Context, config, server_round: int, pid: int, shared: dict) -> dict:
+    """One client's train reply entries."""
     from fedkd.task import fedavg_round, splits_for, teacher_round
 
-    config, server_round = config_from_message(msg)
-    partition_id = int(context.node_config["partition-id"])
-    torch.set_num_threads(max(1, int(config.client_cpus)))  # one actor per core share, no oversubscription
-
     if config.method == "fedavg":
-        state, metrics = fedavg_round(config, partition_id, server_round, msg.content["arrays"].to_torch_state_dict())
-        return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}), reply_to=msg)
+        state, metrics = fedavg_round(config, pid, server_round, shared["global"])
+        return {entry_key("arrays", pid): ArrayRecord(state), entry_key("metrics", pid): MetricRecord(metrics)}
 
-    previous = context.state["teacher"].to_torch_state_dict() if "teacher" in context.state else None
+    own = ClientState(context.state, pid)
+    previous = own["teacher"].to_torch_state_dict() if "teacher" in own else None
     update = teacher_round(
-        config, partition_id, server_round, previous,
-        consensus=consensus_from_message(msg), with_predictions=config.method == "fd",
-        dp_history=dp_history_from_state(context.state), student=student_from_message(msg),
-        prototypes=prototypes_from_message(msg),
+        config, pid, server_round, previous, consensus=shared["consensus"], with_predictions=config.method == "fd",
+        dp_history=dp_history_from_state(own), student=shared["student"], prototypes=shared["prototypes"],
     )
-    context.state["teacher"] = ArrayRecord(update.state)
+    if update.from_student:  # it will start from a global student again: nothing of it stays on the node
+        if "teacher" in own:
+            del own["teacher"]
+    else:
+        own["teacher"] = ArrayRecord(update.state)
     if update.dp_history:  # DP-SGD steps so far: each round's epsilon composes with the earlier ones
-        context.state["teacher-dp"] = ConfigRecord({
+        own["teacher-dp"] = ConfigRecord({
             "noise": [e[0] for e in update.dp_history], "rate": [e[1] for e in update.dp_history],
             "steps": [e[2] for e in update.dp_history]})
-    # task's hyphenated metrics, checked into ClientMetrics here at the Flower boundary
-    content = RecordDict({"metrics": metrics_record(partition_id, ClientMetrics.from_wire(update.metrics))})
+    out, metrics = {}, dict(update.metrics)
     if config.method == "fd" and config.aggregation == "secagg":
-        keep_vector(context.state, partition_id, update.vector)  # leaves the node only masked, in the secagg stages
+        t0 = time.perf_counter()
+        keep_vector(own, pid, update.vector)  # leaves the node only masked, in the secagg stages
         num_classes = splits_for(config).num_classes
         context.state[CLASSES_KEY] = ConfigRecord({"num-classes": num_classes})
-        if codec.RECORD in msg.content:  # the round's advertise-keys request came with training: keys go back now
-            keys = keys_with_training(msg.content, context.state, config, partition_id, num_classes, server_round,
-                                      run_id=context.run_id, node_config=context.node_config)
+        request = entry_key(codec.RECORD, pid)
+        if request in msg.content:  # the round's advertise-keys request came with training: keys go back now
+            keys = keys_with_training(RecordDict({codec.RECORD: msg.content[request]}), own, config, pid,
+                                      num_classes, server_round, run_id=context.run_id,
+                                      node_config=context.node_config)
             if keys is not None:  # None: refused (logged); the server counts a drop-out
-                content[codec.RECORD] = keys
+                out[request] = keys
+        metrics["secagg-seconds"] = time.perf_counter() - t0
     elif config.method == "fd":
-        content["payload"] = vector_record(update.vector)
-    return Message(content, reply_to=msg)
+        out[entry_key("payload", pid)] = vector_record(update.vector)
+    # task's hyphenated metrics, checked into ClientMetrics here at the Flower boundary
+    out[entry_key("metrics", pid)] = metrics_record(pid, ClientMetrics.from_wire(metrics))
+    return out
 
 
-def dp_history_from_state(state: RecordDict) -> tuple:
+def dp_history_from_state(state) -> tuple:
     if "teacher-dp" not in state:
         return ()
     rec = state["teacher-dp"]
@@ -81,19 +116,38 @@ def dp_history_from_state(state: RecordDict) -> tuple:
 
 @app.query("roll_call")
 def roll_call(msg: Message, context: Context) -> Message:
-    """The server's one question before sampled rounds: which client (partition) is this node."""
-    partition_id = int(context.node_config["partition-id"])
-    return Message(RecordDict({"metrics": MetricRecord({"partition-id": float(partition_id)})}), reply_to=msg)
+    """The server's one question before round 1: which clients (partitions) this node hosts."""
+    config, _ = config_from_message(msg)
+    hosted = hosted_clients(context.node_config, config.num_clients)
+    return Message(RecordDict({"clients": clients_record(hosted)}), reply_to=msg)
 
 
 @app.query("secagg")
 def secagg(msg: Message, context: Context) -> Message:
+    """One secure-aggregation stage for each client the message names, each with its own state."""
     config, server_round = config_from_message(msg)
-    partition_id = int(context.node_config["partition-id"])
+    ids = requested(msg.content, hosted_clients(context.node_config, config.num_clients))
     num_classes = _num_classes(config, context.state)
-    reply = stage_step(msg.content, context.state, config, partition_id, num_classes, server_round,
-                        run_id=context.run_id, node_config=context.node_config)
+    reply = RecordDict()
+    t0 = time.perf_counter()
+    for pid in ids:
+        key = entry_key(codec.RECORD, pid)
+        try:
+            if key not in msg.content:
+                raise ValueError(f"client {pid}: the message carries no request for it")
+            answer = stage_step(RecordDict({codec.RECORD: msg.content[key]}), ClientState(context.state, pid), config,
+                                pid, num_classes, server_round, run_id=context.run_id,
+                                node_config=context.node_config)
+            reply[key] = answer[codec.RECORD]
+        except Exception as exc:  # refused or dropped: this client is out of the session, the others go on
+            log(ERROR, "%s", _reason(exc), exc_info=exc)  # the console shows its line, run.log the traceback
+            reply[entry_key(FAILED, pid)] = failed_record(_reason(exc))
+    reply[TIMING] = MetricRecord({"secagg-seconds": time.perf_counter() - t0})  # its clients' protocol work
     return Message(reply, reply_to=msg)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _num_classes(config, state: RecordDict) -> int:

@@ -1,26 +1,24 @@
-"""Which nodes take part in a round when `clients-per-round` samples a cohort.
+"""Which node hosts which client, and each round's cohort grouped by node.
 
 Owns: the roll call (one small `query.roll_call` message to every node, once per run, whose reply
-names the node's partition id) and turning a round's cohort of partition ids into Flower node ids;
-`CohortFedAvg`, Flower's FedAvg sending each round only to the same cohort. Must not touch: the
+lists the partition ids the node hosts, `fedkd.apps.node.hosted_clients`) and turning a round's
+cohort of partition ids into one group of clients per node (`Placement`). Must not touch: the
 sampling rule (`fedkd.task.sample_cohort`, a function of the seed and the round) or the maths.
 
-Why a roll call: Flower gives nodes random ids, so a cohort drawn over sorted node ids would
-differ between runs with one seed. The cohort is drawn over partition ids instead, and the server
-learns which node holds which partition id before round 1 (the same id every train reply carries;
-an fd or local train reply naming another id stops the run). Secure rounds need it too: each client's train
-message carries its own advertise-keys request. So do runs with architecture students: each client is sent only
-the model its teacher starts from (`fedkd.task.starting_weights`), which depends on its architecture.
+Why a roll call: Flower gives nodes random ids, so the server learns which node holds which
+partition ids before round 1; a cohort is drawn over partition ids, so one seed gives the same
+cohorts whatever the node ids and however the clients are spread over nodes. Every message after
+it names its clients, and a reply entry for a client the roll call did not tie to that node is
+nobody's answer.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
-
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
+from fedkd.apps.node import CLIENTS
+from fedkd.apps.records import config_record
 from fedkd.config import Config
 from fedkd.task import sample_cohort
 
@@ -32,17 +30,22 @@ class CohortError(RuntimeError):
 
 
 def roll_call(grid: Grid, nodes: list[int], config: Config) -> dict[int, int]:
-    """Partition id -> node id for every node, asked once; a missing, failed or duplicate answer
-    stops the run (a cohort must be able to name any client)."""
-    messages = [Message(RecordDict(), node, ROLL_CALL) for node in nodes]
+    """Partition id -> node id for every client, asked once; a missing, failed or overlapping
+    answer stops the run (a cohort must be able to name any client)."""
+    messages = [Message(RecordDict({"config": config_record(config, 0)}), node, ROLL_CALL) for node in nodes]
     node_of: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=config.timeout):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            raise CohortError(f"node {reply.metadata.src_node_id} failed the roll call: {reply.error.reason}")
-        pid = int(reply.content["metrics"]["partition-id"])
-        if pid in node_of:
-            raise CohortError(f"nodes {node_of[pid]} and {reply.metadata.src_node_id} both claim partition-id {pid}")
-        node_of[pid] = reply.metadata.src_node_id
+            raise CohortError(f"node {node} failed the roll call: {reply.error.reason}")
+        try:
+            ids = [int(i) for i in reply.content[CLIENTS]["ids"]]
+        except (KeyError, TypeError, ValueError):
+            raise CohortError(f"node {node} answered the roll call without its list of clients") from None
+        for pid in ids:
+            if pid in node_of:
+                raise CohortError(f"nodes {node_of[pid]} and {node} both claim partition-id {pid}")
+            node_of[pid] = node
     missing = sorted(set(range(config.num_clients)) - set(node_of))
     if missing:
         raise CohortError(f"no node answered the roll call for partition ids {missing[:10]}"
@@ -50,34 +53,18 @@ def roll_call(grid: Grid, nodes: list[int], config: Config) -> dict[int, int]:
     return node_of
 
 
-class Cohorts:
-    """Each round's cohort as (partition ids, node ids). Without sampling, and without `by_partition`,
-    every node is asked and no roll call is made (the partition ids then come back in the train
-    replies). `by_partition`: rounds whose train messages differ per client, so the server must know
-    each node's partition id first: secure fd rounds (per-client key requests,
-    `fedkd.apps.secure.SecureRound`) and architecture students (per-architecture start weights)."""
+class Placement:
+    """The run's placement of clients on nodes (from the roll call) and each round's cohort,
+    grouped by node."""
 
-    def __init__(self, grid: Grid, nodes: list[int], config: Config, by_partition: bool = False):
-        self.config, self.nodes = config, list(nodes)
-        self.node_of = roll_call(grid, nodes, config) if config.clients_per_round or by_partition else None
+    def __init__(self, grid: Grid, nodes: list[int], config: Config):
+        self.config = config
+        self.node_of = roll_call(grid, nodes, config)  # partition id -> node id
 
-    def of_round(self, server_round: int) -> tuple[tuple[int, ...], list[int]]:
+    def of_round(self, server_round: int) -> tuple[tuple[int, ...], dict[int, list[int]]]:
+        """(the round's cohort, node id -> its clients in the cohort, ascending)."""
         cohort = sample_cohort(self.config, server_round)
-        if self.node_of is None:
-            return cohort, self.nodes
-        return cohort, [self.node_of[pid] for pid in cohort]
-
-
-class CohortFedAvg(FedAvg):
-    """Flower's FedAvg (fraction-train 1) with each round's messages kept for the cohort's nodes
-    only, so the fedavg baseline samples exactly the clients fd does."""
-
-    def __init__(self, cohorts: Cohorts, **kwargs):
-        super().__init__(**kwargs)
-        self.cohorts = cohorts
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        chosen = set(self.cohorts.of_round(server_round)[1])
-        return [m for m in super().configure_train(server_round, arrays, config, grid)
-                if m.metadata.dst_node_id in chosen]
+        by_node: dict[int, list[int]] = {}
+        for pid in cohort:
+            by_node.setdefault(self.node_of[pid], []).append(pid)
+        return cohort, by_node

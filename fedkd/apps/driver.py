@@ -1,11 +1,13 @@
-"""The federation loop on the server: one train exchange per round (and, with secure aggregation,
-its remaining stages: `fedkd.apps.secure.SecureRound`), then the core.
+"""The round engine: the one round loop of fedkd, whatever drives the Grid (`fedkd run`'s
+in-process engine, Flower's Ray simulation, `flwr run`, `fedkd deploy`). One train exchange per
+round (and, with secure aggregation, its remaining stages: `fedkd.apps.secure.SecureRound`),
+then the core.
 
-Owns: waiting for nodes (saying what it waits for), sending each round's train messages (to the
-round's cohort, `fedkd.apps.cohort`) and
-turning replies into `ClientReply`s, running the `fedavg` baseline through Flower's own FedAvg
-strategy, timing each round, and handing records (and what the run resolved, and why it stopped
-early) to the `RunRecorder`. Must not touch: the maths (`fedkd.server`).
+Owns: waiting for nodes (saying what it waits for), sending each round's train messages (one per
+node, with an entry for each of its clients in the round's cohort: `fedkd.apps.cohort`,
+`fedkd.apps.node`), turning the reply entries into `ClientReply`s (fd, local) or FedAvg's weighted
+mean (fedavg), timing each round, and handing records (and what the run resolved, and why it
+stopped early) to the `RunRecorder`. Must not touch: the maths (`fedkd.server`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from dataclasses import replace
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedkd.apps.cohort import CohortFedAvg, Cohorts
-from fedkd.apps.records import metrics_from_message, partition_from_message, train_content, vector_from_message
+from fedkd.apps import codec
+from fedkd.apps.cohort import Placement
+from fedkd.apps.node import CLIENTS, FAILED, clients_record, entries, entry_key
+from fedkd.apps.records import config_record, train_content
 from fedkd.apps.secure import SecureRound, fixed_point_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder, resolved_settings
+from fedkd.rounds import ClientMetrics
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
 from fedkd.task import starting_weights, vector_layout
 
@@ -49,8 +54,6 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
                 t0 = time.perf_counter()
                 record = server.central_round(r)
                 recorder.add_round(replace(record, seconds=time.perf_counter() - t0))
-        elif config.method == "fedavg":
-            _run_fedavg(grid, config, server, recorder)
         else:
             _run_rounds(grid, config, server, recorder)
         return recorder.finish(time.perf_counter() - started)
@@ -59,44 +62,50 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
         raise
 
 
+def expected_nodes(config: Config) -> int:
+    """How many nodes the run waits for: `num-nodes`, or with 0 (auto) one per client."""
+    return config.num_nodes or config.num_clients
+
+
 def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: float = 30.0) -> list[int]:
-    """All `num-clients` nodes, waiting up to `timeout` seconds for them to connect. While it
+    """All `expected_nodes` nodes, waiting up to `timeout` seconds for them to connect. While it
     waits it logs what it waits for at once, then every `report_every` seconds."""
+    want = expected_nodes(config)
     started = time.monotonic()
     deadline, next_report = started + config.timeout, started
     while True:
         nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= config.num_clients:
-            if len(nodes) > config.num_clients:
+        if len(nodes) >= want:
+            if len(nodes) > want:
                 raise RunError(
-                    f"{len(nodes)} nodes are connected but num-clients={config.num_clients}; "
-                    "set num-clients to the number of SuperNodes"
+                    f"{len(nodes)} nodes are connected but the run expects {want} (num-nodes={config.num_nodes}, "
+                    f"num-clients={config.num_clients}); set num-nodes (or, with one client per node, "
+                    "num-clients) to the number of SuperNodes"
                 )
             return nodes
         now = time.monotonic()
         if now > deadline:
-            raise RunError(f"only {len(nodes)} of num-clients={config.num_clients} nodes connected within {config.timeout}s")
+            raise RunError(f"only {len(nodes)} of the {want} nodes the run expects connected within {config.timeout}s")
         if now >= next_report:
-            log(INFO, "fedkd: waiting for %d nodes, %d connected (%.0f s of timeout=%gs); num-clients must equal "
-                "the number of SuperNodes (num-supernodes of a simulation)", config.num_clients, len(nodes),
+            log(INFO, "fedkd: waiting for %d nodes, %d connected (%.0f s of timeout=%gs); with num-nodes 0 "
+                "num-clients must equal the number of SuperNodes (num-supernodes of a simulation)", want, len(nodes),
                 now - started, config.timeout)
             next_report = now + report_every
         time.sleep(poll)
 
 
 def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
-    """fd and local rounds. A PrivacyBudgetError stops the run cleanly (`recorder.stop`): the
-    rounds so far stand, and the privacy spent is recorded even when the round is refused.
-    With secure aggregation the round's sum is opened before training (`SecureRound`): each train
-    message carries its client's advertise-keys request, and the keys come back with training. The
-    session is sized for the whole cohort, so a client whose train reply does not come back in time
-    is a drop-out at advertise_keys and uses up the session's drop-out tolerance (before, the
-    session was opened over the clients that had replied)."""
+    """The round loop of every method with clients (fd, local, fedavg), on every engine: each
+    round's cohort gets one train message per node, with an entry per client
+    (`fedkd.apps.node`), and the replies come back as one entry per client.
+
+    A PrivacyBudgetError stops the run cleanly (`recorder.stop`): the rounds so far stand, and the
+    privacy spent is recorded even when the round is refused. With secure aggregation the round's
+    sum is opened before training (`SecureRound`): each client's entry carries its advertise-keys
+    request, and the keys come back with training. The session is sized for the whole cohort, so a
+    client whose train reply does not come back in time is a drop-out at advertise_keys."""
     secure = config.method == "fd" and config.aggregation == "secagg"
-    # with architecture students each client gets only its own architecture's start
-    # (`task.starting_weights`), so the server must know each node's partition id, as for secagg
-    per_architecture = bool(server.prototypes)
-    cohorts = Cohorts(grid, wait_for_nodes(grid, config), config, by_partition=secure or per_architecture)
+    placement = Placement(grid, wait_for_nodes(grid, config), config)
     for r in range(1, config.rounds + 1):
         try:
             server.check_budget(r)
@@ -104,23 +113,28 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             recorder.stop(exc.status, str(exc))
             return
         t0 = time.perf_counter()
-        cohort, nodes = cohorts.of_round(r)  # only the cohort trains and joins this round's secure sum
-        contents = _train_contents(config, server, r, cohort)
-        if cohorts.node_of is None and len({id(c) for c in contents.values()}) > 1:
-            # without a roll call the pairing of partition ids and nodes below is arbitrary
-            raise RunError("per-client train content needs the roll call (Cohorts by_partition)")
+        cohort, by_node = placement.of_round(r)  # only the cohort trains and joins this round's secure sum
         session = None
         if secure:
             layout = vector_layout(config, server.splits, r)
-            session = SecureRound(grid.run.run_id, dict(zip(cohort, nodes)), layout.length, config, layout.classes, r)
-        messages = [Message(contents[pid] if session is None else session.with_keys(contents[pid], pid), node,
-                            MessageType.TRAIN, group_id=str(r)) for pid, node in zip(cohort, nodes)]
-        raw = list(grid.send_and_receive(messages, timeout=config.timeout))
-        replies = _collect(raw, r, config)
+            session = SecureRound(grid.run.run_id, {pid: placement.node_of[pid] for pid in cohort}, layout.length,
+                                  config, layout.classes, r)
+        messages = [Message(_node_content(config, server, r, ids, session), node, MessageType.TRAIN,
+                            group_id=str(r)) for node, ids in by_node.items()]
+        got = _collect(grid.send_and_receive(messages, timeout=config.timeout), by_node, r, config)
         seconds_clients = time.perf_counter() - t0
-        if cohorts.node_of is not None:  # the roll call tied each node to a client: replies must agree
-            _check_claims(raw, cohorts.node_of, r)
-        aggregate = session.finish(grid, raw) if session is not None else None
+        if config.method == "fedavg":
+            record = server.fedavg_record(r, fedavg_mean(got), seconds_clients=seconds_clients)
+            work = sum(e["metrics"].train_seconds for e in got.values())
+            recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort),
+                                       client_work_seconds=work))
+            continue
+        replies = [ClientReply(pid, e.get("payload", np.zeros(0, np.float32)), e["metrics"])
+                   for pid, e in sorted(got.items())]
+        aggregate = None
+        if session is not None:
+            aggregate = session.finish(grid, {pid: e["keys"] for pid, e in got.items() if "keys" in e},
+                                       keys_seconds=sum(e["metrics"].secagg_seconds or 0.0 for e in got.values()))
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly
@@ -132,44 +146,83 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort)))
 
 
-def _train_contents(config: Config, server: DistillationServer, server_round: int,
-                    cohort: tuple[int, ...]) -> dict[int, RecordDict]:
-    """Partition id -> the round's train message content, one content per start: the student's,
-    or with architecture students each architecture's own (`task.starting_weights`), so a client
-    downloads only the weights it starts from. Without them every client gets the same content."""
-    student, prototypes = server.student.state_dict(), server.prototype_states()
-    made: dict[str, RecordDict] = {}
-    contents = {}
-    for pid in cohort:
-        start, own = starting_weights(config, server.splits, pid, student, prototypes)
-        key = next(iter(own), "")  # "": the student's start
-        if key not in made:
-            made[key] = train_content(config, server_round, server.consensus, student=start, prototypes=own)
-        contents[pid] = made[key]
-    return contents
+def _node_content(config: Config, server: DistillationServer, server_round: int, ids: list[int],
+                  session: SecureRound | None) -> RecordDict:
+    """One node's train message: what its clients share (the config, the consensus, the start
+    each of them needs: the student, or with architecture students its architecture's own,
+    `task.starting_weights`, so a node downloads only what its clients start from), the list of
+    its clients, and each client's advertise-keys request."""
+    if config.method == "fedavg":
+        content = RecordDict({"config": config_record(config, server_round),
+                              "arrays": ArrayRecord(server.student.state_dict())})
+    else:
+        student, prototypes = server.student.state_dict(), server.prototype_states()
+        needs_student, own = False, {}
+        for pid in ids:
+            start, theirs = starting_weights(config, server.splits, pid, student, prototypes)
+            needs_student |= start is not None
+            own.update(theirs)
+        content = train_content(config, server_round, server.consensus, student=student if needs_student else None,
+                                prototypes=own)
+    content[CLIENTS] = clients_record(ids)
+    if session is not None:
+        for pid in ids:
+            content[entry_key(codec.RECORD, pid)] = session.request(pid)
+    return content
 
 
-def _check_claims(replies: list[Message], node_of: dict[int, int], server_round: int) -> None:
-    """A train reply must name the partition id its node gave at the roll call: keys are asked of,
-    and counted for, the client id the roll call tied to the node."""
-    for msg in replies:  # error replies have already stopped the run (_collect)
-        pid = partition_from_message(msg)
-        if node_of.get(pid) != msg.metadata.src_node_id:
-            raise RunError(f"round {server_round}: node {msg.metadata.src_node_id} replied as partition-id {pid}, "
-                           f"which the roll call tied to node {node_of.get(pid)}")
-
-
-def _collect(replies: list[Message], server_round: int, config: Config) -> list[ClientReply]:
-    out = []
+def _collect(replies: list[Message], by_node: dict[int, list[int]], server_round: int,
+             config: Config) -> dict[int, dict]:
+    """Client id -> {"metrics": ClientMetrics, and "payload" (plain fd), "keys" (secure fd) or
+    "arrays" (fedavg)}, from each node's reply. An entry for a client that was not asked of that
+    node stops the run (the roll call tied each client to one node); a client that failed stops
+    it too, with its reason; a node that did not answer in time leaves its clients out."""
+    out: dict[int, dict] = {}
+    in_clear = config.method == "fd" and config.aggregation == "plain"
     for msg in replies:
+        node = msg.metadata.src_node_id
+        asked = set(by_node.get(node, ()))
         if msg.has_error():
-            raise RunError(f"round {server_round}: a client failed: {last_line(msg.error.reason)}")
-        in_clear = config.method == "fd" and config.aggregation == "plain"
-        vector = vector_from_message(msg) if in_clear else np.zeros(0, np.float32)
-        out.append(ClientReply(partition_from_message(msg), vector, metrics_from_message(msg)))
+            ids = ",".join(map(str, sorted(asked)))
+            raise RunError(f"round {server_round}: the node of clients {ids} failed: {last_line(msg.error.reason)}")
+        content = msg.content
+        for name in ("metrics", FAILED, "payload", "arrays", codec.RECORD):
+            for pid in entries(content, name):
+                if pid not in asked:
+                    raise RunError(f"round {server_round}: node {node} replied as partition-id {pid}, "
+                                   f"which the roll call did not tie to it")
+        for pid, record in sorted(entries(content, FAILED).items()):
+            raise RunError(f"round {server_round}: client {pid} failed: {last_line(str(record.get('reason')))}")
+        for pid in sorted(asked):
+            metrics = content.get(entry_key("metrics", pid))
+            if metrics is None:
+                raise RunError(f"round {server_round}: client {pid}'s reply has no metrics")
+            entry = {"metrics": ClientMetrics.from_wire(metrics)}
+            if in_clear:
+                entry["payload"] = content[entry_key("payload", pid)]["vector"].numpy()
+            if config.method == "fedavg":
+                entry["arrays"] = content[entry_key("arrays", pid)].to_torch_state_dict()
+            keys = content.get(entry_key(codec.RECORD, pid))
+            if keys is not None:
+                entry["keys"] = keys
+            out[pid] = entry
     if not out:
         raise RunError(f"round {server_round}: no client replied within timeout={config.timeout}s")
-    return sorted(out, key=lambda reply: reply.partition_id)
+    return out
+
+
+def fedavg_mean(entries: dict[int, dict]) -> dict:
+    """FedAvg's weighted mean of the clients' weights by their number of examples (McMahan et al.,
+    2017), in float64 over clients in partition-id order: the same result whatever the grouping."""
+    ids = sorted(entries)
+    sizes = np.array([entries[pid]["metrics"].num_examples for pid in ids], dtype=np.float64)
+    weights = sizes / sizes.sum()
+    first = entries[ids[0]]["arrays"]
+    mean = {}
+    for key, value in first.items():
+        total = sum(w * entries[pid]["arrays"][key].double() for w, pid in zip(weights, ids))
+        mean[key] = total.to(value.dtype) if value.is_floating_point() else total.round().to(value.dtype)
+    return mean
 
 
 def last_line(reason: str | None) -> str:
@@ -179,29 +232,3 @@ def last_line(reason: str | None) -> str:
     # Flower's wrapper of an exception raised in a ClientApp adds nothing a user needs
     _, found, message = last.partition("Exception ClientAppException occurred. Message: ")
     return message if found and message else last
-
-
-def _run_fedavg(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
-    nodes = wait_for_nodes(grid, config)
-    strategy = CohortFedAvg(
-        Cohorts(grid, nodes, config), fraction_train=1.0, fraction_evaluate=0.0,
-        min_train_nodes=len(nodes), min_available_nodes=len(nodes),
-    )
-    last = [time.perf_counter()]
-
-    def evaluate(server_round: int, arrays: ArrayRecord):
-        if server_round == 0:  # FedAvg evaluates the initial model too; fedkd records rounds 1..R
-            last[0] = time.perf_counter()
-            return None
-        now = time.perf_counter()
-        record = server.fedavg_record(server_round, arrays.to_torch_state_dict(), seconds_clients=now - last[0])
-        recorder.add_round(replace(record, seconds=time.perf_counter() - last[0],
-                                   cohort=tuple(strategy.cohorts.of_round(server_round)[0])))
-        last[0] = time.perf_counter()
-        return None
-
-    config_record = ConfigRecord(config.to_run_config())
-    strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(server.student.state_dict()), num_rounds=config.rounds,
-        timeout=config.timeout, train_config=config_record, evaluate_fn=evaluate,
-    )

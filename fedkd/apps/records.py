@@ -46,20 +46,8 @@ def metrics_record(partition_id: int, metrics: ClientMetrics) -> MetricRecord:
     return MetricRecord({"partition-id": float(partition_id), **metrics.to_wire()})
 
 
-def partition_from_message(msg: Message) -> int:
-    return int(msg.content["metrics"]["partition-id"])
-
-
-def metrics_from_message(msg: Message) -> ClientMetrics:
-    return ClientMetrics.from_wire(msg.content["metrics"])
-
-
 def vector_record(vector: np.ndarray) -> ArrayRecord:
     return ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float32))})
-
-
-def vector_from_message(msg: Message) -> np.ndarray:
-    return msg.content["payload"]["vector"].numpy()
 
 
 def consensus_record(consensus: Consensus) -> ArrayRecord:

@@ -29,12 +29,13 @@ from collections.abc import Iterable, Mapping
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedkd.aggregate import Aggregate, SecureAggregationError, check_contribution, secagg_config
 from fedkd.apps import codec
+from fedkd.apps.node import CLIENTS, TIMING, clients_record, entries, entry_key
 from fedkd.apps.records import config_record
 from fedkd.config import Config
 from fedkd.secagg import UNMASK, Pins, ProtocolError, RoundFailed, SecAggClient, SecAggServer
@@ -132,7 +133,9 @@ class SecureRound:
     """One round's secure sum over the cohort `nodes` (client id -> node id), opened before the
     round's training so that each client's advertise-keys request rides in its train message and
     its keys come back in the train reply: one exchange fewer per round (issue 14). The stages
-    after it run as `query.secagg` exchanges in `finish`.
+    after it run as `query.secagg` exchanges in `finish`, one message per node carrying an entry
+    for each of its clients (`fedkd.apps.node`): every client keeps its own state machine, and the
+    server's view of each client is the same whatever the grouping.
 
     The client answers the request only after training, with the vector already held
     (`keys_with_training`), with the checks `client_step` applies to every request (session id,
@@ -149,24 +152,27 @@ class SecureRound:
             raise SecureAggregationError(f"secure aggregation cannot start: {exc}") from None
         self.requests = self.server.start()  # client id -> AdvertiseKeysRequest
 
-    def with_keys(self, content: RecordDict, client_id: int) -> RecordDict:
-        """The round's train content plus client `client_id`'s advertise-keys request."""
-        return RecordDict({**content, codec.RECORD: codec.encode(self.requests[client_id])[codec.RECORD]})
+    def request(self, client_id: int) -> ConfigRecord:
+        """Client `client_id`'s advertise-keys request, to ride in its node's train message."""
+        return codec.encode(self.requests[client_id])[codec.RECORD]
 
-    def finish(self, grid: Grid, train_replies: Iterable[Message]) -> Aggregate:
-        """Take the keys from the train replies, run the remaining stages, return the sum."""
+    def finish(self, grid: Grid, keys: Mapping[int, ConfigRecord], keys_seconds: float = 0.0) -> Aggregate:
+        """Take the keys that came back with training (client id -> its record; a client without
+        one is a drop-out at advertise_keys), run the remaining stages, return the sum.
+        `keys_seconds`: the clients' own time making them (their metrics), for the record."""
         started = time.perf_counter()
-        client_of = {node: cid for cid, node in self.nodes.items()}
-        keys, malformed = [], []
-        for msg in train_replies:
-            cid = client_of.get(msg.metadata.src_node_id)
-            if cid is None or msg.has_error() or codec.RECORD not in msg.content:
-                continue  # no keys: a drop-out at advertise_keys
+        self.client_seconds = keys_seconds
+        taken, malformed = [], []
+        for cid in sorted(keys):
+            if cid not in self.nodes:
+                continue
             try:
-                keys.append((cid, codec.decode(RecordDict({codec.RECORD: msg.content[codec.RECORD]}))))
+                if not isinstance(keys[cid], ConfigRecord):
+                    raise ProtocolError(f"client {cid}'s keys are not a config record")
+                taken.append((cid, codec.decode(RecordDict({codec.RECORD: keys[cid]}))))
             except ProtocolError:
                 malformed.append(cid)
-        return self._run(grid, sorted(keys, key=lambda pair: pair[0]), malformed, started)
+        return self._run(grid, taken, malformed, started)
 
     def _run(self, grid: Grid, keys: list[tuple[int, object]], malformed: list[int], started: float) -> Aggregate:
         server, config, server_round = self.server, self.config, self.round
@@ -183,7 +189,8 @@ class SecureRound:
             wall[stage] = time.perf_counter() - t0
             while True:  # every later stage: one query.secagg exchange
                 stage, t0 = server.stage, time.perf_counter()
-                replies, malformed = _exchange(grid, requests, self.nodes, config, server_round)
+                replies, malformed, seconds = _exchange(grid, requests, self.nodes, config, server_round)
+                self.client_seconds += seconds
                 refused[stage] = list(malformed)
                 take_replies(server, replies, uploaded, refused[stage])
                 if stage == UNMASK:
@@ -205,6 +212,7 @@ class SecureRound:
             "seconds_per_stage": {stage: round(s, 4) for stage, s in wall.items()},
             "seconds_total": time.perf_counter() - started,  # after training: the keys' intake, then the stages
             "server_compute_seconds": {stage: round(s, 4) for stage, s in result.seconds_per_stage.items()},
+            "client_compute_seconds": round(self.client_seconds, 4),
             "neighbors": server.neighbors,
             "threshold": server.threshold,
             "clip": self.sa_config.clip,
@@ -229,27 +237,39 @@ def take_replies(server: SecAggServer, replies: list[tuple[int, object]], upload
 
 
 def _exchange(grid: Grid, requests: dict[int, object], nodes: dict[int, int], config: Config,
-              server_round: int) -> tuple[list[tuple[int, object]], list[int]]:
-    """Send each request to its client's node; return (client id, decoded reply) for the clients
-    that answered in time with a well-formed reply, and the ids whose reply was malformed.
-    A client that failed (error reply) or did not answer in time is a drop-out."""
-    messages, client_of = [], {}
-    for client_id, request in requests.items():
-        content = codec.encode(request)
-        content["config"] = config_record(config, server_round)
-        msg = Message(content, nodes[client_id], SECAGG_MESSAGE, group_id=str(server_round))
-        messages.append(msg)
-        client_of[nodes[client_id]] = client_id
-    out, malformed = [], []
+              server_round: int) -> tuple[list[tuple[int, object]], list[int], float]:
+    """Send each request to its client's node, one message per node with an entry per client;
+    return (client id, decoded reply) for the clients that answered in time with a well-formed
+    reply, the ids whose reply was malformed, and the nodes' own time on the stage (as reported). A client that failed (its node's error reply, or
+    a `failed` entry) or did not answer in time is a drop-out."""
+    by_node: dict[int, list[int]] = {}
+    for client_id in requests:
+        by_node.setdefault(nodes[client_id], []).append(client_id)
+    messages, asked = [], {}
+    for node, ids in by_node.items():
+        content = RecordDict({"config": config_record(config, server_round), CLIENTS: clients_record(ids)})
+        for client_id in ids:
+            content[entry_key(codec.RECORD, client_id)] = codec.encode(requests[client_id])[codec.RECORD]
+        messages.append(Message(content, node, SECAGG_MESSAGE, group_id=str(server_round)))
+        asked[node] = set(ids)
+    out, malformed, seconds = [], [], 0.0
     for reply in grid.send_and_receive(messages, timeout=config.secagg_timeout):
-        client_id = client_of.get(reply.metadata.src_node_id)
-        if client_id is None or reply.has_error():
+        ids = asked.get(reply.metadata.src_node_id, set())
+        if reply.has_error():
             continue
-        try:
-            out.append((client_id, codec.decode(reply.content)))
-        except ProtocolError:
-            malformed.append(client_id)
-    return sorted(out, key=lambda pair: pair[0]), sorted(malformed)
+        timing = reply.content.get(TIMING)
+        if isinstance(timing, MetricRecord) and isinstance(timing.get("secagg-seconds"), float):
+            seconds += max(0.0, timing["secagg-seconds"])
+        for client_id, record in entries(reply.content, codec.RECORD).items():
+            if client_id not in ids:
+                continue  # an entry for a client not asked of this node: nobody's answer
+            try:
+                if not isinstance(record, ConfigRecord):
+                    raise ProtocolError(f"client {client_id}'s reply is not a config record")
+                out.append((client_id, codec.decode(RecordDict({codec.RECORD: record}))))
+            except ProtocolError:
+                malformed.append(client_id)
+    return sorted(out, key=lambda pair: pair[0]), sorted(malformed), seconds
 
 
 def _bytes_of(reply: object) -> Iterable[bytes]:
