@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedkd.bench import round as round_bench
+from fedkd.cliparser import Parser
 from fedkd.config import Config
 from fedkd.confighelp import HELP
 from fedkd.errors import report
@@ -70,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedkd", description="Federated knowledge distillation with secure aggregation.")
+    parser = Parser(prog="fedkd", description="Federated knowledge distillation with secure aggregation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a Flower simulation in this process and save its results")
     _add_config_options(run)
