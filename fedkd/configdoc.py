@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedkd.configdoc", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help=f"exit 1 if {PAGE.name} is stale; write nothing")
     args = parser.parse_args(argv)
+    if not PAGE.parent.is_dir():  # an installed copy of the package has no docs/ beside it
+        print(f"{PAGE.parent} does not exist: run this from a source checkout of fedkd", file=sys.stderr)
+        return 2
     text = render()
     if args.check:
         if not PAGE.exists() or PAGE.read_text(encoding="utf-8") != text:
