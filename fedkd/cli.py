@@ -31,7 +31,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedkd.bench import round as round_bench
+from fedkd.cliparser import Parser
 from fedkd.config import Config
+from fedkd.confighelp import HELP
 from fedkd.errors import report
 from fedkd.privacy.mechanism import PrivacyError
 from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, stalled_text, write_json_atomic
@@ -44,39 +46,6 @@ from fedkd.simulation import simulate
 # Short spellings for the options people type most; every config field also has its full name.
 ALIASES = {"num_clients": ("--clients",), "dp_delta": ("--delta",), "dp_epsilon_budget": ("--epsilon-budget",),
            "dp_target_epsilon": ("--target-epsilon",), "public_sample": ("--queries-per-round",)}
-HELP = {
-    "method": "fd (federated distillation), fedavg, central (upper bound) or local (teachers alone)",
-    "dataset": "digits (embedded); mnist, fashion-mnist, cifar10 (from --data-dir); a .npz (x/y, or Keras "
-               "x_train/y_train/x_test/y_test), .parquet, save_to_disk or image folder; or hf:NAME[?image=COL&label=COL]. "
-               "User images become channels first; 0..255 values are divided by 255 and standardised per channel "
-               "with public-set statistics, values in [0,1] standardised, anything else used as given",
-    "alpha": "Dirichlet concentration for --partition dirichlet (smaller: more skewed)",
-    "temperature": "softmax temperature T of the released predictions",
-    "ensemble": "mean | geometric | logits | dsfl",
-    "server_step": "the student's target from round 2 on: softmax(log p_student + step * (log p_ensemble - "
-                   "log p_student)) at the teacher's temperature (1 for dsfl); 1: the ensemble itself, > 1 steps "
-                   "past it; -1: auto, 1.5 under ensemble mean with every client in every round and no DP of either kind, "
-                   "else 1; set by hand, refused under distributed DP and with ensemble logits",
-    "teacher_models": "comma list cycled over clients: auto, mlp, cnn, resnet8",
-    "public_sample": "public examples released per round (0: all of them); each adds 1 + public-views rows",
-    "public_views": "augmented views (shifts, mirror images) of each public example the teachers also label; "
-                    "-1: auto, 3 on images of at least 16x16 pixels, else 0, and 0 under distributed DP",
-    "view_flip": "mirror views left-right at random (off for images whose mirror is another class)",
-    "clip_norm": "max L2 norm of each local SGD step's gradient (teachers, FedAvg, central; 0: off; "
-                 "DP-SGD teachers clip per example instead)",
-    "architecture_students": "with teacher-init student, the server also distils one student per teacher "
-                             "architecture unlike the student's (FedDF) and those teachers start from it; off: "
-                             "they keep their own weights and digest the consensus",
-    "digest_epochs": "FedMD/DS-FL digest epochs on last round's consensus (0: off)",
-    "out": "output folder for config.json, results.json, summary.txt, curves.png, run.log; "
-           "DIR/latest: a new DIR/<date-time> folder per run, DIR/latest links to it",
-    "dp_clip": "distributed DP: L2 bound of a client's centred soft labels per round (0: DP off)",
-    "dp_noise_multiplier": "distributed DP: noise std in the sum / the rounded L2 sensitivity",
-    "dp_epsilon_budget": "stop before a round could take epsilon past this (0: no budget)",
-    "dp_mechanism": "ddg (distributed discrete Gaussian) or skellam",
-    "dp_target_epsilon": "distributed DP: pick the noise multiplier so all rounds spend this epsilon",
-    "teacher_dp_noise_multiplier": "DP-SGD teachers (Opacus): noise std / max-grad-norm (0: plain SGD)",
-}
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedkd", description="Federated knowledge distillation with secure aggregation.")
+    parser = Parser(prog="fedkd", description="Federated knowledge distillation with secure aggregation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a Flower simulation in this process and save its results")
     _add_config_options(run)

@@ -94,7 +94,7 @@ class DistillationServer:
         self.student = build_model(config.student_model, self.splits.input_shape, self.splits.num_classes)
         # FedDF (Lin et al., NeurIPS 2020): one global model per architecture, each distilled from the
         # same ensemble; teachers of that architecture start from it. Only weights go down: the upload
-        # stays the teachers' predictions. Measured: README, issue 12.
+        # stays the teachers' predictions. Measured: docs/results.md, "Mixed architectures".
         self.prototypes: dict[str, torch.nn.Module] = {}
         for name in prototype_architectures(config, self.splits):
             torch.manual_seed(derive_seed(config.seed, "student-init", name))

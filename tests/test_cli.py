@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from fedkd.cli import main
+from fedkd.cliparser import unknown_text
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,26 @@ def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):
     assert err.startswith("fedkd: error: ") and fragment in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["run", "--rouds", "3"], "fedkd run: error: unknown option --rouds; did you mean --rounds?"),
+        (["run", "--dp-clp=1"], "fedkd run: error: unknown option --dp-clp; did you mean --dp-clip?"),
+        (["bench", "round", "--clints", "3"], "fedkd bench round: error: unknown option --clints; did you mean --clients?"),
+    ],
+)
+def test_a_mistyped_option_is_one_line_naming_the_closest(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == line + "\n"  # no usage block, no traceback
+
+
+def test_an_unknown_word_without_a_close_option_says_where_to_look():
+    assert unknown_text(["--zzzzz"], ["--rounds", "--seed"]) == "unknown option --zzzzz; --help lists the options"
+    assert unknown_text(["3"], ["--rounds"]) == "unexpected argument '3' (options start with --)"
 
 
 def test_empty_partition_is_refused(capsys, tmp_path):

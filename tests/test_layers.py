@@ -25,6 +25,8 @@ LAYERS = {
     "fedkd": 1,  # the package's own __init__ and everything not named below
     "fedkd.apps": 2,
     "fedkd.cli": 2,
+    "fedkd.cliparser": 2,
+    "fedkd.configdoc": 2,
     "fedkd.deploy": 2,
     "fedkd.bench": 2,
     "fedkd.simulation": 2,

@@ -132,7 +132,7 @@ def prepare(
     try:
         # vote-weighting none: what a client releases under distributed DP (auto resolves to it there);
         # clip-norm 0: unclipped local steps memorise at least as much (the worst case the audit wants),
-        # and the README's audit figures were measured so
+        # and the audit figures in docs/results.md were measured so
         config = RUN.replace(num_clients=clients, seed=seed, temperature=temperature,
                              local_epochs=local_epochs, device="cpu", vote_weighting="none", clip_norm=0.0)
         splits = splits_for(config)
