@@ -12,8 +12,8 @@ No `%` in the texts: argparse formats help strings with it.
 
 from __future__ import annotations
 
-from fedkd.config import (AGGREGATIONS, CONFIDENCE_WEIGHTINGS, DEVICES, DP_MECHANISMS, ENSEMBLE_RULES, METHODS,
-                          MODELS, OPTIMIZERS, SECAGG_STAGES, TEACHER_INITS, VOTE_WEIGHTINGS)
+from fedkd.config import (AGGREGATIONS, CONFIDENCE_WEIGHTINGS, DEVICES, DP_MECHANISMS, ENGINES, ENSEMBLE_RULES,
+                          METHODS, MODELS, OPTIMIZERS, SECAGG_STAGES, TEACHER_INITS, VOTE_WEIGHTINGS)
 from fedkd.data import DATASETS, PARTITIONS
 
 # The settings that take one of a fixed list of words (teacher-models: a comma list of them).
@@ -21,12 +21,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "dataset": DATASETS, "partition": PARTITIONS, "teacher_models": MODELS,
     "student_model": MODELS, "teacher_init": TEACHER_INITS, "ensemble": ENSEMBLE_RULES,
     "vote_weighting": VOTE_WEIGHTINGS, "confidence_weighting": CONFIDENCE_WEIGHTINGS, "aggregation": AGGREGATIONS,
-    "dp_mechanism": DP_MECHANISMS, "distill_optimizer": OPTIMIZERS, "device": DEVICES,
+    "dp_mechanism": DP_MECHANISMS, "distill_optimizer": OPTIMIZERS, "device": DEVICES, "engine": ENGINES,
 }
 
 HELP: dict[str, str] = {
     # ---- what runs
-    "method": "fd (federated distillation with the secure sum), fedavg (Flower's FedAvg on the student "
+    "method": "fd (federated distillation with the secure sum), fedavg (FedAvg on the student "
               "architecture, the same partitions), central (the student on the union of the private data: "
               "an upper bound) or local (each client's teacher alone)",
     "rounds": "federated rounds, >= 1",
@@ -164,11 +164,20 @@ HELP: dict[str, str] = {
                          "(0: off; > 0 needs public-labels)",
     # ---- runtime
     "device": "where torch runs: auto (cuda when torch sees a GPU, else cpu), cpu or cuda",
-    "client_cpus": "CPU cores Ray reserves per simulated client, > 0 (also its torch threads)",
-    "client_gpus": "share of a GPU Ray reserves per simulated client, >= 0 (0: none)",
+    "client_cpus": "CPU cores a simulated node takes, > 0: Ray reserves them per node, and its torch threads "
+                   "(both engines) follow them",
+    "client_gpus": "share of a GPU Ray reserves per simulated node, >= 0 (0: none)",
     "timeout": "seconds to wait for nodes and for each round's replies, > 0",
     "ray_address": "fedkd run only: attach the simulation to this running Ray cluster (HOST:PORT of its head, "
                    "or auto); empty: start a local one",
+    "engine": "fedkd run's simulation engine: inprocess (the ServerApp and ClientApp called directly in this "
+              "process, no Ray; the default) or ray (Flower's simulation engine: nodes in parallel on several "
+              "cores, or a cluster with ray-address); the same seed gives the same rounds on either; flwr run "
+              "and fedkd deploy ignore it",
+    "num_nodes": "nodes the clients are spread over, each hosting a fixed disjoint set of clients (node i of N "
+                 "hosts every N-th partition id from i); 0: auto, one node under the inprocess engine, one per "
+                 "core's share (client-cpus) under ray, and one client per SuperNode under flwr run and fedkd "
+                 "deploy (num-clients SuperNodes); a node sees the data of every client it hosts",
 }
 
 
