@@ -29,8 +29,10 @@ fall below its `Pins` (fewer clients, fewer colluders tolerated, check off); key
 non-neighbours, or duplicated keys; a masked-input request with fewer than m envelopes; survivor
 and drop-out lists that overlap, omit a neighbour it masked with, name a neighbour it did not mask
 with, list itself as dropped, or leave fewer than m of its partners surviving; with the
-consistency check on, lists different from the pair it signed, or fewer than t valid neighbour
-signatures on that pair; in roster mode, ids outside the roster or neighbours' keys not signed by
+consistency check on, lists with too few survivors or a thin stretch of the ring (the sum
+bound's rule W, docs/secagg.md), lists different from the pair it signed, fewer than the committee's
+quorum of valid signatures on that pair, or a surviving partner without a valid attestation that it
+masked with exactly its listed neighbours; a k below c + 2 for the c its pins require; in roster mode, ids outside the roster or neighbours' keys not signed by
 their enrolled identity keys. Too few neighbours' keys at SHARE_KEYS raises RoundFailed.
 
 An envelope that fails to open or holds no field element is its sender's fault, not the server's:
