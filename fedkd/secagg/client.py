@@ -29,8 +29,10 @@ fall below its `Pins` (fewer clients, fewer colluders tolerated, check off); key
 non-neighbours, or duplicated keys; a masked-input request with fewer than m envelopes; survivor
 and drop-out lists that overlap, omit a neighbour it masked with, name a neighbour it did not mask
 with, list itself as dropped, or leave fewer than m of its partners surviving; with the
-consistency check on, lists different from the pair it signed, or fewer than t valid neighbour
-signatures on that pair; in roster mode, ids outside the roster or neighbours' keys not signed by
+consistency check on, lists with too few survivors or a thin stretch of the ring (the sum
+bound's rule W, docs/secagg.md), lists different from the pair it signed, fewer than the committee's
+quorum of valid signatures on that pair, or a surviving partner without a valid attestation that it
+masked with exactly its listed neighbours; a k below c + 2 for the c its pins require; in roster mode, ids outside the roster or neighbours' keys not signed by
 their enrolled identity keys. Too few neighbours' keys at SHARE_KEYS raises RoundFailed.
 
 An envelope that fails to open or holds no field element is its sender's fault, not the server's:
@@ -51,9 +53,11 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from fedkd.secagg import crypto, shamir
-from fedkd.secagg.config import Pins, SecAggConfig, default_colluders
+from fedkd.secagg.config import (
+    Pins, SecAggConfig, committee, default_colluders, default_neighbors, min_survivors, quorum,
+)
 from fedkd.secagg.crypto import RandomBytes
-from fedkd.secagg.graph import neighbours_of
+from fedkd.secagg.graph import neighbour_rows, neighbours_of, thinnest_window
 from fedkd.secagg.messages import (
     AdvertiseKeysReply, AdvertiseKeysRequest, ConsistencyCheckReply, ConsistencyCheckRequest,
     MaskedInputReply, MaskedInputRequest, ShareKeysReply, ShareKeysRequest, UnmaskReply, UnmaskRequest,
@@ -121,11 +125,13 @@ class SecAggClient:
         self._dim = 0
         self._threshold = 0
         self._min_partners = 0  # m: the fewest live partners this client masks with
+        self._colluders = 0  # c: colluders the session tolerates
         self._neighbours: frozenset[int] = frozenset()
         self._secrets: dict[str, bytes] = {}  # cipher, mask, signing private keys; self-mask seed
         self._cipher_pks: dict[int, bytes] = {}  # neighbours' public keys, as the server relayed them
         self._mask_pks: dict[int, bytes] = {}
         self._signing_pks: dict[int, bytes] = {}
+        self._committee_pks: dict[int, bytes] = {}  # committee member -> signing key (for the quorum)
         self._open_keys: dict[int, bytes] = {}  # neighbour -> key of the envelope it sends here
         self._held: dict[int, int] = {}  # neighbour -> its seed share (valid envelopes only)
         self._salts: dict[int, bytes] = {}  # neighbour -> the salt of its share's commitment
@@ -181,10 +187,11 @@ class SecAggClient:
         return {
             "client_id": self.client_id, "session_id": self.session_id, "state": self.state,
             "config_digest": self._digest, "ids": self._ids, "dim": self._dim, "threshold": self._threshold,
-            "min_partners": self._min_partners,
+            "min_partners": self._min_partners, "colluders": self._colluders,
             "neighbours": tuple(sorted(self._neighbours)), "secrets": dict(self._secrets),
             "cipher_pks": dict(self._cipher_pks), "mask_pks": dict(self._mask_pks),
             "signing_pks": dict(self._signing_pks), "open_keys": dict(self._open_keys),
+            "committee_pks": dict(self._committee_pks),
             "held": {j: shamir.encode_share(y) for j, y in self._held.items()},
             "salts": dict(self._salts),
             "pair_seeds": dict(self._pair_seeds),
@@ -215,11 +222,12 @@ class SecAggClient:
         client.state = state["state"]
         client._digest, client._ids = state["config_digest"], ids
         client._dim, client._threshold = state["dim"], state["threshold"]
-        client._min_partners = state["min_partners"]
+        client._min_partners, client._colluders = state["min_partners"], state["colluders"]
         client._neighbours = frozenset(state["neighbours"])
         client._secrets = dict(state["secrets"])
         client._cipher_pks, client._mask_pks = dict(state["cipher_pks"]), dict(state["mask_pks"])
         client._signing_pks, client._open_keys = dict(state["signing_pks"]), dict(state["open_keys"])
+        client._committee_pks = dict(state["committee_pks"])
         client._held = {j: shamir.decode_share(v) for j, v in state["held"].items()}
         client._salts = dict(state["salts"])
         client._pair_seeds = dict(state["pair_seeds"])
@@ -249,6 +257,7 @@ class SecAggClient:
         if self._roster is not None and not set(ids) <= set(self._roster):
             raise ProtocolError(f"clients outside the roster: {sorted(set(ids) - set(self._roster))[:5]}")
         self._digest, self._ids, self._dim, self._threshold, self._min_partners = digest, ids, req.dim, t, m
+        self._colluders = c
         self._neighbours = neighbours_of(self.session_id, ids, k, self.client_id)
         rb = self._random_bytes
         self._secrets["cipher"], cipher_pk = crypto.x25519_keypair(rb)
@@ -279,6 +288,7 @@ class SecAggClient:
             raise ProtocolError("two advertised public keys are identical")
         if self._roster is not None:
             self._check_identities(req)
+        committee_pks = self._committee_keys(req.committee_keys)
         need = max(self._threshold, self._min_partners)
         if len(peers) < need:
             raise RoundFailed(SHARE_KEYS, need, len(peers),
@@ -286,6 +296,7 @@ class SecAggClient:
         self._cipher_pks = dict(req.cipher_public_keys)
         self._mask_pks = dict(req.mask_public_keys)
         self._signing_pks = dict(sig_keys)
+        self._committee_pks = committee_pks
         rb = self._random_bytes
         seed = self._secrets["seed"] = rb(crypto.KEY_BYTES)  # b_i, the self-mask seed
         holders = sorted(peers)
@@ -344,8 +355,12 @@ class SecAggClient:
         for name in ("cipher", "mask", "seed"):  # only the signing key is needed from here on
             self._secrets.pop(name, None)
         self._open_keys, self._cipher_pks, self._mask_pks = {}, {}, {}
+        attestation = b""
+        if self.config.consistency_check:  # "I masked with exactly these": see _check_attestations
+            statement = crypto.partners_statement(self.session_id, self.client_id, self._masked_with)
+            attestation = crypto.sign(self._secrets["signing"], statement)
         self.state = CONSISTENCY_CHECK if self.config.consistency_check else UNMASK
-        return MaskedInputReply(self.session_id, self.client_id, pack(y, self.config.bit_width))
+        return MaskedInputReply(self.session_id, self.client_id, pack(y, self.config.bit_width), attestation)
 
     def _open_envelope(self, sender: int, envelope: bytes) -> tuple[int, bytes] | None:
         """(seed share, salt) in `sender`'s envelope, or None when the envelope is spoilt (its sender's
@@ -368,8 +383,9 @@ class SecAggClient:
     def _unmask(self, req: UnmaskRequest) -> UnmaskReply:
         survivors, dropped = self._check_lists(req.survivors, req.dropped)
         if self.config.consistency_check:
-            self._check_signatures(survivors, dropped, req.signatures)
-        elif req.signatures:
+            self._check_quorum(survivors, dropped, req.signatures)
+            self._check_attestations(survivors, dropped, req.attestations)
+        elif req.signatures or req.attestations:
             raise ProtocolError("signatures sent but the consistency check is off")
         seed_shares, pair_seeds = {}, {}
         for j in sorted(self._masked_with):
@@ -390,11 +406,45 @@ class SecAggClient:
         pins = self.pins
         if num_clients < pins.min_clients:
             raise ProtocolError(f"session of {num_clients} clients; this node requires at least {pins.min_clients}")
-        want = default_colluders(num_clients, k) if pins.max_colluders is None else pins.max_colluders
+        # the node's own figure: from n and the k it would choose itself, never from the server's k
+        own = default_colluders(num_clients, default_neighbors(num_clients))
+        want = own if pins.max_colluders is None else pins.max_colluders
+        if want and k < want + 2 and k != num_clients - 1:
+            raise ProtocolError(f"session has k={k} neighbours; tolerating the {want} colluders this node "
+                                f"requires takes k >= {want + 2}")
         if colluders < want:
             raise ProtocolError(f"session tolerates {colluders} colluders; this node requires {want}")
         if pins.require_check and not self.config.consistency_check:
             raise ProtocolError("session runs without the consistency check; this node requires it")
+
+    def _committee_keys(self, relayed: object) -> dict[int, bytes]:
+        """Committee member -> signing key, from the relayed advertised keys: members only, the same keys
+        as relayed for a member that is also a neighbour, and in roster mode vouched for by the member's
+        enrolled identity key."""
+        if not isinstance(relayed, dict):
+            raise ProtocolError("committee keys must be a dict")
+        if not self.config.consistency_check:
+            if relayed:
+                raise ProtocolError("committee keys sent but the consistency check is off")
+            return {}
+        members = set(committee(self._ids, self._colluders))
+        if not set(relayed) <= members - {self.client_id}:
+            raise ProtocolError(f"committee keys of non-members: {sorted(set(relayed) - members)[:5]}")
+        out = {}
+        for j, blob in relayed.items():
+            if not (isinstance(blob, bytes) and len(blob) in (3 * crypto.KEY_BYTES, 3 * crypto.KEY_BYTES + 64)):
+                raise ProtocolError(f"committee keys of client {j} must be 96 or 160 bytes")
+            cipher, mask, signing = (blob[i: i + crypto.KEY_BYTES] for i in range(0, 96, 32))
+            if j in self._signing_pks and self._signing_pks[j] != signing:
+                raise ProtocolError(f"client {j}'s signing key differs between its neighbour and committee entries")
+            if self._roster is not None and not crypto.verify(
+                    self._roster[j], blob[96:], crypto.identity_statement(self.session_id, j, cipher, mask, signing)):
+                raise ProtocolError(f"the committee keys relayed for client {j} are not signed by its enrolled "
+                                    f"identity key")
+            out[j] = signing
+        if self.client_id in members:
+            out[self.client_id] = crypto.ed25519_public(self._secrets["signing"])
+        return out
 
     def _check_identities(self, req: ShareKeysRequest) -> None:
         """Roster mode: each neighbour's keys must be vouched for by its enrolled identity key."""
@@ -431,23 +481,60 @@ class SecAggClient:
         if alive < self._min_partners:
             raise ProtocolError(f"only {alive} of client {self.client_id}'s partners listed as survivors; it "
                                 f"reveals pairwise seeds only while at least m={self._min_partners} survive")
+        if self.config.consistency_check:
+            self._check_spread(survivors)
         return survivors, dropped
 
-    def _check_signatures(self, survivors: tuple[int, ...], dropped: tuple[int, ...], signatures: object) -> None:
+    def _check_spread(self, survivors: tuple[int, ...]) -> None:
+        """The sum bound's list rules: more than (n + c) / 2 survivors, and more than c of them in
+        every k/2 consecutive ring positions (so the honest survivors are connected in the graph)."""
+        n, c, k = len(self._ids), self._colluders, len(self._neighbours)
+        fewest = min_survivors(n, c)
+        if len(survivors) < fewest:
+            raise ProtocolError(f"only {len(survivors)} of {n} clients listed as survivors; client {self.client_id} "
+                                f"reveals only under a list of at least {fewest} (more than (n + c) / 2, c = {c})")
+        thinnest = thinnest_window(self.session_id, self._ids, k, survivors)
+        if thinnest <= c:
+            raise ProtocolError(f"a stretch of {k // 2} consecutive ring positions holds only {thinnest} listed "
+                                f"survivors; client {self.client_id} requires more than c = {c} in each, so that "
+                                f"no sum of a few honest clients can be cut out")
+
+    def _check_quorum(self, survivors: tuple[int, ...], dropped: tuple[int, ...], signatures: object) -> None:
+        """The pair must be the one this client signed, with valid signatures on it from a quorum of
+        the session's committee: so at most one pair is ever unmasked under (docs/secagg.md)."""
         if (survivors, dropped) != self._signed:
             raise ProtocolError("the survivor and drop-out lists: the pair differs from the one this client signed")
         if not isinstance(signatures, dict):
             raise ProtocolError("signatures must be a dict")
-        strangers = set(signatures) - (self._masked_with & set(survivors))
+        members = committee(self._ids, self._colluders)
+        strangers = set(signatures) - (set(members) & set(survivors))
         if strangers:
-            raise ProtocolError(f"signatures from clients that are not surviving neighbours: {sorted(strangers)[:5]}")
+            raise ProtocolError(f"signatures from clients that are not surviving committee members: "
+                                f"{sorted(strangers)[:5]}")
+        need = quorum(len(members), self._colluders)
+        if len(signatures) < need:
+            raise ProtocolError(f"client {self.client_id} got {len(signatures)} committee signatures on the lists; "
+                                f"it needs {need} of the {len(members)}")
         statement = crypto.survivors_statement(self.session_id, survivors, dropped)
         for j, signature in signatures.items():
-            if not (isinstance(signature, bytes) and crypto.verify(self._signing_pks[j], signature, statement)):
+            key = self._committee_pks.get(j)
+            if not (key is not None and isinstance(signature, bytes) and crypto.verify(key, signature, statement)):
                 raise ProtocolError(f"client {j}'s signature on the survivor and drop-out lists does not verify")
-        if len(signatures) < self._threshold:
-            raise ProtocolError(f"client {self.client_id} got {len(signatures)} neighbour signatures on the "
-                                f"lists; it needs t={self._threshold}")
+
+    def _check_attestations(self, survivors: tuple[int, ...], dropped: tuple[int, ...], attestations: object) -> None:
+        """Each surviving partner j whose seed share this client is to reveal must have signed, with its
+        masked input, that it masked with exactly its neighbours on these lists."""
+        if not isinstance(attestations, dict):
+            raise ProtocolError("attestations must be a dict")
+        owners = sorted(self._masked_with & set(survivors))
+        listed = set(survivors) | set(dropped)
+        rows = neighbour_rows(self.session_id, self._ids, len(self._neighbours), owners)
+        for j in owners:
+            statement = crypto.partners_statement(self.session_id, j, rows[j] & listed)
+            attestation = attestations.get(j)
+            if not (isinstance(attestation, bytes) and crypto.verify(self._signing_pks[j], attestation, statement)):
+                raise ProtocolError(f"client {j} has not signed that it masked with exactly its listed neighbours; "
+                                    f"client {self.client_id} reveals no share of its seed")
 
     def _wipe(self) -> None:
         self._secrets.clear()

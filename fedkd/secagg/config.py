@@ -17,8 +17,16 @@ m - c, so at most k - (m - c) neighbours are left to give seed shares, which is 
     m + t >= k + c + 1.
 
 Defaults: c = 2 for n >= 10 (0 for smaller sessions), t = floor((k + c) / 2) + 1, m = k + c + 1 - t
-(so m <= t). Drop-outs tolerated per neighbourhood: k - m before masked input, k - t after it.
+(so m <= t). Drop-outs tolerated per neighbourhood: k - max(t, m) before masked input (the server
+excludes a client left with fewer than max(t, m) live neighbours), k - t after it.
 n = 100 (k = 14): t = 9, m = 8. n = 1000 (k = 20): t = 12, m = 11.
+
+With the consistency check on, a second bound covers sums (docs/secagg.md, "Sums of honest
+clients"): whatever the server does with up to c colluders, any sum of honest clients' inputs it
+learns includes every honest survivor of the one survivor list that gathered a quorum of the
+session's committee, so at least min_survivors(n, c) - c = floor((n - c) / 2) + 1 honest clients.
+Its pieces: the committee and its quorum (`committee`, `quorum`), the fewest survivors a client
+accepts (`min_survivors`), and the spread of the survivors on the ring (graph.thinnest_window).
 """
 
 from __future__ import annotations
@@ -58,14 +66,38 @@ def min_partners(neighbors: int, threshold: int, colluders: int) -> int:
     return neighbors + colluders + 1 - threshold
 
 
+COMMITTEE_PER_COLLUDER = 8  # committee size K = min(n, 8 (c + 1)): n = 100, c = 2 gives K = 24
+
+
+def committee(client_ids: tuple[int, ...], colluders: int) -> tuple[int, ...]:
+    """The clients whose signatures on the survivor list count towards the quorum: the K = min(n,
+    8 (c + 1)) lowest ids of the session (public, so client and server agree without talking).
+    Any fixed set works for the uniqueness argument; K only sets how many of its members may drop
+    out (K - quorum) and how many signatures each client verifies (quorum)."""
+    return tuple(sorted(client_ids)[: COMMITTEE_PER_COLLUDER * (colluders + 1)])
+
+
+def quorum(committee_size: int, colluders: int) -> int:
+    """floor((K + c) / 2) + 1 signatures, more than (K + c) / 2: two different lists that both had a
+    quorum would share more than c signers, so an honest member would have signed both."""
+    return (committee_size + colluders) // 2 + 1
+
+
+def min_survivors(num_clients: int, colluders: int) -> int:
+    """floor((n + c) / 2) + 1: a client reveals nothing under a survivor list with fewer survivors,
+    so the honest survivors are more than (n - c) / 2."""
+    return (num_clients + colluders) // 2 + 1
+
+
 @dataclass(frozen=True)
 class Pins:
     """What a node requires of any session, whatever the server's messages say. The defaults only
     refuse sessions under 3 clients; a deployment pins its own (fedkd.apps.secure.node_pins).
 
     min_clients: sessions with fewer clients are refused (a 2-client sum is the other's vector).
-    max_colluders: the session's k, t, m must tolerate this many colluders (m + t >= k + c + 1);
-        None: as many as default_colluders gives for the session's n and k.
+    max_colluders: the session's k, t, m must tolerate this many colluders (m + t >= k + c + 1),
+        and k must be at least c + 2 (unless k = n - 1); None: default_colluders for the session's n
+        and the k the node itself would use (default_neighbors(n)), never the server's k.
     require_check: the consistency check must be on.
     """
 

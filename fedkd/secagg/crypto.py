@@ -90,6 +90,11 @@ def ed25519_keypair(random_bytes: RandomBytes) -> tuple[bytes, bytes]:
     return private, public.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def ed25519_public(private: bytes) -> bytes:
+    """The raw 32-byte Ed25519 public key of a raw private key."""
+    return Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def x25519_private(private: bytes) -> X25519PrivateKey:
     """A key object, to parse a private key once and use it for many agreements."""
     return X25519PrivateKey.from_private_bytes(private)
@@ -192,6 +197,14 @@ def survivors_statement(session_id: bytes, survivors: Sequence[int], dropped: Se
     for ids in (sorted(survivors), sorted(dropped)):
         out += len(ids).to_bytes(4, "big") + b"".join(_id_bytes(i) for i in ids)
     return out
+
+
+def partners_statement(session_id: bytes, client_id: int, partners: Sequence[int]) -> bytes:
+    """What a client signs with its masked input ("in this session, client i masked with exactly these
+    partners"): (domain, `partners`, session, client id, the sorted partner ids with their count)."""
+    ids = sorted(partners)
+    return (DOMAIN + b"\x00partners\x00" + _session_bytes(session_id) + _id_bytes(client_id)
+            + len(ids).to_bytes(4, "big") + b"".join(_id_bytes(i) for i in ids))
 
 
 def identity_statement(session_id: bytes, client_id: int, cipher_pk: bytes, mask_pk: bytes, signing_pk: bytes) -> bytes:

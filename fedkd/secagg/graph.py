@@ -49,6 +49,35 @@ def neighbours_of(session_id: bytes, client_ids: Sequence[int], k: int, client_i
     return _ring_neighbours(ring, ring.index(client_id), k)
 
 
+def neighbour_rows(session_id: bytes, client_ids: Sequence[int], k: int, which: Sequence[int]) -> dict[int, frozenset[int]]:
+    """The rows of `neighbour_graph` for the clients in `which` only (one ring, O(n + |which| k))."""
+    n = len(client_ids)
+    _check_k(n, k)
+    if k == n - 1:
+        everyone = frozenset(client_ids)
+        return {cid: everyone - {cid} for cid in which}
+    ring = ring_order(session_id, client_ids)
+    pos = {cid: i for i, cid in enumerate(ring)}
+    return {cid: _ring_neighbours(ring, pos[cid], k) for cid in which}
+
+
+def thinnest_window(session_id: bytes, client_ids: Sequence[int], k: int, members: Sequence[int]) -> int:
+    """The fewest `members` in any k/2 consecutive ring positions (len(members) for the complete graph).
+
+    If every such window holds an honest member, consecutive honest members on the ring are at most
+    k/2 apart, hence neighbours: the honest members are connected in the graph (docs/secagg.md)."""
+    n = len(client_ids)
+    _check_k(n, k)
+    if k == n - 1:
+        return len(members)
+    inside = set(members)
+    marks = np.fromiter((cid in inside for cid in ring_order(session_id, client_ids)), dtype=np.int64, count=n)
+    half = k // 2
+    sums = np.cumsum(np.concatenate([marks, marks[: half - 1]]))  # wrap around the ring
+    windows = sums[half - 1 :] - np.concatenate([[0], sums[: n - 1]])  # (n,) window starting at each position
+    return int(windows.min())
+
+
 def _ring_neighbours(ring: list[int], pos: int, k: int) -> frozenset[int]:
     n, half = len(ring), k // 2
     return frozenset(ring[(pos + step) % n] for step in range(-half, half + 1) if step)

@@ -13,7 +13,7 @@ client replies are what clients emit. Dicts are keyed by client id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -53,6 +53,10 @@ class ShareKeysRequest:
     mask_public_keys: dict[int, bytes]
     signing_public_keys: dict[int, bytes]
     identity_signatures: dict[int, bytes]  # each neighbour's identity_signature, relayed as received
+    # committee member (config.committee) that advertised -> its advertised keys as relayed: cipher,
+    # mask and signing public keys, then its identity signature (32 + 32 + 32 + 0 or 64 bytes); the
+    # recipient checks the quorum's signatures with them. Empty when the check is off.
+    committee_keys: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class MaskedInputReply:
     session_id: bytes
     sender: int
     masked: bytes  # dim codes + FixedPoint.count_slots(dim) clipped-count digits, b bits each, packed
+    # Ed25519 over crypto.partners_statement(session, sender, the neighbours it masked with); b"" when
+    # the check is off. A neighbour reveals its share of the sender's seed only if this names exactly
+    # the sender's neighbours on the list it is unmasking under.
+    attestation: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,9 @@ class UnmaskRequest:
     recipient: int
     survivors: tuple[int, ...]  # sent masked input: reveal their self-mask seed shares
     dropped: tuple[int, ...]  # shared keys but sent no masked input: reveal the pairwise seed with them
-    signatures: dict[int, bytes]  # neighbours' consistency signatures; empty when the check is off
+    signatures: dict[int, bytes]  # the committee's signatures on the two lists; empty when the check is off
+    # surviving partner -> its MaskedInputReply.attestation; empty when the check is off
+    attestations: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

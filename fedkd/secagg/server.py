@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedkd.secagg import crypto, shamir
-from fedkd.secagg.config import SecAggConfig
-from fedkd.secagg.graph import neighbour_graph
+from fedkd.secagg.config import SecAggConfig, committee, min_survivors, quorum
+from fedkd.secagg.graph import neighbour_graph, thinnest_window
 from fedkd.secagg.messages import (
     STAGE_MESSAGES, AdvertiseKeysRequest, ConsistencyCheckRequest, MaskedInputRequest, ShareKeysRequest,
     UnmaskRequest, wire_size,
@@ -116,6 +116,8 @@ class SecAggServer:
         # ValueError if they do not fit
         self.neighbors, self.threshold, self.colluders, self.min_partners = config.session(len(ids), dim)
         self._need = max(self.threshold, self.min_partners)  # live neighbours a client must keep
+        self.committee = committee(ids, self.colluders)  # whose list signatures count (check on)
+        self.quorum = quorum(len(self.committee), self.colluders)
         self.graph = neighbour_graph(session_id, ids, self.neighbors)
         self._x = {cid: pos + 1 for pos, cid in enumerate(ids)}
         self._clock = clock
@@ -125,6 +127,8 @@ class SecAggServer:
         self._asked: set[int] = set()  # clients sent a request in the current stage
         self._replies: dict[int, object] = {}  # this stage's validated replies, by sender
         self._keys: dict[int, object] = {}  # advertised keys of kept clients
+        self._seen_keys: set[bytes] = set()  # every public key advertised so far: no client may reuse one
+        self._attestations: dict[int, bytes] = {}  # survivor -> its signed list of partners (check on)
         self._envelopes: dict[int, dict[int, bytes]] = {}  # sender -> recipient -> envelope
         self._relayed: dict[int, frozenset[int]] = {}  # recipient -> senders it got shares of
         self._holders: dict[int, frozenset[int]] = {}  # owner -> clients holding its shares
@@ -230,9 +234,19 @@ class SecAggServer:
         # sink the round: refuse it here, so only its sender drops out.
         for name in ("cipher_public_key", "mask_public_key"):
             crypto.agree(_PROBE_KEY, getattr(reply, name))  # ProtocolError for a low-order point
-        mine = {reply.cipher_public_key, reply.mask_public_key}
-        if len(mine) != 2 or any(mine & {k.cipher_public_key, k.mask_public_key} for k in self._replies.values()):
-            raise ProtocolError(f"client {reply.sender} advertised a public key that is not its own")
+        self._check_keys_unique(reply)
+
+    def _check_keys_unique(self, reply) -> None:
+        """No two of a client's public keys may be equal, nor equal to any key another client advertised:
+        every honest neighbour would refuse the copy at share_keys ("two advertised public keys are
+        identical") and the round would fail there; refused here, only the sender drops out."""
+        mine = [reply.cipher_public_key, reply.mask_public_key]
+        if reply.signing_public_key:
+            mine.append(reply.signing_public_key)
+        if len(set(mine)) != len(mine) or self._seen_keys.intersection(mine):
+            raise ProtocolError(f"client {reply.sender} advertised a public key that is not its own "
+                                f"(two of its keys are equal, or one is another client's)")
+        self._seen_keys.update(mine)  # the last step of the check: only an accepted reply's keys count
 
     def _check_share_keys(self, reply) -> None:
         sent_keys = set(self._sent[reply.sender].cipher_public_keys)
@@ -252,6 +266,14 @@ class SecAggServer:
         want = packed_size(self._length, self.config.bit_width)
         if not isinstance(reply.masked, bytes) or len(reply.masked) != want:
             raise ProtocolError(f"masked input from client {reply.sender} must be {want} bytes")
+        if self.config.consistency_check:  # it masked with the neighbours whose envelopes it got
+            statement = crypto.partners_statement(self.session_id, reply.sender, self._relayed[reply.sender])
+            if not (isinstance(reply.attestation, bytes)
+                    and crypto.verify(self._keys[reply.sender].signing_public_key, reply.attestation, statement)):
+                raise ProtocolError(f"client {reply.sender}'s signed list of partners does not verify")
+            self._attestations[reply.sender] = reply.attestation
+        elif reply.attestation != b"":
+            raise ProtocolError(f"client {reply.sender} sent an attestation but the consistency check is off")
         if self._sum is None:
             self._sum = np.zeros(self._length, dtype=ring_dtype(self.config.bit_width))
         self._sum += unpack(reply.masked, self._length, self.config.bit_width)  # wraps mod 2^32/2^64
@@ -291,8 +313,16 @@ class SecAggServer:
                 {j: keys[j].mask_public_key for j in peers},
                 {j: keys[j].signing_public_key for j in peers} if self.config.consistency_check else {},
                 {j: keys[j].identity_signature for j in peers if keys[j].identity_signature},
+                self._committee_keys(cid, kept),
             )
         return dict(self._sent)
+
+    def _committee_keys(self, recipient: int, kept: set[int]) -> dict[int, bytes]:
+        if not self.config.consistency_check:
+            return {}
+        keys = self._keys
+        return {j: keys[j].cipher_public_key + keys[j].mask_public_key + keys[j].signing_public_key
+                + keys[j].identity_signature for j in self.committee if j in kept and j != recipient}
 
     def _close_share_keys(self, answered: set[int]) -> dict[int, MaskedInputRequest]:
         kept = self._keep_well_connected(SHARE_KEYS, answered)
@@ -313,6 +343,7 @@ class SecAggServer:
         self._survivors = tuple(sorted(answered))
         self._check_recoverable(MASKED_INPUT, answered)
         if self.config.consistency_check:
+            self._check_spread()
             dropped = self._late_dropped()
             return {cid: ConsistencyCheckRequest(self.session_id, cid, self._survivors, dropped)
                     for cid in self._survivors}
@@ -320,8 +351,23 @@ class SecAggServer:
 
     def _close_consistency_check(self, answered: set[int]) -> dict[int, UnmaskRequest]:
         self._check_recoverable(CONSISTENCY_CHECK, answered)
-        signatures = {cid: self._replies[cid].signature for cid in answered}
+        signers = answered & set(self.committee)
+        if len(signers) < self.quorum:
+            raise RoundFailed(CONSISTENCY_CHECK, self.quorum, len(signers),
+                              f"too few of the {len(self.committee)} committee members signed the lists")
+        signatures = {cid: self._replies[cid].signature for cid in sorted(signers)}
         return self._unmask_requests(answered, signatures)
+
+    def _check_spread(self) -> None:
+        """The list rules honest clients apply before they sign (client._check_spread): fail here, by name."""
+        fewest = min_survivors(len(self.client_ids), self.colluders)
+        if len(self._survivors) < fewest:
+            raise RoundFailed(MASKED_INPUT, fewest, len(self._survivors),
+                              "too few clients sent masked input for the consistency check's list rules")
+        thinnest = thinnest_window(self.session_id, self.client_ids, self.neighbors, self._survivors)
+        if thinnest <= self.colluders:
+            raise RoundFailed(MASKED_INPUT, self.colluders + 1, thinnest,
+                              f"a stretch of {self.neighbors // 2} ring positions kept too few survivors")
 
     def _late_dropped(self) -> tuple[int, ...]:
         """Clients that shared keys but sent no masked input."""
@@ -331,8 +377,8 @@ class SecAggServer:
         survivors = self._survivors
         dropped = self._late_dropped()
         return {
-            cid: UnmaskRequest(self.session_id, cid, survivors, dropped,
-                               {j: signatures[j] for j in sorted(self._relayed[cid] & signatures.keys())})
+            cid: UnmaskRequest(self.session_id, cid, survivors, dropped, dict(signatures),
+                               {j: self._attestations[j] for j in sorted(self._relayed[cid]) if j in self._attestations})
             for cid in sorted(responders)
         }
 

@@ -202,7 +202,8 @@ def test_with_the_check_on_honest_neighbours_refuse_tailored_lists(n):
     out = attack_victim(config, SESSION, vectors, InMemory(config, SESSION, vectors), 2)
     assert not out["recovered"]
     assert out["refused"] and all(isinstance(e, ProtocolError) for e in out["refused"].values())
-    assert any("signatures" in str(e) for e in out["refused"].values())
+    # n = 10: too few committee signatures on any tailored pair; n = 40, 100: too few survivors listed
+    assert any("signatures" in str(e) or "listed as survivors" in str(e) for e in out["refused"].values())
 
 
 def test_victim_refuses_fewer_envelopes_than_m():

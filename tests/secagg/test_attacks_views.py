@@ -18,6 +18,7 @@ from secagg_testkit import seeded_random
 from test_attacks import DIM, _config, _exact, _round, _share_value, _vectors
 
 from fedkd.secagg import ProtocolError, RoundFailed, SecAggClient, SecAggServer, crypto, shamir
+from fedkd.secagg.config import committee
 from fedkd.secagg.graph import ring_order
 from fedkd.secagg.messages import ConsistencyCheckRequest, UnmaskRequest
 from fedkd.secagg.quantize import pack, ring_dtype, ring_mask, unpack
@@ -25,9 +26,34 @@ from fedkd.secagg.quantize import pack, ring_dtype, ring_mask, unpack
 SESSION = b"fedkd/run-7/round-3"
 
 
-def _attack(config, n, colluders, masked_with, views):
+def old_quorum(self, survivors, dropped, signatures):
+    """The rule before the sum bound, for controls: t signatures on the pair from surviving neighbours."""
+    if (survivors, dropped) != self._signed:
+        raise ProtocolError("the survivor and drop-out lists: the pair differs from the one this client signed")
+    statement = crypto.survivors_statement(self.session_id, survivors, dropped)
+    if set(signatures) - (self._masked_with & set(survivors)):
+        raise ProtocolError("signatures from clients that are not surviving neighbours")
+    for j, signature in signatures.items():
+        if not crypto.verify(self._signing_pks[j], signature, statement):
+            raise ProtocolError(f"client {j}'s signature on the survivor and drop-out lists does not verify")
+    if len(signatures) < self._threshold:
+        raise ProtocolError(f"client {self.client_id} got {len(signatures)} neighbour signatures; it needs t")
+
+
+def defence_off(monkeypatch):
+    """Switch the sum bound's client rules off (committee quorum, partners' attestations, list spread):
+    the consistency check goes back to t signatures among a client's own neighbours."""
+    monkeypatch.setattr(SecAggClient, "_check_quorum", old_quorum)
+    monkeypatch.setattr(SecAggClient, "_check_attestations", lambda self, survivors, dropped, attestations: None)
+    monkeypatch.setattr(SecAggClient, "_check_spread", lambda self, survivors: None)
+
+
+def _attack(config, n, colluders, masked_with, views, old_rule=False):
     """Run the script: `masked_with` victim -> the envelopes it gets; `views(clients)` honest client ->
-    the (survivors, dropped) pair it is shown. Returns (clients, masked replies, unmask replies, refusals)."""
+    the (survivors, dropped) pair it is shown. Every client is given all the signatures on its exact pair
+    that the rule in force counts (its surviving neighbours' with `old_rule`, else the committee's): from
+    honest clients shown that pair, and from every colluder. Returns (clients, vectors, masked replies,
+    unmask replies, refusals)."""
     vectors = _vectors(n)
     ids = sorted(vectors)
     server = SecAggServer(config, SESSION, ids, DIM)
@@ -50,16 +76,18 @@ def _attack(config, n, colluders, masked_with, views):
     for h, (s, d) in views.items():
         if h in refused:
             continue
-        signatures = {}
+        signatures, attestations = {}, {}
         if config.consistency_check:
             statement = crypto.survivors_statement(SESSION, s, d)
-            for j in clients[h]._masked_with & set(s):
+            counted = clients[h]._masked_with if old_rule else set(committee(tuple(ids), config.session(n, DIM)[2]))
+            for j in counted & set(s):
                 if j in colluders:
                     signatures[j] = crypto.sign(clients[j]._secrets["signing"], statement)
                 elif j in signed and views[j] == (s, d):
                     signatures[j] = signed[j]
+            attestations = {j: masked[j].attestation for j in clients[h]._masked_with & set(s)}
         try:
-            replies[h] = clients[h].handle(UnmaskRequest(SESSION, h, s, d, signatures))
+            replies[h] = clients[h].handle(UnmaskRequest(SESSION, h, s, d, signatures, attestations))
         except ProtocolError as err:
             refused[h] = err
     return clients, vectors, masked, replies, refused
@@ -136,14 +164,14 @@ def test_with_the_check_off_the_server_learns_the_sum_of_two_honest_neighbours()
 
 def test_with_the_check_on_the_same_pair_sum_script_is_refused():
     config, n, (v, u), colluders, clients, vectors, masked, replies, refused = _pair_sum(check=True)
-    assert refused and all("signatures" in str(e) for e in refused.values())
+    assert refused and all(isinstance(e, ProtocolError) for e in refused.values())
     assert _recover_sum(config, n, (v, u), colluders, clients, masked, replies) is None
 
 
 # --- F2: two full lists, one per side of the ring, with the check on ----------------------------
 
 
-def _split_view(tolerated):
+def _split_view(tolerated, old_rule=False):
     """Check on, n = 100, 2 colluders at the victim's two ring neighbours. The victim gets m envelopes:
     the colluders and its left side. The left half of the ring is shown L1 ("v dropped": v's partners
     there reveal their pairwise seeds with v), the right half L2 ("nobody dropped": v's other neighbours
@@ -163,14 +191,19 @@ def _split_view(tolerated):
     l1 = (tuple(x for x in ids if x != v), (v,))
     l2 = (tuple(ids), ())
     views = {x: (l1 if off[x] < 0 else l2) for x in ids if x != v and x not in colluders}
-    clients, vectors, masked, replies, refused = _attack(config, n, colluders, masked_with, lambda _: views)
+    clients, vectors, masked, replies, refused = _attack(config, n, colluders, masked_with, lambda _: views, old_rule)
     return config, n, v, colluders, clients, vectors, masked, replies, refused
 
 
-def test_two_full_lists_past_the_bound_recover_a_vector_with_the_check_on():
-    """The control the docs' old sentence ("a server that shows different clients different lists is
-    caught") fails: against c = 1 parameters, 2 colluders and two global lists recover v's vector."""
+def test_two_full_lists_past_the_bound_recover_a_vector_only_without_the_committee_quorum(monkeypatch):
+    """Against c = 1 parameters, 2 colluders and two global lists, each with its own quorum of neighbour
+    signatures, recovered v's vector with the check on (the control, the old rule). With the committee
+    quorum at most one of the two lists can gather a quorum, and nothing comes out."""
     config, n, v, colluders, clients, vectors, masked, replies, refused = _split_view(tolerated=1)
+    assert _recover_sum(config, n, (v,), colluders, clients, masked, replies) is None
+    assert any("committee signatures" in str(e) for e in refused.values())
+    defence_off(monkeypatch)
+    config, n, v, colluders, clients, vectors, masked, replies, refused = _split_view(tolerated=1, old_rule=True)
     guess = _recover_sum(config, n, (v,), colluders, clients, masked, replies)
     assert guess is not None and np.abs(guess - vectors[v]).max() <= 1 / config.scale
 
