@@ -367,6 +367,9 @@ class Config:
         _positive("distill-lr", self.distill_lr)
         _positive("client-cpus", self.client_cpus)
         _choice("engine", self.engine, ENGINES)
+        if self.ray_address and self.engine != "ray":
+            raise ConfigError(f"ray-address={self.ray_address} attaches Ray's engine to a cluster; add engine ray "
+                              f"(--engine ray), or drop ray-address to run in this process")
         if not 0 <= self.num_nodes <= self.num_clients:
             raise ConfigError(f"num-nodes={self.num_nodes} must be 0 (auto) or 1..num-clients={self.num_clients}")
         _positive("timeout", self.timeout)

@@ -168,8 +168,8 @@ HELP: dict[str, str] = {
                    "(both engines) follow them",
     "client_gpus": "share of a GPU Ray reserves per simulated node, >= 0 (0: none)",
     "timeout": "seconds to wait for nodes and for each round's replies, > 0",
-    "ray_address": "fedkd run only: attach the simulation to this running Ray cluster (HOST:PORT of its head, "
-                   "or auto); empty: start a local one",
+    "ray_address": "fedkd run with engine ray only: attach the simulation to this running Ray cluster "
+                   "(HOST:PORT of its head, or auto); empty: start a local one",
     "engine": "fedkd run's simulation engine: inprocess (the ServerApp and ClientApp called directly in this "
               "process, no Ray; the default) or ray (Flower's simulation engine: nodes in parallel on several "
               "cores, or a cluster with ray-address); the same seed gives the same rounds on either; flwr run "

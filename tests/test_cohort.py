@@ -67,7 +67,7 @@ def test_cli_takes_clients_per_round_and_ray_address():
     from fedkd.cli import build_parser, config_from_args
 
     args = build_parser().parse_args(["run", "--clients", "20", "--clients-per-round", "5",
-                                      "--ray-address", "127.0.0.1:6379"])
+                                      "--ray-address", "127.0.0.1:6379", "--engine", "ray"])
     cfg = config_from_args(args)
     assert (cfg.clients_per_round, cfg.ray_address, cfg.cohort_size) == (5, "127.0.0.1:6379", 5)
 

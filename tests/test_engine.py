@@ -183,7 +183,7 @@ def test_a_node_hosts_a_fixed_disjoint_set_of_clients():
 def test_engine_and_node_settings_are_checked():
     assert Config(num_nodes=3).num_nodes == 3
     for bad, words in (({"engine": "threads"}, "engine"), ({"num_nodes": 11}, "num-nodes"),
-                       ({"num_nodes": -1}, "num-nodes")):
+                       ({"num_nodes": -1}, "num-nodes"), ({"ray_address": "auto"}, "engine ray")):
         with pytest.raises(ConfigError, match=words):
             Config(**bad).validated()
 

@@ -69,7 +69,7 @@ def test_simulation_runs_on_an_existing_ray_cluster_and_leaves_nothing_behind(tm
     with ray_head() as (address, temp_dir):
         try:
             assert _cluster_processes(temp_dir), "the head node did not start"
-            results = simulate(cfg.replace(ray_address=address))
+            results = simulate(cfg.replace(ray_address=address, engine="ray"))
             assert results["status"] == "completed"
             assert [r["round"] for r in results["rounds"]] == [1, 2]
             assert results["rounds"][1]["contributors"] == 3
