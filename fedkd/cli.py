@@ -36,7 +36,7 @@ from fedkd.config import Config
 from fedkd.confighelp import HELP
 from fedkd.errors import report
 from fedkd.privacy.mechanism import PrivacyError
-from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, stalled_text, write_json_atomic
+from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, dropped_text, stalled_text, write_json_atomic
 from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
@@ -216,9 +216,9 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
 
     def on_round(record: dict) -> None:
         progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
-        warning = stalled_text(record)
-        if warning:
-            say(f"fedkd warning: {warning}")
+        for warning in (dropped_text(record), stalled_text(record)):
+            if warning:
+                say(f"fedkd warning: {warning}")
         progress.advance(task)
 
     started = time.perf_counter()

@@ -192,6 +192,18 @@ def stalled_text(record: dict, show: int = 8) -> str:
             f"or too low for local-epochs), local-epochs and their data")
 
 
+def dropped_text(record: dict, show: int = 3) -> str:
+    """A warning for a round in which some clients' train replies could not be used ('' when all
+    could): who was dropped and why, at most `show` reasons."""
+    failed = record.get("failed_clients")
+    if not failed:
+        return ""
+    ids = sorted(failed, key=int)
+    reasons = "; ".join(f"client {pid}: {failed[pid]}" for pid in ids[:show])
+    more = f"; and {len(ids) - show} more" if len(ids) > show else ""
+    return f"round {record['round']}: {len(ids)} client{'s' if len(ids) > 1 else ''} dropped: {reasons}{more}"
+
+
 def cohort_text(record: dict, num_clients: int, show: int = 8) -> str:
     """A sampled round's cohort for a log line: 'cohort 100/1000: 3,17,22,40,51,58,63,77 ...';
     '' when every client was asked (or the record has no cohort)."""

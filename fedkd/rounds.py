@@ -176,6 +176,9 @@ class RoundRecord(_Row):
     stalled_clients: tuple[int, ...] | None = None  # whose local training learnt nothing (ClientMetrics.stalled);
     # None when no client reported the flag: distributed DP, DP-SGD teachers, local-epochs 0, fedavg, central
     cohort: tuple[int, ...] | None = None  # the client (partition) ids asked this round (set by the driver)
+    # clients dropped in training: str(partition id) -> why their reply could not be used (the
+    # client's own failure, its node's, or a malformed reply); None when every reply was used
+    failed_clients: dict[str, str] | None = None
 
     def to_json(self) -> dict:
         """results.json's row: every key, in this order, null for a part that does not apply."""

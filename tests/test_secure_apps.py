@@ -397,26 +397,29 @@ def test_a_node_settings_error_with_training_is_a_drop_out_not_a_crash(monkeypat
     assert VECTOR_KEY not in states[0] and STATE_KEY not in states[0]
 
 
-def test_a_train_reply_must_name_the_client_the_roll_call_tied_to_its_node():
+def test_a_reply_entry_counts_only_for_the_client_the_roll_call_tied_to_its_node():
     from types import SimpleNamespace
 
     from flwr.app import MetricRecord
 
-    from fedkd.apps.driver import RunError, _collect
+    from fedkd.apps.driver import _collect
 
-    def reply(node, pids):
-        content = RecordDict({f"metrics@{pid}": MetricRecord({"partition-id": float(pid), "train-seconds": 1.0})
-                              for pid in pids})
+    def reply(node, entries):
+        content = RecordDict({f"metrics@{pid}": MetricRecord({"partition-id": float(pid), "train-seconds": secs})
+                              for pid, secs in entries})
         return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
 
     by_node = {101: [0, 2], 102: [1]}
-    cfg = Config(num_clients=3)
-    got = _collect([reply(101, [0, 2]), reply(102, [1])], by_node, 1, cfg)  # the control: each names its own
-    assert sorted(got) == [0, 1, 2]
-    with pytest.raises(RunError, match="node 102 replied as partition-id 0"):
-        _collect([reply(101, [0, 2]), reply(102, [1, 0])], by_node, 1, cfg)
-    with pytest.raises(RunError, match="client 2's reply has no metrics"):
-        _collect([reply(101, [0]), reply(102, [1])], by_node, 1, cfg)
+    cfg = Config(num_clients=3, aggregation="secagg")
+    got, failed = _collect([reply(101, [(0, 1.0), (2, 1.0)]), reply(102, [(1, 1.0)])], by_node, 1, cfg, None)
+    assert sorted(got) == [0, 1, 2] and failed == {}  # the control: each node answers for its own
+    # node 102 answers in client 0's name too: that entry is nobody's answer; client 0's own counts
+    got, failed = _collect([reply(101, [(0, 1.0), (2, 1.0)]), reply(102, [(1, 1.0), (0, 99.0)])], by_node, 1, cfg,
+                           None)
+    assert got[0]["metrics"].train_seconds == 1.0 and failed == {}
+    # a reply without one of its clients' metrics: that client is dropped, with the reason
+    got, failed = _collect([reply(101, [(0, 1.0)]), reply(102, [(1, 1.0)])], by_node, 1, cfg, None)
+    assert sorted(got) == [0, 1] and "no metrics" in failed[2]
 
 
 def test_too_many_drop_outs_stop_the_run_with_the_stage(tmp_path):

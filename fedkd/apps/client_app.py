@@ -36,6 +36,7 @@ from fedkd.apps.secure import keep_vector, keys_with_training, stage_step
 from fedkd.rounds import ClientMetrics
 
 CLASSES_KEY = "num-classes"  # context.state: classes of this node's data, kept for the secagg stages
+RELEASED = "released"  # a client's state: digests of the teacher weights whose predictions it released
 
 app = ClientApp()
 
@@ -87,6 +88,7 @@ def _train_client(msg: Message, context: Context, config, server_round: int, pid
             "noise": [e[0] for e in update.dp_history], "rate": [e[1] for e in update.dp_history],
             "steps": [e[2] for e in update.dp_history]})
     out, metrics = {}, dict(update.metrics)
+    released = _check_fresh(own, pid, update.state) if config.method == "fd" else None
     if config.method == "fd" and config.aggregation == "secagg":
         t0 = time.perf_counter()
         keep_vector(own, pid, update.vector)  # leaves the node only masked, in the secagg stages
@@ -102,9 +104,29 @@ def _train_client(msg: Message, context: Context, config, server_round: int, pid
         metrics["secagg-seconds"] = time.perf_counter() - t0
     elif config.method == "fd":
         out[entry_key("payload", pid)] = vector_record(update.vector)
+    if released is not None:  # this teacher's predictions are out (or committed to a session): never again
+        own[RELEASED] = released
     # task's hyphenated metrics, checked into ClientMetrics here at the Flower boundary
     out[entry_key("metrics", pid)] = metrics_record(pid, ClientMetrics.from_wire(metrics))
     return out
+
+
+def _check_fresh(own, pid: int, state: dict) -> ConfigRecord:
+    """A teacher releases once: refuse to release predictions of weights this client has released
+    before (the same vector in two sessions would let a server difference two sums down to it:
+    `local-epochs 0` with teacher-init persist, or a server sending one student twice). Returns
+    the record of released weights with these added, to keep once the release is made."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):  # (the teacher's weights, in name order) -> 32 bytes
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    seen = list(own[RELEASED]["digests"]) if RELEASED in own else []
+    if digest.hexdigest() in seen:
+        raise RuntimeError(f"client {pid} refuses to release predictions of a teacher whose weights it has "
+                           f"released before (a teacher releases once: train it anew each round, local-epochs > 0)")
+    return ConfigRecord({"digests": [*seen, digest.hexdigest()]})
 
 
 def dp_history_from_state(state) -> tuple:

@@ -17,17 +17,18 @@ from dataclasses import replace
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedkd.aggregate import ContributionError, check_contribution
 from fedkd.apps import codec
 from fedkd.apps.cohort import Placement
 from fedkd.apps.node import CLIENTS, FAILED, clients_record, entries, entry_key
 from fedkd.apps.records import config_record, train_content
 from fedkd.apps.secure import SecureRound, fixed_point_sum
 from fedkd.config import Config
-from fedkd.results import RunRecorder, resolved_settings
+from fedkd.results import RunRecorder, dropped_text, resolved_settings
 from fedkd.rounds import ClientMetrics
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
 from fedkd.task import starting_weights, vector_layout
@@ -103,7 +104,9 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
     privacy spent is recorded even when the round is refused. With secure aggregation the round's
     sum is opened before training (`SecureRound`): each client's entry carries its advertise-keys
     request, and the keys come back with training. The session is sized for the whole cohort, so a
-    client whose train reply does not come back in time is a drop-out at advertise_keys."""
+    client whose train reply does not come back in time, or cannot be used (`_collect`), is a
+    drop-out at advertise_keys; a round goes on while the secure sum's drop-out budget holds, and
+    records who was dropped in training and why (`failed_clients`)."""
     secure = config.method == "fd" and config.aggregation == "secagg"
     placement = Placement(grid, wait_for_nodes(grid, config), config)
     for r in range(1, config.rounds + 1):
@@ -121,13 +124,18 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
                                   config, layout.classes, r)
         messages = [Message(_node_content(config, server, r, ids, session), node, MessageType.TRAIN,
                             group_id=str(r)) for node, ids in by_node.items()]
-        got = _collect(grid.send_and_receive(messages, timeout=config.timeout), by_node, r, config)
+        got, failed = _collect(grid.send_and_receive(messages, timeout=config.timeout), by_node, r, config, server)
         seconds_clients = time.perf_counter() - t0
+        dropped = {str(pid): reason for pid, reason in sorted(failed.items())} or None
+        if not got:
+            if dropped:
+                raise RunError(f"{dropped_text({'round': r, 'failed_clients': dropped}, show=1)}; no client is left")
+            raise RunError(f"round {r}: no client replied within timeout={config.timeout}s")
         if config.method == "fedavg":
             record = server.fedavg_record(r, fedavg_mean(got), seconds_clients=seconds_clients)
             work = sum(e["metrics"].train_seconds for e in got.values())
             recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort),
-                                       client_work_seconds=work))
+                                       client_work_seconds=work, failed_clients=dropped))
             continue
         replies = [ClientReply(pid, e.get("payload", np.zeros(0, np.float32)), e["metrics"])
                    for pid, e in sorted(got.items())]
@@ -143,7 +151,8 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         finally:
             if server.ledger is not None:  # spent privacy is recorded even when the round is refused
                 recorder.spend(server.privacy_spent())
-        recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort)))
+        recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort),
+                                   failed_clients=dropped))
 
 
 def _node_content(config: Config, server: DistillationServer, server_round: int, ids: list[int],
@@ -171,44 +180,60 @@ def _node_content(config: Config, server: DistillationServer, server_round: int,
     return content
 
 
-def _collect(replies: list[Message], by_node: dict[int, list[int]], server_round: int,
-             config: Config) -> dict[int, dict]:
-    """Client id -> {"metrics": ClientMetrics, and "payload" (plain fd), "keys" (secure fd) or
-    "arrays" (fedavg)}, from each node's reply. An entry for a client that was not asked of that
-    node stops the run (the roll call tied each client to one node); a client that failed stops
-    it too, with its reason; a node that did not answer in time leaves its clients out."""
+def _collect(replies: list[Message], by_node: dict[int, list[int]], server_round: int, config: Config,
+             server: DistillationServer) -> tuple[dict[int, dict], dict[int, str]]:
+    """(client id -> {"metrics": ClientMetrics, and "payload" (plain fd), "keys" (secure fd) or
+    "arrays" (fedavg)}, client id -> why its reply cannot be used), from each node's reply.
+
+    A bad reply is its client's drop-out, never the run's end: the client's own `failed` entry,
+    its node's error reply, missing or malformed metrics, a payload or weights of the wrong shape
+    or not finite. An entry a node sends for a client the roll call did not tie to it is nobody's
+    answer and is ignored. A node that did not answer in time leaves its clients out."""
     out: dict[int, dict] = {}
+    failed: dict[int, str] = {}
     in_clear = config.method == "fd" and config.aggregation == "plain"
+    length = vector_layout(config, server.splits, server_round).length if in_clear else None
+    reference = server.student.state_dict() if config.method == "fedavg" else None
     for msg in replies:
-        node = msg.metadata.src_node_id
-        asked = set(by_node.get(node, ()))
+        asked = sorted(by_node.get(msg.metadata.src_node_id, ()))
         if msg.has_error():
-            ids = ",".join(map(str, sorted(asked)))
-            raise RunError(f"round {server_round}: the node of clients {ids} failed: {last_line(msg.error.reason)}")
+            for pid in asked:
+                failed[pid] = f"its node failed: {last_line(msg.error.reason)}"
+            continue
         content = msg.content
-        for name in ("metrics", FAILED, "payload", "arrays", codec.RECORD):
-            for pid in entries(content, name):
-                if pid not in asked:
-                    raise RunError(f"round {server_round}: node {node} replied as partition-id {pid}, "
-                                   f"which the roll call did not tie to it")
-        for pid, record in sorted(entries(content, FAILED).items()):
-            raise RunError(f"round {server_round}: client {pid} failed: {last_line(str(record.get('reason')))}")
-        for pid in sorted(asked):
-            metrics = content.get(entry_key("metrics", pid))
-            if metrics is None:
-                raise RunError(f"round {server_round}: client {pid}'s reply has no metrics")
-            entry = {"metrics": ClientMetrics.from_wire(metrics)}
-            if in_clear:
-                entry["payload"] = content[entry_key("payload", pid)]["vector"].numpy()
-            if config.method == "fedavg":
-                entry["arrays"] = content[entry_key("arrays", pid)].to_torch_state_dict()
-            keys = content.get(entry_key(codec.RECORD, pid))
-            if keys is not None:
-                entry["keys"] = keys
-            out[pid] = entry
-    if not out:
-        raise RunError(f"round {server_round}: no client replied within timeout={config.timeout}s")
-    return out
+        own_failures = entries(content, FAILED)
+        for pid in asked:
+            if pid in own_failures:
+                failed[pid] = last_line(str(own_failures[pid].get("reason")))
+                continue
+            try:
+                out[pid] = _entry(content, pid, length, reference)
+            except (KeyError, TypeError, ValueError, AttributeError, ContributionError) as exc:
+                failed[pid] = f"its reply is malformed: {exc}"
+    return out, failed
+
+
+def _entry(content: RecordDict, pid: int, length: int | None, reference: dict | None) -> dict:
+    """One client's checked reply entries (raises on a malformed one)."""
+    metrics = content.get(entry_key("metrics", pid))
+    if not isinstance(metrics, MetricRecord):
+        raise ValueError("no metrics")
+    entry: dict = {"metrics": ClientMetrics.from_wire(metrics)}
+    if length is not None:
+        vector = content[entry_key("payload", pid)]["vector"].numpy()
+        check_contribution(pid, vector, length)
+        entry["payload"] = vector
+    if reference is not None:
+        state = content[entry_key("arrays", pid)].to_torch_state_dict()
+        if state.keys() != reference.keys() or any(state[k].shape != reference[k].shape for k in state):
+            raise ValueError("weights of another model")
+        if not all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point()):
+            raise ValueError("weights that are not finite")
+        entry["arrays"] = state
+    keys = content.get(entry_key(codec.RECORD, pid))
+    if keys is not None:
+        entry["keys"] = keys
+    return entry
 
 
 def fedavg_mean(entries: dict[int, dict]) -> dict:

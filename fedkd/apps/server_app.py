@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.apps.driver import run_federation
 from fedkd.apps.exchange import PollingGrid
 from fedkd.config import Config
-from fedkd.results import RunRecorder, cohort_text, prepare_out, stalled_text
+from fedkd.results import RunRecorder, cohort_text, prepare_out, dropped_text, stalled_text
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
@@ -57,9 +57,9 @@ def _log_round(num_clients: int) -> Callable[[dict], None]:
         cohort = cohort_text(record, num_clients)
         _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
              f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}{', ' + cohort if cohort else ''}")
-        warning = stalled_text(record)
-        if warning:
-            log(WARNING, "fedkd: %s", warning)
+        for warning in (dropped_text(record), stalled_text(record)):
+            if warning:
+                log(WARNING, "fedkd: %s", warning)
 
     return log_round
 
