@@ -111,6 +111,12 @@ def run_one(cfg: Config, on_round=None) -> dict:
     return simulate(cfg, on_round=on_round)["rounds"][-1]
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _one(job: tuple[str, dict, str]) -> dict:
     """One (settings, engine) run -> its last round record (in a worker process with --jobs)."""
     dataset, settings, engine = job
@@ -133,7 +139,8 @@ def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: in
     if jobs > 1 and engine == "inprocess":
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        # one torch thread per worker: `jobs` workers of the default threads each would oversubscribe the cores
+        with multiprocessing.get_context("spawn").Pool(jobs, initializer=_one_thread) as pool:
             records = pool.map(_one, [job for _, job in plan], chunksize=1)
     else:
         records = [_one(job) for _, job in plan]

@@ -17,6 +17,8 @@ peak RSS) and writes scale.md, scale.json and scale.png to --out.
     python simulations/scale.py --scenarios 100/100 --engines inprocess
     python simulations/scale.py --scenarios 10000/100 --engines inprocess --rounds 2   # 10,000 clients
     python simulations/scale.py --one inprocess --clients 1000 --cohort 100 --rounds 3 # one run, JSON
+    python simulations/scale.py --accuracy ../shared/data/fashion3615.npz --rounds 10   # 100 clients, 10 and 100
+                                                                                        # per round, at the defaults
 
 Every scenario uses fedkd's defaults except what it lists (`settings`): those above 100 clients use
 num-public 100, iid partitions and few epochs, and above 1,000 clients a tiled copy of digits
@@ -208,6 +210,38 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def accuracy(data: str, clients: int, cohorts: list[int], rounds: int, out: Path, command: str) -> str:
+    """Student accuracy per round at fedkd's defaults on `data` with `clients` clients, for each
+    cohort size, on the in-process engine (one run each, in this process), with round times."""
+    from fedkd.config import Config
+    from fedkd.simulation import simulate
+
+    runs = {}
+    for cohort in cohorts:
+        cfg = Config(dataset=data, num_clients=clients, clients_per_round=0 if cohort >= clients else cohort,
+                     rounds=rounds, out=tempfile.mkdtemp(prefix="fedkd-scale-accuracy-"))
+        began = time.perf_counter()
+        rows = simulate(cfg, on_round=lambda r: sys.stderr.write(
+            f"{cohort}/{clients} round {r['round']}: student {r['student_accuracy']:.4f} in {r['seconds']:.1f} s\n"))["rounds"]
+        runs[cohort] = {"student_accuracy": [r["student_accuracy"] for r in rows],
+                        "ensemble_accuracy": [r["ensemble_accuracy"] for r in rows],
+                        "round_seconds": [r["seconds"] for r in rows], "wall_seconds": time.perf_counter() - began}
+    name = Path(data).stem
+    lines = [f"Student accuracy on {name} with {clients} clients at fedkd's defaults (in-process engine, seed 0, "
+             f"secure aggregation), by clients per round; round time in seconds. `{command}`", "",
+             "| per round | " + " | ".join(f"round {i}" for i in range(1, rounds + 1)) + " | steady round (s) |",
+             "|---:|" + "---:|" * (rounds + 1)]
+    for cohort, run in runs.items():
+        lines.append(f"| {cohort} | " + " | ".join(f"{a:.3f}" for a in run["student_accuracy"])
+                     + f" | {steady(run['round_seconds']):.1f} |")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"scale_accuracy_{name}.md").write_text(text)
+    (out / f"scale_accuracy_{name}.json").write_text(json.dumps({"command": command, "clients": clients,
+                                                                  "runs": runs}, indent=2) + "\n")
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="10/10,100/100,1000/100,1000/1000", help="clients/per-round, comma list")
@@ -216,6 +250,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default="scale", help="file stem of the outputs")
+    parser.add_argument("--accuracy", metavar="DATA", help="instead: student accuracy per round on DATA (a data set "
+                        "fedkd reads) with --accuracy-clients clients, for each of --accuracy-cohorts per round")
+    parser.add_argument("--accuracy-clients", type=int, default=100)
+    parser.add_argument("--accuracy-cohorts", default="10,100")
     parser.add_argument("--one", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cohort", type=int, help=argparse.SUPPRESS)
@@ -227,6 +265,10 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     command = "python simulations/scale.py " + " ".join(sys.argv[1:])
+    if args.accuracy:
+        cohorts = [int(c) for c in args.accuracy_cohorts.split(",") if c]
+        print(accuracy(args.accuracy, args.accuracy_clients, cohorts, args.rounds, args.out, command))
+        return 0
     rows = []
     for item in filter(None, args.scenarios.split(",")):
         clients, _, cohort = item.partition("/")

@@ -338,6 +338,40 @@ def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(
     assert len(proc.ports()) == 3 and all(port_is_free(p) for p in proc.ports())
 
 
+def test_each_node_config_file_gives_its_node_an_identity_and_the_roster_as_flower_reads_it(tmp_path):
+    import stat
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from flwr.common.config import parse_config_args
+
+    from fedkd.apps.node import hosted_clients
+    from fedkd.apps.secure import node_roster
+
+    paths = deploy.write_node_configs(tmp_path / "node-config", 3)
+    rosters = []
+    for i, path in enumerate(paths):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600  # a private key inside: its owner's alone
+        node_config = parse_config_args([str(path)])  # what flower-supernode --node-config FILE reads
+        assert hosted_clients(node_config, 3) == (i,)  # one client per SuperNode
+        roster, identity = node_roster(node_config)
+        own = Ed25519PrivateKey.from_private_bytes(identity).public_key().public_bytes_raw()
+        assert roster[i] == own and sorted(roster) == [0, 1, 2]
+        rosters.append(roster)
+    assert rosters[0] == rosters[1] == rosters[2] and len(set(rosters[0].values())) == 3
+
+
+@LINUX_PROC
+def test_three_node_secure_aggregation_deployment_runs_in_roster_mode(run_deploy, tmp_path):
+    out = tmp_path / "out"
+    tiny_secure = TINY.replace(' aggregation="plain"', "")
+    proc = run_deploy("3", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", f'{tiny_secure} out="{out}"')
+    assert proc.wait(within=RUN_WAIT) == 0, proc.text()
+    assert "secure-aggregation roster: 3 node identities" in proc.text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed" and results["rounds"][0]["secagg"]["survivors"] == [0, 1, 2]
+    assert wait_untagged(proc.tag) == set()
+
+
 @LINUX_PROC
 def test_secure_superlink_refuses_a_node_whose_key_was_not_enrolled(tmp_path):
     tls = deploy.write_tls_files(tmp_path / "certs")

@@ -23,7 +23,8 @@ The names below are what `fedkd.cli` and the tests use.
 """
 
 from fedkd.deploy.cli import add_arguments, build_parser, main
-from fedkd.deploy.pki import NodeKey, TlsFiles, check_writable, node_keys, write_node_key, write_tls_files
+from fedkd.deploy.pki import (NodeKey, TlsFiles, check_writable, node_keys, write_node_configs, write_node_key,
+                              write_tls_files)
 from fedkd.deploy.procs import MARKER, Process, free_ports, marked_pids
 from fedkd.deploy.run import Options, run_deployment
 from fedkd.deploy.runconfig import app_defaults, build_run_config, find_app
@@ -34,5 +35,5 @@ __all__ = [
     "BINARIES", "CONNECTION", "MARKER", "NODE_REFUSED", "DeployError", "Deployment", "NodeKey", "Options",
     "Process", "TlsFiles", "add_arguments", "app_defaults", "build_parser", "build_run_config",
     "check_writable", "find_app", "find_binaries", "free_ports", "main", "marked_pids", "node_keys",
-    "run_deployment", "write_node_key", "write_tls_files",
+    "run_deployment", "write_node_configs", "write_node_key", "write_tls_files",
 ]

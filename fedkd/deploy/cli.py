@@ -23,7 +23,8 @@ PROG = "fedkd deploy"  # the name in every line this command prints about itself
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("num_nodes", metavar="N", type=int, help="number of SuperNodes (partitions), at least 2")
+    parser.add_argument("num_nodes", metavar="N", type=int, help="number of SuperNodes (one client each), at least 3 with secure aggregation "
+                             "(the default), 2 with --run-config 'aggregation=\"plain\"'")
     parser.add_argument("--secure", action="store_true",
                         help="TLS on every connection and SuperNode authentication (only enrolled keys join)")
     parser.add_argument("--certs-dir", type=Path, default=None,
@@ -41,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show only this command's own lines, not the processes' logs (those are in run.log)")
     parser.add_argument("--force", action="store_true",
                         help="replace the results of an earlier run in the run's out folder (otherwise refused)")
+    parser.add_argument("--no-roster", dest="roster", action="store_false",
+                        help="start the SuperNodes without a secure-aggregation roster: keys the server relays are then "
+                             "taken on trust (by default each node gets an Ed25519 identity and every node's public "
+                             "identity, and refuses keys not signed by their owner's identity)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `fedkd deploy` from parsed arguments: 0 completed, 1 the run failed, 2 bad usage, 130 interrupted."""
     opts = Options(num_nodes=args.num_nodes, secure=args.secure, certs_dir=args.certs_dir,
                    run_config=args.run_config, timeout=args.timeout, app=args.app,
-                   probe_unenrolled=args.probe_unenrolled, quiet=args.quiet, force=args.force)
+                   probe_unenrolled=args.probe_unenrolled, quiet=args.quiet, force=args.force, roster=args.roster)
     previous = terminate_as_interrupt()
     try:
         results = run_deployment(opts, echo=_console(opts.quiet))

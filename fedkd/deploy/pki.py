@@ -173,6 +173,28 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def write_node_configs(folder: Path, count: int) -> list[Path]:
+    """Each SuperNode's --node-config as a TOML file only its owner can read: its partition id, and
+    the secure-aggregation roster (every node's Ed25519 identity public key by partition id) with
+    its own identity private key, so that keys relayed by the server are checked against the
+    identity that signed them (roster mode: `fedkd.apps.secure.node_roster`). A fresh identity per
+    node and deployment; the private keys never leave their file."""
+    import tomli_w
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    keys = [Ed25519PrivateKey.generate() for _ in range(count)]
+    roster = ",".join(f"{i}:{k.public_key().public_bytes_raw().hex()}" for i, k in enumerate(keys))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, key in enumerate(keys):
+        path = folder / f"node-{i}.toml"
+        _write_private(path, tomli_w.dumps({
+            "partition-id": i, "num-partitions": count,
+            "secagg-identity-key": key.private_bytes_raw().hex(), "secagg-roster": roster}).encode())
+        paths.append(path)
+    return paths
+
+
 def check_writable(folder: Path) -> None:
     """Raise UsageError (one line) unless `folder` exists or can be made, and takes files."""
     try:

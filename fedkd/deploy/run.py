@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fedkd.deploy.pki import NodeKey, TlsFiles, check_writable, node_keys, write_node_key, write_tls_files
+from fedkd.deploy.pki import (
+    NodeKey, TlsFiles, check_writable, node_keys, write_node_configs, write_node_key, write_tls_files,
+)
 from fedkd.deploy.procs import free_ports
 from fedkd.deploy.runconfig import app_defaults, build_run_config, find_app
 from fedkd.deploy.superlink import FINISHED, NODE_REFUSED, DeployError, Deployment, find_binaries
@@ -37,6 +39,7 @@ class Options:
     timeout: float = 3600.0  # seconds for the whole deployment, start to teardown
     app: str | None = None
     probe_unenrolled: bool = False  # secure mode: also start one SuperNode whose key was never enrolled
+    roster: bool = True  # secure aggregation in roster mode: node identities made here (pki.write_node_configs)
     quiet: bool = False  # do not echo the processes' logs (run.log has them)
     force: bool = False  # replace an earlier run's results in out
     grace: float = 10.0  # seconds between SIGTERM and SIGKILL at teardown
@@ -143,8 +146,12 @@ def _deploy_and_run(dep: Deployment, plan: _Plan, keys: list[NodeKey], opts: Opt
     dep.start_superlink(ports[0], ready_within=_within(deadline, 60.0))
     for key in keys:
         dep.say(f"enrolled {key.public.name} as node {dep.enroll(key)}")
-    nodes = [dep.start_supernode(f"node-{i}", f"partition-id={i} num-partitions={opts.num_nodes}",
-                                 ports[1 + i], keys[i] if keys else None)
+    if opts.roster:  # authenticated secure-aggregation keys: each node's identity and the roster
+        configs = [str(p) for p in write_node_configs(dep.workdir / "node-config", opts.num_nodes)]
+        dep.say(f"secure-aggregation roster: {opts.num_nodes} node identities (node-config/ in the work folder)")
+    else:
+        configs = [f"partition-id={i} num-partitions={opts.num_nodes}" for i in range(opts.num_nodes)]
+    nodes = [dep.start_supernode(f"node-{i}", configs[i], ports[1 + i], keys[i] if keys else None)
              for i in range(opts.num_nodes)]
     if opts.probe_unenrolled:
         _probe_unenrolled(dep, ports[-1], opts.num_nodes, deadline)
