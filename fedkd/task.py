@@ -292,6 +292,53 @@ def teacher_round(
     return TeacherUpdate(cpu_state, vector, metrics, tuple(fit.dp_history), from_student)
 
 
+@dataclass(frozen=True)
+class ClientStart:
+    """What a node holds of one client between rounds: its teacher's weights where they persist,
+    its DP-SGD accounting history."""
+
+    state: dict[str, torch.Tensor] | None = None
+    dp_history: tuple = ()
+
+
+def cohort_teachers(
+    config: Config,
+    server_round: int,
+    clients: Mapping[int, ClientStart],
+    consensus: Consensus | None = None,
+    student: dict[str, torch.Tensor] | None = None,
+    prototypes: Mapping[str, dict[str, torch.Tensor]] | None = None,
+    with_predictions: bool = True,
+) -> dict[int, TeacherUpdate | Exception]:
+    """The round's teacher work of the clients one node hosts: client id -> its `teacher_round`,
+    or the exception that stopped it (one client's failure is its own: the others go on).
+
+    The clients run one after another, each with its own seeded streams, so the result does not
+    depend on which clients share a node. This is the one place a node's cohort is trained: a
+    batched engine (teachers of one architecture as one stacked model) plugs in here."""
+    out: dict[int, TeacherUpdate | Exception] = {}
+    for pid, start in clients.items():
+        try:
+            out[pid] = teacher_round(config, pid, server_round, start.state, consensus, with_predictions,
+                                     start.dp_history, student, prototypes)
+        except Exception as exc:  # noqa: BLE001 (reported per client by the node)
+            out[pid] = exc
+    return out
+
+
+def cohort_fedavg(config: Config, server_round: int, ids, global_state: dict[str, torch.Tensor]
+                  ) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, float]] | Exception]:
+    """FedAvg's local step for each client a node hosts (`fedavg_round`), or the exception that
+    stopped it."""
+    out: dict[int, tuple[dict[str, torch.Tensor], dict[str, float]] | Exception] = {}
+    for pid in ids:
+        try:
+            out[pid] = fedavg_round(config, pid, server_round, global_state)
+        except Exception as exc:  # noqa: BLE001
+            out[pid] = exc
+    return out
+
+
 def initial_teacher(config: Config, splits: Splits, partition_id: int) -> torch.nn.Module:
     """Client `partition_id`'s teacher at its seeded initialisation, the same in every run and
     round. Seeds torch's global generator (a caller that must keep its own stream forks it)."""

@@ -45,18 +45,34 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     import torch
 
+    from fedkd.task import ClientStart, cohort_fedavg, cohort_teachers
+
     config, server_round = config_from_message(msg)
     ids = requested(msg.content, hosted_clients(context.node_config, config.num_clients))
     torch.set_num_threads(max(1, int(config.client_cpus)))  # one actor per core share, no oversubscription
-    if config.method == "fedavg":
-        shared = {"global": msg.content["arrays"].to_torch_state_dict()}
-    else:  # decoded once per message, shared by the node's clients (each copies what it loads)
-        shared = {"consensus": consensus_from_message(msg), "student": student_from_message(msg),
-                  "prototypes": prototypes_from_message(msg)}
     reply = RecordDict()
-    for pid in ids:
+    if config.method == "fedavg":
+        done = cohort_fedavg(config, server_round, ids, msg.content["arrays"].to_torch_state_dict())
+        for pid, result in done.items():
+            if isinstance(result, Exception):
+                reply[entry_key(FAILED, pid)] = failed_record(_reason(result))
+                continue
+            reply[entry_key("arrays", pid)] = ArrayRecord(result[0])
+            reply[entry_key("metrics", pid)] = MetricRecord(result[1])
+        return Message(reply, reply_to=msg)
+
+    own = {pid: ClientState(context.state, pid) for pid in ids}  # each client's slice of the node's state
+    starts = {pid: ClientStart(own[pid]["teacher"].to_torch_state_dict() if "teacher" in own[pid] else None,
+                               dp_history_from_state(own[pid])) for pid in ids}
+    # decoded once per message and shared by the node's clients (each copies what it loads)
+    updates = cohort_teachers(config, server_round, starts, consensus=consensus_from_message(msg),
+                              student=student_from_message(msg), prototypes=prototypes_from_message(msg),
+                              with_predictions=config.method == "fd")
+    for pid, update in updates.items():
         try:
-            entries = _train_client(msg, context, config, server_round, pid, shared)
+            if isinstance(update, Exception):
+                raise update
+            entries = _reply_of(msg, context, config, server_round, pid, own[pid], update)
         except Exception as exc:  # this client's failure is its own: the node's other clients go on
             entries = {entry_key(FAILED, pid): failed_record(_reason(exc))}
         for key, record in entries.items():
@@ -64,20 +80,13 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def _train_client(msg: Message, context: Context, config, server_round: int, pid: int, shared: dict) -> dict:
-    """One client's train reply entries."""
-    from fedkd.task import fedavg_round, splits_for, teacher_round
+def _reply_of(msg: Message, context: Context, config, server_round: int, pid: int, own: ClientState,
+              update) -> dict:
+    """One client's train reply entries from its update; keeps on the node what the client needs
+    next (its teacher where the next round starts from it, its DP-SGD history, its vector held for
+    the secure sum, the digests of what it released)."""
+    from fedkd.task import splits_for
 
-    if config.method == "fedavg":
-        state, metrics = fedavg_round(config, pid, server_round, shared["global"])
-        return {entry_key("arrays", pid): ArrayRecord(state), entry_key("metrics", pid): MetricRecord(metrics)}
-
-    own = ClientState(context.state, pid)
-    previous = own["teacher"].to_torch_state_dict() if "teacher" in own else None
-    update = teacher_round(
-        config, pid, server_round, previous, consensus=shared["consensus"], with_predictions=config.method == "fd",
-        dp_history=dp_history_from_state(own), student=shared["student"], prototypes=shared["prototypes"],
-    )
     if update.from_student:  # it will start from a global student again: nothing of it stays on the node
         if "teacher" in own:
             del own["teacher"]
