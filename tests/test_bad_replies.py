@@ -49,21 +49,34 @@ def _like(reply: Message, content: RecordDict | None = None, error: Error | None
     return Message(content=content, metadata=meta) if error is None else Message(error=error, metadata=meta)
 
 
-class SpoilingGrid:
-    """Wraps the server's Grid; spoils client VICTIM's train reply in round 1 as `kind` says."""
+class Tap:
+    """Wraps the server's Grid: every exchange's replies pass through `on(messages, replies)`."""
 
-    def __init__(self, grid, kind):
-        self._grid, self.kind = grid, kind
+    def __init__(self, grid):
+        self._grid = grid
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        hosts = {m.metadata.dst_node_id for m in messages
-                 if m.metadata.message_type == "train" and m.metadata.group_id == "1" and VICTIM in clients_of(m.content)}
-        return [_spoil(r, self.kind) if r.metadata.src_node_id in hosts else r for r in replies]
+        return self.on(messages, list(self._grid.send_and_receive(messages, timeout=timeout)))
+
+    def on(self, messages, replies):
+        return replies
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
+
+
+class SpoilingGrid(Tap):
+    """Spoils client VICTIM's train reply in round 1 as `kind` says."""
+
+    def __init__(self, grid, kind):
+        super().__init__(grid)
+        self.kind = kind
+
+    def on(self, messages, replies):
+        hosts = {m.metadata.dst_node_id for m in messages
+                 if m.metadata.message_type == "train" and m.metadata.group_id == "1" and VICTIM in clients_of(m.content)}
+        return [_spoil(r, self.kind) if r.metadata.src_node_id in hosts else r for r in replies]
 
 
 @pytest.mark.parametrize("aggregation, kind, why", [
@@ -107,20 +120,15 @@ def test_a_run_whose_every_client_fails_stops_with_their_reason(tmp_path):
 
     cfg = Config(**dict(SMALL, rounds=1), aggregation="plain", out=str(tmp_path))
     with pytest.raises(RunError, match="4 clients dropped: client 0: its reply is malformed.*no client is left"):
-        simulate(cfg, observe_grid=lambda g: EveryReplySpoilt(g))
+        simulate(cfg, observe_grid=EveryReplySpoilt)
 
 
-class EveryReplySpoilt(SpoilingGrid):
-    def __init__(self, grid):
-        super().__init__(grid, "")
+class EveryReplySpoilt(Tap):
+    """Every train reply loses its metrics."""
 
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = list(self._grid.send_and_receive(list(messages), timeout=timeout))
-        out = []
-        for r in replies:
-            content = RecordDict({k: v for k, v in r.content.items() if not k.startswith("metrics@")})
-            out.append(_like(r, content))
-        return out
+    def on(self, messages, replies):
+        return [_like(r, RecordDict({k: v for k, v in r.content.items() if not k.startswith("metrics@")}))
+                for r in replies]
 
 
 # ---- a teacher releases once -------------------------------------------------------------------
@@ -128,24 +136,20 @@ class EveryReplySpoilt(SpoilingGrid):
 REPLAY = dict(SMALL, local_epochs=0, digest_epochs=0, teacher_init="persist", aggregation="plain")
 
 
-class Payloads:
-    """Wraps the server's Grid; keeps each round's plain payloads by client."""
+class Payloads(Tap):
+    """Keeps each round's plain payloads by client."""
 
     def __init__(self, grid, seen):
-        self._grid, self.seen = grid, seen
+        super().__init__(grid)
+        self.seen = seen
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def on(self, messages, replies):
         from fedkd.apps.node import entries
 
-        messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for r in replies:
             for pid, rec in entries(r.content, "payload").items():
                 self.seen.setdefault(r.metadata.group_id, {})[pid] = rec["vector"].numpy()
         return replies
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
 
 
 def test_a_teacher_releases_once_so_two_sums_cannot_be_differenced(tmp_path, monkeypatch):

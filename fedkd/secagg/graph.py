@@ -30,13 +30,7 @@ def ring_order(session_id: bytes, client_ids: Sequence[int]) -> list[int]:
 
 def neighbour_graph(session_id: bytes, client_ids: Sequence[int], k: int) -> dict[int, frozenset[int]]:
     """client id -> the k other clients it shares masks and secrets with (symmetric relation)."""
-    n = len(client_ids)
-    _check_k(n, k)
-    if k == n - 1:
-        everyone = frozenset(client_ids)
-        return {cid: everyone - {cid} for cid in client_ids}
-    ring = ring_order(session_id, client_ids)
-    return {cid: _ring_neighbours(ring, pos, k) for pos, cid in enumerate(ring)}
+    return neighbour_rows(session_id, client_ids, k, client_ids)
 
 
 def neighbours_of(session_id: bytes, client_ids: Sequence[int], k: int, client_id: int) -> frozenset[int]:
