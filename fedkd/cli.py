@@ -36,7 +36,8 @@ from fedkd.config import Config
 from fedkd.confighelp import HELP
 from fedkd.errors import report
 from fedkd.privacy.mechanism import PrivacyError
-from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, dropped_text, stalled_text, write_json_atomic
+from fedkd.results import (RUN_FILES, cohort_text, dropped_text, halt_saving, prepare_out, resolved_settings,
+                           run_title, stalled_text, write_json_atomic, write_tables)
 from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
@@ -249,9 +250,14 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
         p = results["privacy"]
         console.print(f"Privacy spent: epsilon {p['epsilon']:.3f} at delta {p['delta']:g} "
                       f"over {p['rounds_released']} released rounds")
-    console.print(f"Saved {config.out}/: config.json, results.json, summary.txt, curves.png, {LOG_FILE}",
-                  highlight=False, soft_wrap=True)
+    console.print(f"Saved {config.out}/: {', '.join(saved_files(out))}", highlight=False, soft_wrap=True)
     return 0
+
+
+def saved_files(out: Path) -> list[str]:
+    """The run files in `out`, in RUN_FILES' order: those this run wrote (`local`, or a run stopped
+    by its privacy budget before its first round, has no student.pt)."""
+    return [name for name in RUN_FILES if (out / name).exists()]
 
 
 # ---- logs: one line per event on the console, everything in run.log ----------------------------
@@ -382,6 +388,7 @@ def _mark_interrupted(out: str) -> None:
     if saved.get("status") == "running":
         saved["status"] = "interrupted"
         write_json_atomic(Path(path), saved)
+        write_tables(saved, Path(out))  # summary.csv's status too
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -432,9 +439,7 @@ def summary_table(results: dict, wall: float, width: int | None = None):
 
 
 def _title(results: dict) -> str:
-    cfg = results["config"]
-    return (f"fedkd {cfg['method']} on {cfg['dataset']}: {cfg['num-clients']} clients, "
-            f"{cfg['partition']} alpha={cfg['alpha']}, T={cfg['temperature']}")
+    return f"fedkd {run_title(results['config'])}"  # as curves.png's title
 
 
 def _rendered_width(renderable) -> int:
