@@ -381,8 +381,9 @@ def write_tables(results: dict, out: Path) -> None:
 
 def round_columns(rows: list[dict]) -> list[str]:
     """rounds.csv's columns: every number a round row has, in results.json's order. Blocks (secagg,
-    privacy, teacher_epsilon, prototype_accuracy, failed_clients) give one column per number one
-    level down, named with a dot ("secagg.seconds_total"), where a row has them; lists and deeper
+    privacy, teacher_epsilon, prototype_accuracy, failed_clients) give one column per value one
+    level down, named with a dot ("secagg.seconds_total", "failed_clients.3" with its reason), where a
+    row has them; lists and deeper
     levels (cohort, survivors, per-client epsilons, seconds per stage) stay in results.json only."""
     columns: dict[str, None] = {}  # an ordered set
     for row in rows:
