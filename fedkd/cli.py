@@ -2,7 +2,7 @@
 (a multi-process local deployment), `fedkd audit` (attacks on what the server sees) and `fedkd bench ...`.
 
 Owns: argument parsing (one option per config field, generated from `Config`; booleans are bare
-flags with a `--no-` twin), early validation (config, data and the output folder, before Ray
+flags with a `--no-` twin; `--config FILE` reads settings from TOML), early validation (config, data and the output folder, before Ray
 starts), what the console shows during a run (one line per round and per Flower warning or error;
 Flower's and Ray's full logs go to `run.log` in the output folder) and the final summary table
 (`summary.txt` in the output folder). The display reads results.json's rows (`fedkd.rounds`
@@ -14,6 +14,7 @@ Must not touch: training or protocol code; it only calls `fedkd.simulation` (whi
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ import os
 import re
 import sys
 import time
+import tomllib
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -34,9 +36,10 @@ from fedkd.bench import round as round_bench
 from fedkd.cliparser import Parser
 from fedkd.config import Config
 from fedkd.confighelp import HELP
-from fedkd.errors import report
+from fedkd.errors import UsageError, report
 from fedkd.privacy.mechanism import PrivacyError
-from fedkd.results import cohort_text, halt_saving, prepare_out, resolved_settings, dropped_text, stalled_text, write_json_atomic
+from fedkd.results import (RUN_FILES, cohort_text, dropped_text, halt_saving, prepare_out, resolved_settings,
+                           run_title, stalled_text, write_json_atomic, write_tables)
 from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
@@ -66,8 +69,33 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The run's settings: those in the --config file, then the options given, which win over it."""
     given = {f.name.replace("_", "-"): getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
-    return Config.from_run_config(given)
+    from_file = read_config_file(args.config_file) if args.config_file else {}
+    return Config.from_run_config({**from_file, **given})
+
+
+def read_config_file(path: str) -> dict:
+    """A TOML file's run settings, under the run config's hyphenated keys (`rounds = 10`,
+    `dataset = "digits"`). Unknown keys, and tables or arrays where a setting takes one value, are
+    refused here, naming the file; a bad value is refused by `Config`, naming the key and value."""
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            settings = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"--config {path} cannot be read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {path} is not valid TOML: {exc}") from None
+    keys = [f.name.replace("_", "-") for f in fields(Config)]
+    for key, value in settings.items():
+        if key not in keys:
+            close = difflib.get_close_matches(key.replace("_", "-"), keys, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "docs/configuration.md lists the settings"
+            raise UsageError(f"--config {path}: unknown setting '{key}'; {hint}")
+        if isinstance(value, (dict, list)):
+            raise UsageError(f"--config {path}: setting '{key}' takes one value, not a TOML "
+                             f"{'table' if isinstance(value, dict) else 'array'} ({key} = {value!r})")
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a Flower simulation in this process and save its results")
     _add_config_options(run)
+    run.add_argument("--config", dest="config_file", metavar="FILE",
+                     help="a TOML file of settings with the run config's hyphenated keys, as in pyproject's "
+                          "[tool.flwr.app.config] (rounds = 10, num-clients = 20); options given here win over it")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs on the console too")
     run.add_argument("--force", action="store_true",
                      help="replace the results of an earlier run in --out (otherwise such a folder is refused)")
@@ -249,9 +280,14 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
         p = results["privacy"]
         console.print(f"Privacy spent: epsilon {p['epsilon']:.3f} at delta {p['delta']:g} "
                       f"over {p['rounds_released']} released rounds")
-    console.print(f"Saved {config.out}/: config.json, results.json, summary.txt, curves.png, {LOG_FILE}",
-                  highlight=False, soft_wrap=True)
+    console.print(f"Saved {config.out}/: {', '.join(saved_files(out))}", highlight=False, soft_wrap=True)
     return 0
+
+
+def saved_files(out: Path) -> list[str]:
+    """The run files in `out`, in RUN_FILES' order: those this run wrote (`local`, or a run stopped
+    by its privacy budget before its first round, has no student.pt)."""
+    return [name for name in RUN_FILES if (out / name).exists()]
 
 
 # ---- logs: one line per event on the console, everything in run.log ----------------------------
@@ -382,6 +418,7 @@ def _mark_interrupted(out: str) -> None:
     if saved.get("status") == "running":
         saved["status"] = "interrupted"
         write_json_atomic(Path(path), saved)
+        write_tables(saved, Path(out))  # summary.csv's status too
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -432,9 +469,7 @@ def summary_table(results: dict, wall: float, width: int | None = None):
 
 
 def _title(results: dict) -> str:
-    cfg = results["config"]
-    return (f"fedkd {cfg['method']} on {cfg['dataset']}: {cfg['num-clients']} clients, "
-            f"{cfg['partition']} alpha={cfg['alpha']}, T={cfg['temperature']}")
+    return f"fedkd {run_title(results['config'])}"  # as curves.png's title
 
 
 def _rendered_width(renderable) -> int:

@@ -32,7 +32,8 @@ HELP: dict[str, str] = {
     "rounds": "federated rounds, >= 1",
     "seed": "seeds the partitions, the public and test splits, the models, the cohorts and the views; the same "
             "seed on CPU gives the same results",
-    "out": "output folder for config.json, results.json, summary.txt, curves.png and run.log; a path ending in "
+    "out": "output folder for config.json, results.json, rounds.csv, summary.csv, student.pt, curves.png and .pdf, "
+           "summary.txt and run.log (docs/usage.md); a path ending in "
            "/latest makes a new DIR/<date-time> folder per run and points DIR/latest at it; any other folder "
            "that already holds a run is refused without --force",
     # ---- data

@@ -1,5 +1,6 @@
 """Run outputs: `config.json`, `results.json` (rewritten atomically after every round, so a crash
-leaves the last good state), `curves.png`, and the output folder itself.
+leaves the last good state) with `rounds.csv` and `summary.csv` beside it, `student.pt` (the
+student after the last finished round), `curves.png` and `curves.pdf`, and the output folder itself.
 
 Owns: results.json's layout (status, config, rounds, final and how the run ended; a round's
 row is `fedkd.rounds.RoundRecord.to_json()` plus "student_to_ensemble"), the files in the output folder, choosing that folder (`prepare_out`:
@@ -10,7 +11,9 @@ versions it ran with (`environment`). Must not touch: training or Flower messagi
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
 import json
 import math
 import os
@@ -25,7 +28,7 @@ from fedkd import __version__
 from fedkd.config import Config
 from fedkd.data import Splits, describe_splits
 from fedkd.errors import OutputError
-from fedkd.rounds import PrivacySpent, RoundRecord
+from fedkd.rounds import ROUND_BLOCKS, PrivacySpent, RoundRecord
 
 # torch (`fedkd.models`, `fedkd.task`), Flower (`fedkd.apps.secure`) and matplotlib are imported
 # in the functions that need them: the CLI imports this module, and `fedkd --help` stays fast.
@@ -42,7 +45,8 @@ def halt_saving() -> None:
 
 FINAL_KEYS = ("student_accuracy", "ensemble_accuracy", "teacher_accuracy_mean", "seconds_total")
 # What a run writes into its folder: with `force`, an earlier run's copies are removed first.
-RUN_FILES = ("config.json", "results.json", "curves.png", "summary.txt", "run.log")
+RUN_FILES = ("config.json", "results.json", "rounds.csv", "summary.csv", "student.pt", "curves.png", "curves.pdf",
+             "summary.txt", "run.log")
 
 
 
@@ -224,14 +228,18 @@ def student_to_ensemble(record: dict) -> float | None:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
+    """`data` as indented JSON, written atomically (`write_atomic`)."""
+    write_atomic(path, (json.dumps(_finite(data), indent=2) + "\n").encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over `path`: readers never see
     half a file, and a failure leaves the previous version."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite(data), f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are for sharing
         os.replace(tmp, path)
     except BaseException:
@@ -316,7 +324,7 @@ class RunRecorder:
         self._save(self.status, final)
         if _HALTED.is_set():
             return self.results("interrupted", final)
-        plot_curves(self.rounds, self.out / "curves.png", title=self._title())
+        plot_curves(self.rounds, self.out, title=run_title(self.config.to_run_config()))
         return self.results(self.status, final)
 
     def fail(self, error: str) -> None:
@@ -325,13 +333,18 @@ class RunRecorder:
         self._save("failed")
 
     def final(self, seconds_total: float) -> dict:
-        last = self.rounds[-1] if self.rounds else {}
-        final = {k: last.get(k) for k in FINAL_KEYS if k != "seconds_total"}
-        final["student_nll"] = last.get("student_nll")
-        final["student_ece"] = last.get("student_ece")
-        final["rounds_completed"] = len(self.rounds)
-        final["seconds_total"] = seconds_total
-        return final
+        return final_figures(self.rounds, seconds_total)
+
+    def save_student(self, state_dict: Mapping) -> None:
+        """Save the student after a finished round as `student.pt` (a torch state_dict, written
+        atomically: a run that stops keeps the last finished round's student)."""
+        import torch
+
+        if _HALTED.is_set():
+            return
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+        write_atomic(self.out / "student.pt", buffer.getvalue())
 
     def results(self, status: str, final: dict | None = None) -> dict:
         return {"status": status, "config": self.config_record(), "rounds": self.rounds,
@@ -340,37 +353,150 @@ class RunRecorder:
     def _save(self, status: str, final: dict | None = None) -> None:
         if _HALTED.is_set():
             return
-        write_json_atomic(self.out / "results.json", self.results(status, final))
-
-    def _title(self) -> str:
-        c = self.config
-        return f"{c.method} on {c.dataset}: {c.num_clients} clients, {c.partition} (alpha={c.alpha}), T={c.temperature}"
+        results = self.results(status, final)
+        write_json_atomic(self.out / "results.json", results)
+        write_tables(results, self.out)
 
 
-def plot_curves(rounds: list[dict], path: Path, title: str = "") -> None:
-    """Test accuracy per round of the student, the ensemble teacher and the mean local teacher."""
+def final_figures(rounds: list[dict], seconds_total: float | None) -> dict:
+    """results.json's "final": the last round's figures, the rounds completed and the total time."""
+    last = rounds[-1] if rounds else {}
+    final = {k: last.get(k) for k in FINAL_KEYS if k != "seconds_total"}
+    final["student_nll"] = last.get("student_nll")
+    final["student_ece"] = last.get("student_ece")
+    final["rounds_completed"] = len(rounds)
+    final["seconds_total"] = seconds_total
+    return final
+
+
+# ---- the same results as tables ----------------------------------------------------------------
+
+def write_tables(results: dict, out: Path) -> None:
+    """rounds.csv and summary.csv from results.json's dict (`RunRecorder.results`), atomically."""
+    rows = _finite(results["rounds"])
+    write_atomic(out / "rounds.csv", _csv(round_columns(rows), [_flat(row) for row in rows]))
+    summary = summary_row(results)
+    write_atomic(out / "summary.csv", _csv(list(summary), [summary]))
+
+
+def round_columns(rows: list[dict]) -> list[str]:
+    """rounds.csv's columns: every number a round row has, in results.json's order. Blocks (secagg,
+    privacy, teacher_epsilon, prototype_accuracy, failed_clients) give one column per value one
+    level down, named with a dot ("secagg.seconds_total", "failed_clients.3" with its reason), where a
+    row has them; lists and deeper
+    levels (cohort, survivors, per-client epsilons, seconds per stage) stay in results.json only."""
+    columns: dict[str, None] = {}  # an ordered set
+    for row in rows:
+        columns.update(dict.fromkeys(_flat(row)))
+    return list(columns)
+
+
+def _flat(row: Mapping) -> dict:
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in value.items() if not isinstance(v, (Mapping, list, tuple))})
+        elif not isinstance(value, (list, tuple)) and key not in ROUND_BLOCKS:  # a block's null is not a number
+            flat[key] = value
+    return flat
+
+
+def summary_row(results: dict) -> dict:
+    """summary.csv's one row: the run's status, its final figures (the last round's while it runs)
+    and every setting as given, in a fixed order, so the files of many runs stack into one table."""
+    final = results.get("final") or final_figures(results["rounds"], None)
+    settings = {k: v for k, v in results["config"].items() if not isinstance(v, Mapping)}  # not resolved/environment
+    return {"status": results["status"], **final, **settings}
+
+
+def _csv(columns: list[str], rows: list[Mapping]) -> bytes:
+    """CSV text: a header, then a row per mapping, empty where it has no value (null)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+# ---- the curves ----------------------------------------------------------------------------------
+
+METHOD_NAMES = {"fd": "fd", "fedavg": "FedAvg", "central": "central", "local": "local"}
+# (key, label, style): the student is drawn last, on top, with small filled markers; the teachers
+# under it dashed and dotted with larger hollow markers, so where the student matches its ensemble
+# each square still frames a dot. Fixed colours: a series looks the same in every run's plot.
+SERIES = (("teacher_accuracy_mean", "mean local teacher",
+           {"color": "C2", "linestyle": ":", "marker": "^", "mfc": "none", "markersize": 7, "zorder": 2}),
+          ("ensemble_accuracy", "ensemble teacher",
+           {"color": "C1", "linestyle": "--", "marker": "s", "mfc": "none", "markersize": 9, "markeredgewidth": 1.5,
+            "zorder": 3}),
+          ("student_accuracy", "student", {"color": "C0", "linestyle": "-", "marker": "o", "markersize": 5, "zorder": 4}))
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset's short name for titles: a file's or folder's stem ("my" for ~/data/my.npz), a
+    Hugging Face name's last part without its options ("cifar100" for hf:uoft-cs/cifar100?image=img)."""
+    path = dataset.removeprefix("hf:").split("?", 1)[0].rstrip("/")
+    return Path(path).stem or dataset
+
+
+def run_title(cfg: Mapping) -> str:
+    """A run in one line from its settings (hyphenated keys): method, dataset, clients, partition,
+    and the temperature where the method has one (fd's distillation; not FedAvg, central or local)."""
+    method = cfg["method"]
+    partition = cfg["partition"]
+    if partition == "dirichlet":
+        partition += f" (alpha={cfg['alpha']:g})"
+    elif partition == "pathological" and "classes-per-client" in cfg:
+        partition += f" ({cfg['classes-per-client']} classes per client)"
+    title = f"{METHOD_NAMES.get(method, method)} on {dataset_name(cfg['dataset'])}: {cfg['num-clients']} clients, {partition}"
+    return title + (f", T={cfg['temperature']:g}" if method == "fd" else "")
+
+
+def curves_figure(rounds: list[dict], title: str = ""):
+    """Test accuracy per round of the student, the ensemble teacher and the mean local teacher, on
+    whole-round ticks and a y-axis zoomed to the data (0..1 would flatten the differences)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    series = (("student_accuracy", "student"), ("ensemble_accuracy", "ensemble teacher"),
-              ("teacher_accuracy_mean", "mean local teacher"))
-    for key, label in series:
+    values, handles = [], []
+    for key, label, style in SERIES:
         points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", label=label)
+            handles.append(ax.plot(xs, ys, label=label, clip_on=False, **style)[0])
+            values += ys
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rounds:  # a quarter round either side, so the first and last markers are not cut
+        ax.set_xlim(min(r["round"] for r in rounds) - 0.25, max(r["round"] for r in rounds) + 0.25)
+    if values:
+        margin = max(0.01, 0.08 * (max(values) - min(values)))
+        ax.set_ylim(max(0.0, min(values) - margin), min(1.0, max(values) + margin))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if handles:
+        ax.legend(handles=handles[::-1], loc="best")  # the student first
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig
+
+
+def plot_curves(rounds: list[dict], out: Path, title: str = "") -> None:
+    """`curves_figure` saved as out/curves.png (for a look) and out/curves.pdf (vector, for a paper)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(rounds, title)
+    try:
+        for name, options in (("curves.png", {"dpi": 150}), ("curves.pdf", {})):
+            buffer = io.BytesIO()
+            with plt.rc_context({"pdf.fonttype": 42}):  # TrueType in the PDF: journals refuse Type 3 fonts
+                fig.savefig(buffer, format=name.rsplit(".", 1)[1], **options)
+            write_atomic(out / name, buffer.getvalue())
+    finally:
+        plt.close(fig)
+

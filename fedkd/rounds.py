@@ -204,6 +204,9 @@ class RoundRecord(_Row):
 
 
 ROUND_KEYS = tuple(f.name for f in fields(RoundRecord))  # a round row's keys, in results.json's order
+# the keys whose value, when there is one, is a block or a list rather than one number (read from the
+# annotations, which this module's `from __future__ import annotations` keeps as strings: "int | None")
+ROUND_BLOCKS = tuple(f.name for f in fields(RoundRecord) if f.type.split()[0] not in ("int", "float", "str"))
 
 
 @dataclass(frozen=True)

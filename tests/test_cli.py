@@ -180,6 +180,51 @@ def test_boolean_options_are_bare_flags_with_no_twins(argv, expected):
     assert (config.download, config.public_labels, config.secagg_consistency_check) == expected
 
 
+# ---- --config FILE ------------------------------------------------------------------------------
+
+def _config_of(argv):
+    from fedkd.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["run", *argv]))
+
+
+def test_a_config_file_sets_what_the_command_line_does_not(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('rounds = 7\nalpha = 0.3\ndataset = "digits"\npublic-labels = true\nnum-clients = 4\n')
+    config = _config_of(["--config", str(path), "--rounds", "2", "--clients", "6"])
+    assert (config.rounds, config.num_clients) == (2, 6)  # the command line wins
+    assert (config.alpha, config.public_labels, config.dataset) == (0.3, True, "digits")  # the file fills in
+    assert config.seed == 0  # neither: the default
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("rouds = 3\n", "run.toml: unknown setting 'rouds'; did you mean 'rounds'?"),
+        ("num_clients = 3\n", "unknown setting 'num_clients'; did you mean 'num-clients'?"),
+        ("zzz = 1\n", "unknown setting 'zzz'; docs/configuration.md lists the settings"),
+        ('rounds = "three"\n', "rounds='three' is not a valid int"),
+        ("alpha = 0\n", "alpha=0.0 must be > 0"),
+        ("rounds = [1, 2]\n", "setting 'rounds' takes one value, not a TOML array"),
+        ("[tool.flwr.app.config]\nrounds = 2\n", "unknown setting 'tool'"),
+        ("rounds = \n", "run.toml is not valid TOML: "),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_what_is_wrong(text, fragment, capsys, tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedkd: error: ") and fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_file_that_cannot_be_read_is_one_line(capsys, tmp_path):
+    missing = tmp_path / "nothere.toml"
+    assert main(["run", "--config", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"fedkd: error: --config {missing} cannot be read: No such file or directory\n"
+
+
 # ---- what a run records -------------------------------------------------------------------------
 
 def test_config_json_records_versions_date_and_what_auto_resolved_to(tmp_path):

@@ -7,7 +7,8 @@ Owns: waiting for nodes (saying what it waits for), sending each round's train m
 node, with an entry for each of its clients in the round's cohort: `fedkd.apps.cohort`,
 `fedkd.apps.node`), turning the reply entries into `ClientReply`s (fd, local) or FedAvg's weighted
 mean (fedavg), timing each round, and handing records (and what the run resolved, and why it
-stopped early) to the `RunRecorder`. Must not touch: the maths (`fedkd.server`).
+stopped early, and the student after each round) to the `RunRecorder`. Must not touch: the maths
+(`fedkd.server`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
                 t0 = time.perf_counter()
                 record = server.central_round(r)
                 recorder.add_round(replace(record, seconds=time.perf_counter() - t0))
+                recorder.save_student(server.student.state_dict())
         else:
             _run_rounds(grid, config, server, recorder)
         return recorder.finish(time.perf_counter() - started)
@@ -136,6 +138,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             work = sum(e["metrics"].train_seconds for e in got.values())
             recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort),
                                        client_work_seconds=work, failed_clients=dropped))
+            recorder.save_student(server.student.state_dict())
             continue
         replies = [ClientReply(pid, e.get("payload", np.zeros(0, np.float32)), e["metrics"])
                    for pid, e in sorted(got.items())]
@@ -153,6 +156,8 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
                 recorder.spend(server.privacy_spent())
         recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort),
                                    failed_clients=dropped))
+        if config.method != "local":  # local trains teachers only: there is no student to save
+            recorder.save_student(server.student.state_dict())
 
 
 def _node_content(config: Config, server: DistillationServer, server_round: int, ids: list[int],
