@@ -224,16 +224,18 @@ class SecureRound:
 def take_replies(server: SecAggServer, replies: list[tuple[int, object]], uploaded: dict[int, int],
                  refused: list[int]) -> None:
     """Feed one stage's (client id, reply) pairs to the server. A reply that breaks the protocol,
-    or that a node sends in another client's name, is refused and its client treated as dropped;
-    the round goes on without it."""
+    or that a node sends in another client's name, is refused and its client treated as dropped
+    (logged with the reason); the round goes on without it."""
     for client_id, reply in replies:
         try:
             if getattr(reply, "sender", None) != client_id:
                 raise ProtocolError(f"the node of client {client_id} replied as client {getattr(reply, 'sender', None)}")
             server.receive(reply)
             uploaded[client_id] += sum(len(v) for v in _bytes_of(reply))
-        except ProtocolError:
+        except ProtocolError as exc:
             refused.append(client_id)
+            log(WARNING, "fedkd: secure aggregation refused client %s's reply at stage '%s': %s", client_id,
+                server.stage, exc)
 
 
 def _exchange(grid: Grid, requests: dict[int, object], nodes: dict[int, int], config: Config,
@@ -267,8 +269,9 @@ def _exchange(grid: Grid, requests: dict[int, object], nodes: dict[int, int], co
                 if not isinstance(record, ConfigRecord):
                     raise ProtocolError(f"client {client_id}'s reply is not a config record")
                 out.append((client_id, codec.decode(RecordDict({codec.RECORD: record}))))
-            except ProtocolError:
+            except ProtocolError as exc:
                 malformed.append(client_id)
+                log(WARNING, "fedkd: secure aggregation refused client %s's malformed reply: %s", client_id, exc)
     return sorted(out, key=lambda pair: pair[0]), sorted(malformed), seconds
 
 

@@ -35,8 +35,9 @@ of the integer sum must be at most count * max_code and the clipped count at mos
 else the round fails (a survivor sent a masked input or a pairwise seed that does not add up).
 
 `receive` raises ProtocolError for a reply of the wrong type or session, from a client that
-was not asked in this stage, a repeat (replay), or with bad content; the server's state is
-left untouched, so the caller may log and drop that one message and carry on.
+was not asked in this stage, a repeat (replay), or with bad content (a masked input of the wrong
+length, or with bits set past its last b-bit value); the message names the client, and the
+server's state is left untouched, so the caller may log and drop that one message and carry on.
 """
 
 from __future__ import annotations
@@ -266,6 +267,10 @@ class SecAggServer:
         want = packed_size(self._length, self.config.bit_width)
         if not isinstance(reply.masked, bytes) or len(reply.masked) != want:
             raise ProtocolError(f"masked input from client {reply.sender} must be {want} bytes")
+        pad = 8 * want - self._length * self.config.bit_width  # bits past the last b-bit value
+        if pad and reply.masked[-1] >> (8 - pad):  # a value outside the ring: `pack` leaves them zero
+            raise ProtocolError(f"masked input from client {reply.sender} sets bits past its last "
+                                f"{self.config.bit_width}-bit value (a value outside the ring)")
         if self.config.consistency_check:  # it masked with the neighbours whose envelopes it got
             statement = crypto.partners_statement(self.session_id, reply.sender, self._relayed[reply.sender])
             if not (isinstance(reply.attestation, bytes)

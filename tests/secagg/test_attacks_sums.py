@@ -2,7 +2,8 @@
 fedkd's defaults (where they fail) and with the defence switched off (the control, where they succeed):
 
 1. the sum of a small clique H of honest clients, with the consistency check on (two lists, each with
-   its own quorum of neighbour signatures);
+   its own quorum of neighbour signatures), in memory and through the Flower handlers (the split-view
+   script of `split_view.py`);
 2. a pin downgrade through a run config with `secagg-neighbors=2`, through the Flower client handler;
 3. one client that advertises a signing key equal to its cipher key and makes every honest neighbour
    refuse at share_keys, through the Flower client handler.
@@ -15,39 +16,31 @@ import dataclasses
 import numpy as np
 import pytest
 from flwr.app import RecordDict
+from secagg_testkit import seeded_random
+from split_view import defence_off, recover_sum, small_clique, split_view
 from test_attacks import DIM, FlowerHandler, _config, _vectors, attack_victim
-from test_attacks_views import SESSION, _attack, _recover_sum, defence_off
+from test_attacks_views import SESSION, _attack
 
 from fedkd.aggregate import secagg_config
 from fedkd.apps import codec
-from fedkd.apps.secure import client_step, keep_vector, session_for
+from fedkd.apps.node import ClientState
+from fedkd.apps.secure import (
+    STATE_KEY, VECTOR_KEY, client_step, keep_vector, keys_with_training, session_for, stage_step,
+)
 from fedkd.config import Config
 from fedkd.secagg import ProtocolError, RoundFailed, SecAggClient, SecAggServer, default_colluders
-from fedkd.secagg.graph import ring_order
+from fedkd.secagg.messages import AdvertiseKeysRequest
 
 # --- 1: the sum of a small clique, check on --------------------------------------------------------
 
 
 def _clique_sum(n, old_rule):
-    """H: k/2 + 1 consecutive ring positions (a clique), the 2 colluders on either side of it. H's
-    members get envelopes only from H and the colluders and are shown (H + colluders, nobody dropped);
-    everyone else gets every envelope and is shown (everyone, nobody dropped). The inner members of H
-    have t signatures on their pair from H and the colluders; the others from their own side and the
-    colluders; the outsiders reveal their shares of H's seeds, and H's masks cancel in H's sum."""
-    config = _config(2, check=True)  # fedkd's defaults: c = 2, t = (k + c) // 2 + 1
-    k, t, c, m = config.session(n, DIM)
-    ids = list(range(n))
-    ring = ring_order(SESSION, ids)
-    clique = ring[1: k // 2 + 2]
-    colluders = {ring[0], ring[k // 2 + 2]}
-    graph = SecAggServer(config, SESSION, ids, DIM).graph
-    inner = set(clique) | colluders
-    masked_with = {v: graph[v] & inner for v in clique}
-    small = (tuple(sorted(inner)), ())
-    everyone = (tuple(ids), ())
-    views = {x: (small if x in clique else everyone) for x in ids if x not in colluders}
-    clients, vectors, masked, replies, refused = _attack(config, n, colluders, masked_with, lambda _: views, old_rule)
-    return config, clique, colluders, clients, vectors, masked, replies, refused
+    """The small-clique script (`small_clique`) against in-memory clients, with fedkd's default c = 2,
+    t = (k + c) // 2 + 1 and the check on."""
+    config = _config(2, check=True)
+    clique, colluders, masked_with, views = small_clique(config, SESSION, n, DIM)
+    vectors, out = _attack(config, n, colluders, masked_with, lambda _: views, old_rule)
+    return config, clique, vectors, out
 
 
 @pytest.mark.parametrize("n", [50, 100])
@@ -55,19 +48,94 @@ def test_the_sum_of_a_small_honest_clique_comes_out_only_without_the_sum_bound(n
     """With the defences (committee quorum, partners' attestations, list spread): nothing. The control,
     the old rule (t signatures among a client's own neighbours): the sum of the k/2 + 1 clients of H
     (7 at n = 50, 8 at n = 100), while no single vector of H comes out."""
-    config, clique, colluders, clients, vectors, masked, replies, refused = _clique_sum(n, old_rule=False)
-    assert _recover_sum(config, n, clique, colluders, clients, masked, replies) is None
-    assert any("listed as survivors" in str(e) for e in refused.values())  # H refuses its small list
-    assert any("masked with exactly its listed neighbours" in str(e) for e in refused.values())  # outsiders
+    config, clique, vectors, out = _clique_sum(n, old_rule=False)
+    assert recover_sum(config, clique, out) is None
+    assert any("listed as survivors" in str(e) for e in out.refused.values())  # H refuses its small list
+    assert any("masked with exactly its listed neighbours" in str(e) for e in out.refused.values())  # outsiders
 
     defence_off(monkeypatch)
-    config, clique, colluders, clients, vectors, masked, replies, refused = _clique_sum(n, old_rule=True)
-    total = _recover_sum(config, n, clique, colluders, clients, masked, replies)
+    config, clique, vectors, out = _clique_sum(n, old_rule=True)
+    total = recover_sum(config, clique, out)
     k = config.session(n, DIM)[0]
     assert len(clique) == k // 2 + 1 and total is not None
     plain = sum(vectors[x].astype(np.float64) for x in clique)
     assert np.abs(total - plain).max() <= len(clique) / config.scale
-    assert _recover_sum(config, n, clique[:1], colluders, clients, masked, replies) is None
+    assert recover_sum(config, clique[:1], out) is None
+
+
+# --- 1, through the Flower handlers -------------------------------------------------------------------
+
+
+class FlowerNodes:
+    """Honest clients through `fedkd.apps.secure`, as `fedkd.apps.client_app` drives them: the
+    advertise-keys request as it rides in a train message (`keys_with_training`, after `keep_vector`),
+    every later stage as a `query.secagg` request (`stage_step`), each request and reply through
+    `fedkd.apps.codec`. `per_node` clients share a node: each keeps its own `ClientState` slice of the
+    node's `context.state` (a RecordDict); with per_node = 1 each client has a RecordDict of its own."""
+
+    def __init__(self, config, vectors, run_id, per_node=1):
+        self.config, self.run_id = config, run_id
+        nodes = {}
+        self.states = {}
+        for c in sorted(vectors):
+            if per_node == 1:
+                self.states[c] = RecordDict()
+            else:
+                self.states[c] = ClientState(nodes.setdefault(c // per_node, RecordDict()), c)
+            keep_vector(self.states[c], c, vectors[c])
+        self.nodes = nodes
+
+    def __call__(self, c, request, vector=None):  # the vector is already on the node
+        content = codec.encode(request)
+        if isinstance(request, AdvertiseKeysRequest):
+            keys = keys_with_training(content, self.states[c], self.config, c, 10, 1, run_id=self.run_id)
+            if keys is None:
+                raise ProtocolError(f"client {c} sent no keys with training")
+            return codec.decode(RecordDict({codec.RECORD: keys}))
+        return codec.decode(stage_step(content, self.states[c], self.config, c, 10, 1, run_id=self.run_id))
+
+
+def _clique_through_flower(n, per_node, old_rule):
+    """The small-clique script with fedkd's default Config (`secagg_config`: c = 2, check on, b = 24),
+    the honest clients through the Flower handlers, the colluders the server's own state machines."""
+    run_id = 7
+    config = Config(num_clients=n)
+    sa = secagg_config(config, 10, 1)
+    session = session_for(run_id, 1)
+    vectors = _vectors(n)
+    clique, colluders, masked_with, views = small_clique(sa, session, n, DIM)
+    honest = FlowerNodes(config, vectors, run_id, per_node)
+    evil = {j: SecAggClient(j, sa, session, seeded_random(j)) for j in colluders}
+    out = split_view(sa, session, vectors, honest, evil, masked_with, lambda _: views, old_rule)
+    return sa, clique, vectors, out, honest
+
+
+# the default k is 12 at n = 33 as at n = 50 (H of 7 clients, lists of at least 18 and 27 survivors)
+@pytest.mark.parametrize("n, per_node", [(33, 1), (50, 1), (50, 5)])
+def test_through_the_flower_handlers_a_small_clique_sum_comes_out_only_without_the_sum_bound(n, per_node,
+                                                                                             monkeypatch):
+    """The same attack with every honest client driven through `keys_with_training` / `stage_step`
+    (alone on its node, or five to a node in `ClientState` slices) and fedkd's default Config: neither
+    H's sum nor any single honest vector comes out, and the handlers wipe what a refusing client held.
+    The control, the sum bound's rules switched off as in the in-memory test: H's sum comes out."""
+    sa, clique, vectors, out, honest = _clique_through_flower(n, per_node, old_rule=False)
+    k = sa.session(n, DIM)[0]
+    assert len(clique) == k // 2 + 1 and sa.consistency_check and sa.max_colluders is None  # the defaults
+    assert recover_sum(sa, clique, out) is None
+    assert all(recover_sum(sa, (x,), out) is None for x in vectors if x not in out.colluders)
+    assert set(clique) <= set(out.refused)
+    assert all("listed as survivors" in str(out.refused[x]) for x in clique)  # H refuses its small list
+    assert any("masked with exactly its listed neighbours" in str(e) for e in out.refused.values())  # outsiders
+    for x in out.refused:  # a refusal wipes the client's secrets and vector from its node's state
+        assert not {STATE_KEY, VECTOR_KEY} & set(honest.states[x])
+
+    defence_off(monkeypatch)
+    sa, clique, vectors, out, _ = _clique_through_flower(n, per_node, old_rule=True)
+    total = recover_sum(sa, clique, out)
+    assert total is not None
+    plain = sum(np.clip(vectors[x].astype(np.float64), -sa.clip, sa.clip) for x in clique)
+    assert np.abs(total - plain).max() <= len(clique) / sa.scale
+    assert recover_sum(sa, clique[:1], out) is None  # one vector alone keeps a mask
 
 
 # --- 2: pin downgrade through the run config --------------------------------------------------------

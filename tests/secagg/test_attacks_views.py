@@ -3,9 +3,10 @@ state machines: what the server can learn about *sums* of honest clients with th
 off, what the check does and does not stop when different groups are shown different full lists,
 the bound at the strongest placement of the colluders, and what the range check cannot catch.
 
-The adversary is a script: an honest server for the first two stages, then it picks which envelopes
-reach whom, hands each honest client a (survivors, dropped) view, collects every signature on each
-client's exact view (honest signers of that view and all colluders), and reads the colluders' secrets.
+The adversary is the split-view script of `split_view.py`: an honest server for the first two stages,
+then it picks which envelopes reach whom, hands each honest client a (survivors, dropped) view,
+collects every signature on each client's exact view (honest signers of that view and all colluders),
+and reads the colluders' secrets.
 """
 
 from __future__ import annotations
@@ -15,110 +16,29 @@ import dataclasses
 import numpy as np
 import pytest
 from secagg_testkit import seeded_random
-from test_attacks import DIM, _config, _exact, _round, _share_value, _vectors
+from split_view import defence_off, recover_sum, split_view
+from test_attacks import DIM, _config, _exact, _round, _vectors
 
-from fedkd.secagg import ProtocolError, RoundFailed, SecAggClient, SecAggServer, crypto, shamir
-from fedkd.secagg.config import committee
+from fedkd.secagg import ProtocolError, RoundFailed, SecAggClient, SecAggServer
 from fedkd.secagg.graph import ring_order
-from fedkd.secagg.messages import ConsistencyCheckRequest, UnmaskRequest
 from fedkd.secagg.quantize import pack, ring_dtype, ring_mask, unpack
 
 SESSION = b"fedkd/run-7/round-3"
 
 
-def old_quorum(self, survivors, dropped, signatures):
-    """The rule before the sum bound, for controls: t signatures on the pair from surviving neighbours."""
-    if (survivors, dropped) != self._signed:
-        raise ProtocolError("the survivor and drop-out lists: the pair differs from the one this client signed")
-    statement = crypto.survivors_statement(self.session_id, survivors, dropped)
-    if set(signatures) - (self._masked_with & set(survivors)):
-        raise ProtocolError("signatures from clients that are not surviving neighbours")
-    for j, signature in signatures.items():
-        if not crypto.verify(self._signing_pks[j], signature, statement):
-            raise ProtocolError(f"client {j}'s signature on the survivor and drop-out lists does not verify")
-    if len(signatures) < self._threshold:
-        raise ProtocolError(f"client {self.client_id} got {len(signatures)} neighbour signatures; it needs t")
-
-
-def defence_off(monkeypatch):
-    """Switch the sum bound's client rules off (committee quorum, partners' attestations, list spread):
-    the consistency check goes back to t signatures among a client's own neighbours."""
-    monkeypatch.setattr(SecAggClient, "_check_quorum", old_quorum)
-    monkeypatch.setattr(SecAggClient, "_check_attestations", lambda self, survivors, dropped, attestations: None)
-    monkeypatch.setattr(SecAggClient, "_check_spread", lambda self, survivors: None)
-
-
 def _attack(config, n, colluders, masked_with, views, old_rule=False):
-    """Run the script: `masked_with` victim -> the envelopes it gets; `views(clients)` honest client ->
-    the (survivors, dropped) pair it is shown. Every client is given all the signatures on its exact pair
-    that the rule in force counts (its surviving neighbours' with `old_rule`, else the committee's): from
-    honest clients shown that pair, and from every colluder. Returns (clients, vectors, masked replies,
-    unmask replies, refusals)."""
+    """The split-view script (`split_view`) against in-memory clients, the colluders among them;
+    `views(partners)`: honest client -> the (survivors, dropped) pair it is shown. Returns (vectors,
+    the adversary's `Outcome`)."""
     vectors = _vectors(n)
-    ids = sorted(vectors)
-    server = SecAggServer(config, SESSION, ids, DIM)
-    clients = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in ids}
-    requests = server.start()
-    for _ in range(2):  # advertise keys, share keys: honest
-        requests = server.step(clients[c].handle(r) for c, r in requests.items())
-    for v, keep in masked_with.items():
-        requests[v] = dataclasses.replace(requests[v], envelopes={u: e for u, e in requests[v].envelopes.items()
-                                                                   if u in keep})
-    masked = {c: clients[c].handle(r, vectors[c]) for c, r in requests.items()}  # nobody refuses here
-    views = views(clients)
-    refused, signed, replies = {}, {}, {}
-    if config.consistency_check:
-        for h, (s, d) in views.items():
-            try:
-                signed[h] = clients[h].handle(ConsistencyCheckRequest(SESSION, h, s, d)).signature
-            except ProtocolError as err:
-                refused[h] = err
-    for h, (s, d) in views.items():
-        if h in refused:
-            continue
-        signatures, attestations = {}, {}
-        if config.consistency_check:
-            statement = crypto.survivors_statement(SESSION, s, d)
-            counted = clients[h]._masked_with if old_rule else set(committee(tuple(ids), config.session(n, DIM)[2]))
-            for j in counted & set(s):
-                if j in colluders:
-                    signatures[j] = crypto.sign(clients[j]._secrets["signing"], statement)
-                elif j in signed and views[j] == (s, d):
-                    signatures[j] = signed[j]
-            attestations = {j: masked[j].attestation for j in clients[h]._masked_with & set(s)}
-        try:
-            replies[h] = clients[h].handle(UnmaskRequest(SESSION, h, s, d, signatures, attestations))
-        except ProtocolError as err:
-            refused[h] = err
-    return clients, vectors, masked, replies, refused
+    clients = {c: SecAggClient(c, config, SESSION, seeded_random(c)) for c in sorted(vectors)}
 
+    def honest(c, request, vector=None):
+        return clients[c].handle(request, vector)
 
-def _recover_sum(config, n, group, colluders, clients, masked, replies):
-    """The decoded sum of `group`'s masked inputs with every mask the adversary can compute removed,
-    or None when it lacks t shares of a seed or a pairwise seed with a partner outside the group."""
-    ids = list(range(n))
-    k, t, _, _ = config.session(n, DIM)
-    length = DIM + config.fixed_point.count_slots(DIM)
-    total = np.zeros(length, dtype=ring_dtype(config.bit_width))
-    for x in group:
-        shares = {h: _share_value(r.seed_shares[x]) for h, r in replies.items() if x in r.seed_shares}
-        pairs = {h: r.pair_seeds[x] for h, r in replies.items() if x in r.pair_seeds}
-        for j in colluders:  # colluders hand over both kinds
-            if x in clients[j]._held:
-                shares[j] = clients[j]._held[x]
-            if x in clients[j]._pair_seeds:
-                pairs[j] = clients[j]._pair_seeds[x]
-        outside = clients[x]._masked_with - set(group)
-        if len(shares) < t or outside - set(pairs):
-            return None
-        holders = sorted(shares)[:t]
-        seed = shamir.combine([shares[h] for h in holders], shamir.lagrange_at_zero([ids.index(h) + 1 for h in holders]),
-                              crypto.KEY_BYTES)
-        y = unpack(masked[x].masked, length, config.bit_width).copy()
-        crypto.apply_masks(y, [(seed, -1)] + [(pairs[u], -1 if x < u else +1) for u in outside])
-        total += y
-    total &= ring_dtype(config.bit_width).type(ring_mask(config.bit_width))
-    return config.fixed_point.decode(total[:DIM], len(group))
+    out = split_view(config, SESSION, vectors, honest, {j: clients[j] for j in colluders}, masked_with, views,
+                     old_rule)
+    return vectors, out
 
 
 # --- F1: with the check off, the sum of two honest neighbours -----------------------------------
@@ -140,32 +60,32 @@ def _pair_sum(check):
     masked_with = {v: colluders | {u} | set(told[v]), u: colluders | {v} | set(told[u])}
     honest = (graph[v] | graph[u] | {v, u}) - colluders
 
-    def views(clients):  # each honest client: its own partners, minus v or u where it was told so
+    def views(partners):  # each honest client: its own partners, minus v or u where it was told so
         out = {}
         for h in sorted(honest):
             dropped = tuple(x for x in (v, u) if h in told[x])
-            out[h] = (tuple(sorted((clients[h]._masked_with | {h}) - set(dropped))), dropped)
+            out[h] = (tuple(sorted((partners[h] | {h}) - set(dropped))), dropped)
         return out
 
-    clients, vectors, masked, replies, refused = _attack(config, n, colluders, masked_with, views)
-    return config, n, (v, u), colluders, clients, vectors, masked, replies, refused
+    vectors, out = _attack(config, n, colluders, masked_with, views)
+    return config, (v, u), vectors, out
 
 
 def test_with_the_check_off_the_server_learns_the_sum_of_two_honest_neighbours():
-    config, n, (v, u), colluders, clients, vectors, masked, replies, refused = _pair_sum(check=False)
-    assert not refused
-    pair = _recover_sum(config, n, (v, u), colluders, clients, masked, replies)
+    config, (v, u), vectors, out = _pair_sum(check=False)
+    assert not out.refused
+    pair = recover_sum(config, (v, u), out)
     assert pair is not None
     assert np.abs(pair - (vectors[v].astype(np.float64) + vectors[u])).max() <= 2 / config.scale
     # each vector alone still keeps the mask it shares with the other: the one-client bound holds
-    assert _recover_sum(config, n, (v,), colluders, clients, masked, replies) is None
-    assert _recover_sum(config, n, (u,), colluders, clients, masked, replies) is None
+    assert recover_sum(config, (v,), out) is None
+    assert recover_sum(config, (u,), out) is None
 
 
 def test_with_the_check_on_the_same_pair_sum_script_is_refused():
-    config, n, (v, u), colluders, clients, vectors, masked, replies, refused = _pair_sum(check=True)
-    assert refused and all(isinstance(e, ProtocolError) for e in refused.values())
-    assert _recover_sum(config, n, (v, u), colluders, clients, masked, replies) is None
+    config, (v, u), vectors, out = _pair_sum(check=True)
+    assert out.refused and all(isinstance(e, ProtocolError) for e in out.refused.values())
+    assert recover_sum(config, (v, u), out) is None
 
 
 # --- F2: two full lists, one per side of the ring, with the check on ----------------------------
@@ -191,26 +111,26 @@ def _split_view(tolerated, old_rule=False):
     l1 = (tuple(x for x in ids if x != v), (v,))
     l2 = (tuple(ids), ())
     views = {x: (l1 if off[x] < 0 else l2) for x in ids if x != v and x not in colluders}
-    clients, vectors, masked, replies, refused = _attack(config, n, colluders, masked_with, lambda _: views, old_rule)
-    return config, n, v, colluders, clients, vectors, masked, replies, refused
+    vectors, out = _attack(config, n, colluders, masked_with, lambda _: views, old_rule)
+    return config, v, vectors, out
 
 
 def test_two_full_lists_past_the_bound_recover_a_vector_only_without_the_committee_quorum(monkeypatch):
     """Against c = 1 parameters, 2 colluders and two global lists, each with its own quorum of neighbour
     signatures, recovered v's vector with the check on (the control, the old rule). With the committee
     quorum at most one of the two lists can gather a quorum, and nothing comes out."""
-    config, n, v, colluders, clients, vectors, masked, replies, refused = _split_view(tolerated=1)
-    assert _recover_sum(config, n, (v,), colluders, clients, masked, replies) is None
-    assert any("committee signatures" in str(e) for e in refused.values())
+    config, v, vectors, out = _split_view(tolerated=1)
+    assert recover_sum(config, (v,), out) is None
+    assert any("committee signatures" in str(e) for e in out.refused.values())
     defence_off(monkeypatch)
-    config, n, v, colluders, clients, vectors, masked, replies, refused = _split_view(tolerated=1, old_rule=True)
-    guess = _recover_sum(config, n, (v,), colluders, clients, masked, replies)
+    config, v, vectors, out = _split_view(tolerated=1, old_rule=True)
+    guess = recover_sum(config, (v,), out)
     assert guess is not None and np.abs(guess - vectors[v]).max() <= 1 / config.scale
 
 
 def test_two_full_lists_within_the_bound_recover_nothing():
-    config, n, v, colluders, clients, vectors, masked, replies, refused = _split_view(tolerated=2)
-    assert _recover_sum(config, n, (v,), colluders, clients, masked, replies) is None
+    config, v, vectors, out = _split_view(tolerated=2)
+    assert recover_sum(config, (v,), out) is None
 
 
 # --- the bound at the strongest placement -------------------------------------------------------
@@ -246,8 +166,8 @@ def test_the_one_client_bound_holds_wherever_the_colluders_sit(placement):
         for h in sorted(graph[v] - colluders):
             dropped = (v,) if h in partners else ()
             views[h] = (tuple(sorted((graph[h] | {h}) - set(dropped))), dropped)
-        clients, vectors, masked, replies, refused = _attack(config, n, colluders, {v: partners}, lambda _: views)
-        guess = _recover_sum(config, n, (v,), colluders, clients, masked, replies)
+        vectors, out = _attack(config, n, colluders, {v: partners}, lambda _: views)
+        guess = recover_sum(config, (v,), out)
         assert bool(guess is not None and np.abs(guess - vectors[v]).max() <= 1 / config.scale) is expect
 
 
