@@ -31,7 +31,8 @@ HELP: dict[str, str] = {
               "an upper bound) or local (each client's teacher alone)",
     "rounds": "federated rounds, >= 1",
     "seed": "seeds the partitions, the public and test splits, the models, the cohorts and the views; the same "
-            "seed on CPU gives the same results",
+            "seed on CPU gives the same results, on either engine and however the clients are spread over "
+            "nodes, as long as torch runs with the same number of threads (it changes float rounding)",
     "out": "output folder for config.json, results.json, rounds.csv, summary.csv, student.pt, curves.png and .pdf, "
            "summary.txt and run.log (docs/usage.md); a path ending in "
            "/latest makes a new DIR/<date-time> folder per run and points DIR/latest at it; any other folder "
