@@ -447,7 +447,7 @@ def test_a_supernode_dying_mid_run_fails_the_deployment_and_stops_the_rest(run_d
     proc.wait_for("submitted", within=WAIT)
     victims = [pid for pid in deploy.marked_pids(proc.tag, name=TAG)
                if b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
-               and b"partition-id=1 " in Path(f"/proc/{pid}/cmdline").read_bytes()]
+               and b"node-config/node-1.toml" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # roster mode's file
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
     assert proc.wait(within=WAIT) == 1, proc.text()
