@@ -253,15 +253,18 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
         progress.advance(task)
 
     started = time.perf_counter()
-    with run_logging(out / LOG_FILE, say=None if verbose else say), progress:
+    with run_logging(out / LOG_FILE, say=None if verbose else say), progress, _term_as_interrupt():
         try:
             results = simulate(config, on_round=on_round, verbose=verbose)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             progress.stop()
             halt_saving()  # the ServerApp thread may still finish a round: it must not overwrite this
-            _mark_interrupted(config.out)
-            console.print(f"[yellow]fedkd: interrupted[/yellow]; rounds completed so far are in {config.out}/results.json")
-            _exit_now(130)
+            saved = _mark_interrupted(config.out)
+            if saved is not None:  # summary.txt for the rounds that finished
+                write_summary(saved, time.perf_counter() - started, out / "summary.txt")
+            console.print(f"[yellow]fedkd: {stop.args[0] if stop.args else 'interrupted'}[/yellow]; rounds completed "
+                          f"so far are in {config.out}/results.json, summary.txt beside it")
+            _exit_now(143 if stop.args else 130)
         except Exception as exc:  # a run that stops: one line, files kept
             progress.stop()
             logging.getLogger("fedkd").error("run failed", exc_info=exc)
@@ -407,18 +410,41 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _mark_interrupted(out: str) -> None:
-    """Record in results.json that the run was stopped by the user (its rounds stay as saved)."""
+def _mark_interrupted(out: str) -> dict | None:
+    """Record in results.json that the run was stopped by the user (its rounds stay as saved);
+    returns what it holds (None when there is no readable results.json)."""
     path = os.path.join(out, "results.json")
     try:
         with open(path) as f:
             saved = json.load(f)
     except (OSError, ValueError):
-        return
+        return None
     if saved.get("status") == "running":
         saved["status"] = "interrupted"
         write_json_atomic(Path(path), saved)
         write_tables(saved, Path(out))  # summary.csv's status too
+    return saved
+
+
+@contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM (how `timeout`, `kill` and batch schedulers stop a job) ends a run as Ctrl-C does:
+    the finished rounds stay, the files are closed, one line is printed, exit status 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -1,5 +1,7 @@
 """`fedkd run` refuses bad input before anything starts: one line on stderr, exit 2, no traceback."""
 
+import json
+import signal
 import subprocess
 import sys
 
@@ -424,3 +426,34 @@ def test_the_transfer_line_names_the_architecture_students():
     assert "own global student" not in transfer(teacher_models="mlp,cnn", architecture_students=False)
     # every teacher unlike the student (digits: an MLP): none starts from the student itself
     assert "start from their architecture's own global student," in transfer(teacher_models="cnn")
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                (signal.SIGINT, 130, "interrupted")])
+def test_a_stopped_run_keeps_its_finished_rounds_and_summary(tmp_path, signum, code, word):
+    """SIGTERM (batch schedulers, `timeout`) stops a run as quietly as Ctrl-C: sent once round 1
+    has been printed (an event, not a deadline), the run ends with the finished rounds in
+    results.json, summary.txt written for them, one line and no traceback."""
+    import os
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedkd.cli", "run", "--clients", "3", "--rounds", "200", "--local-epochs", "1",
+         "--distill-epochs", "2", "--num-public", "100", "--aggregation", "plain", "--out", str(out)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # until round 1's line: then the run is inside round 2 or later
+        lines.append(line)
+        if line.startswith("round 1:"):
+            break
+    proc.send_signal(signum)
+    rest, _ = proc.communicate(timeout=600)
+    console = "".join(lines) + rest
+    assert proc.returncode == code, console
+    assert "Traceback" not in console and f"fedkd: {word}" in console
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "interrupted" and len(saved["rounds"]) >= 1
+    assert (out / "summary.txt").is_file() and "round" in (out / "summary.txt").read_text()
