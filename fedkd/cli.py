@@ -250,12 +250,14 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
         for warning in (dropped_text(record), stalled_text(record)):
             if warning:
                 say(f"fedkd warning: {warning}")
+        progress.update(task, description=f"{config.method} rounds")
         progress.advance(task)
 
     started = time.perf_counter()
     with run_logging(out / LOG_FILE, say=None if verbose else say), progress, _term_as_interrupt():
         try:
-            results = simulate(config, on_round=on_round, verbose=verbose)
+            results = simulate(config, on_round=on_round, verbose=verbose,
+                               on_phase=lambda text: progress.update(task, description=text))
         except KeyboardInterrupt as stop:
             progress.stop()
             halt_saving()  # the ServerApp thread may still finish a round: it must not overwrite this

@@ -268,8 +268,10 @@ class RunRecorder:
     otherwise), `stop` (a clean early end), `fail` (an error; the rounds so far stay saved).
     """
 
-    def __init__(self, config: Config, on_round: Callable[[dict], None] | None = None):
+    def __init__(self, config: Config, on_round: Callable[[dict], None] | None = None,
+                 on_phase: Callable[[str], None] | None = None):
         self.config = config
+        self.on_phase = on_phase  # told what a round is doing now ("round 2: 10 clients training")
         self.out = Path(config.out)
         self.rounds: list[dict] = []  # results.json's round rows
         self.on_round = on_round
@@ -278,6 +280,11 @@ class RunRecorder:
         # "stopped" (`stop`), "privacy" (`spend`), "error" (`fail`)
         self._outcome: dict = {}
         self.described: dict = {"environment": environment()}  # and "resolved", once the data is loaded
+
+    def phase(self, text: str) -> None:
+        """Say what the run is doing inside a round (progress between round lines)."""
+        if self.on_phase is not None:
+            self.on_phase(text)
 
     def start(self) -> None:
         self._write_config()

@@ -240,3 +240,12 @@ def test_there_is_one_round_loop(tmp_path):
     probe = tmp_path / "copy.py"
     probe.write_text(copy)
     assert _round_loops_with_client_work(probe) == [1]
+
+
+def test_a_round_says_what_it_is_doing(tmp_path):
+    """Progress inside a round: training, each secure-aggregation stage, distillation, in order."""
+    phases = []
+    simulate(Config(**dict(SMALL, rounds=1, clients_per_round=0), out=str(tmp_path)), on_phase=phases.append)
+    assert phases == ["round 1: 5 clients training", "round 1: secure sum, share_keys", "round 1: secure sum, masked_input",
+                      "round 1: secure sum, consistency_check", "round 1: secure sum, unmask",
+                      "round 1: distilling the student"]

@@ -54,6 +54,7 @@ def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> 
         if config.method == "central":
             for r in range(1, config.rounds + 1):
                 t0 = time.perf_counter()
+                recorder.phase(f"round {r}: training centrally")
                 record = server.central_round(r)
                 recorder.add_round(replace(record, seconds=time.perf_counter() - t0))
                 recorder.save_student(server.student.state_dict())
@@ -126,6 +127,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
                                   config, layout.classes, r)
         messages = [Message(_node_content(config, server, r, ids, session), node, MessageType.TRAIN,
                             group_id=str(r)) for node, ids in by_node.items()]
+        recorder.phase(f"round {r}: {len(cohort)} client{'s' if len(cohort) > 1 else ''} training")
         got, failed = _collect(grid.send_and_receive(messages, timeout=config.timeout), by_node, r, config, server)
         seconds_clients = time.perf_counter() - t0
         dropped = {str(pid): reason for pid, reason in sorted(failed.items())} or None
@@ -145,7 +147,10 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         aggregate = None
         if session is not None:
             aggregate = session.finish(grid, {pid: e["keys"] for pid, e in got.items() if "keys" in e},
-                                       keys_seconds=sum(e["metrics"].secagg_seconds or 0.0 for e in got.values()))
+                                       keys_seconds=sum(e["metrics"].secagg_seconds or 0.0 for e in got.values()),
+                                       on_stage=lambda stage: recorder.phase(f"round {r}: secure sum, {stage}"))
+        if config.method == "fd":
+            recorder.phase(f"round {r}: distilling the student")
         try:
             record = server.finish_round(r, replies, seconds_clients=seconds_clients, aggregate=aggregate)
         except PrivacyBudgetError as exc:  # too few survivors: the sum is discarded, the run stops cleanly

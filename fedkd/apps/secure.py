@@ -156,12 +156,14 @@ class SecureRound:
         """Client `client_id`'s advertise-keys request, to ride in its node's train message."""
         return codec.encode(self.requests[client_id])[codec.RECORD]
 
-    def finish(self, grid: Grid, keys: Mapping[int, ConfigRecord], keys_seconds: float = 0.0) -> Aggregate:
+    def finish(self, grid: Grid, keys: Mapping[int, ConfigRecord], keys_seconds: float = 0.0,
+               on_stage=None) -> Aggregate:
         """Take the keys that came back with training (client id -> its record; a client without
         one is a drop-out at advertise_keys), run the remaining stages, return the sum.
-        `keys_seconds`: the clients' own time making them (their metrics), for the record."""
+        `keys_seconds`: the clients' own time making them (their metrics), for the record;
+        `on_stage(name)` is told each stage as it starts."""
         started = time.perf_counter()
-        self.client_seconds = keys_seconds
+        self.client_seconds, self.on_stage = keys_seconds, on_stage
         taken, malformed = [], []
         for cid in sorted(keys):
             if cid not in self.nodes:
@@ -189,6 +191,8 @@ class SecureRound:
             wall[stage] = time.perf_counter() - t0
             while True:  # every later stage: one query.secagg exchange
                 stage, t0 = server.stage, time.perf_counter()
+                if self.on_stage is not None:
+                    self.on_stage(stage)
                 replies, malformed, seconds = _exchange(grid, requests, self.nodes, config, server_round)
                 self.client_seconds += seconds
                 refused[stage] = list(malformed)

@@ -22,7 +22,8 @@ from fedkd.results import RunRecorder, cohort_text, prepare_out, dropped_text, s
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
-                    results: dict | None = None, observe_grid: Callable[[Grid], Grid] | None = None) -> ServerApp:
+                    results: dict | None = None, observe_grid: Callable[[Grid], Grid] | None = None,
+                    on_phase: Callable[[str], None] | None = None) -> ServerApp:
     """A ServerApp bound to `config` (None: read `context.run_config`); the final results dict is
     stored in `results["value"]` when given. `observe_grid` may wrap the Grid, e.g. to record
     everything the server receives (an audit of what crosses the privacy boundary); it wraps the
@@ -40,7 +41,8 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
         grid = PollingGrid(grid)  # replies collected as they arrive, not after Flower's fixed sleep
         if observe_grid is not None:
             grid = observe_grid(grid)
-        final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients)))
+        final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients),
+                                                      on_phase=on_phase or (lambda text: _log(f"fedkd: {text}"))))
         if results is not None:
             results["value"] = final
 
