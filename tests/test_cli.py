@@ -79,10 +79,14 @@ def test_bench_round_phases_split_the_client_wall_time():
     from fedkd.bench.round import phases
 
     record = {"client_train_seconds_max": 1.0, "client_predict_seconds_max": 0.25, "seconds_clients": 2.0,
-              "seconds_aggregate": 0.5, "seconds_distill": 3.0, "seconds_evaluate": 0.1, "seconds": 5.7,
+              "client_work_seconds": 1.75, "seconds_aggregate": 0.5, "seconds_distill": 3.0,
+              "seconds_evaluate": 0.1, "seconds": 5.7,
               "secagg": {"server_compute_seconds": {"unmask": 0.02, "masked_input": 0.01}}}
-    p = phases(record)
+    p = phases(record, parallel=True)  # nodes in parallel (Ray): the slowest client's work
     assert p["messaging and scheduling"] == pytest.approx(0.75)
+    p = phases(record)  # one client after another (in process): every client's work
+    assert p["clients' training and prediction (all clients)"] == 1.75
+    assert p["messaging and scheduling"] == pytest.approx(0.25)
     assert p["  of which secagg server compute"] == pytest.approx(0.03)
     assert p["round total"] == 5.7
 

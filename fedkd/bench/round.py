@@ -1,8 +1,9 @@
-"""`fedkd bench round`: time full fd rounds by phase in a real Flower simulation.
+"""`fedkd bench round`: time full fd rounds by phase, on either engine of `fedkd run`.
 
 Owns: running a short simulation and splitting one steady-state round (the last; the first also
-pays for starting Ray) into local training, prediction, Flower/Ray messaging, aggregation,
-distillation and evaluation. Prints a table, or JSON with --json. A benchmark, not a test.
+pays for loading the data, and on Ray for starting it) into the clients' own work (training and
+prediction), messaging, aggregation, distillation and evaluation. Prints a table, or JSON with
+--json. A benchmark, not a test.
 Settings not given here take `fedkd.config.Config`'s defaults; runs through `fedkd.simulation`.
 """
 
@@ -32,16 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
-def phases(record: dict) -> dict[str, float]:
-    """Seconds per phase of one round (its results.json row); 'messaging' is the clients' wall time not spent
-    in the slowest client's own training and prediction (Flower, Ray, serialisation, waiting)."""
-    train = record["client_train_seconds_max"] or 0.0
-    predict = record["client_predict_seconds_max"] or 0.0
+def phases(record: dict, parallel: bool = False) -> dict[str, float]:
+    """Seconds per phase of one round (its results.json row). The clients' own work is summed over
+    the cohort where clients run one after another (the in-process engine), and is the slowest
+    client's where nodes run in parallel (`parallel`, Ray); 'messaging' is the rest of the clients'
+    wall time (messages, serialisation, scheduling, waiting)."""
     secagg = record.get("secagg") or {}
+    if parallel:
+        work = (record["client_train_seconds_max"] or 0.0) + (record["client_predict_seconds_max"] or 0.0)
+        label = "clients' training and prediction (slowest client)"
+    else:
+        work = record.get("client_work_seconds") or 0.0
+        label = "clients' training and prediction (all clients)"
     return {
-        "local training (slowest client)": train,
-        "prediction (slowest client)": predict,
-        "messaging and scheduling": max(record["seconds_clients"] - train - predict, 0.0),
+        label: work,
+        "messaging and scheduling": max(record["seconds_clients"] - work, 0.0),
         "aggregation": record["seconds_aggregate"] or 0.0,
         "  of which secagg server compute": sum(secagg.get("server_compute_seconds", {}).values()),
         "distillation": record["seconds_distill"] or 0.0,
@@ -69,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     results = simulate(config)
     first, last = results["rounds"][0], results["rounds"][-1]
     report = {"config": {k: settings[k] for k in settings if k != "out"}, "round": last["round"],
-              "phases_seconds": phases(last), "first_round_seconds": first["seconds"],
+              "phases_seconds": phases(last, parallel=config.engine == "ray"), "first_round_seconds": first["seconds"],
               "student_accuracy": last["student_accuracy"]}
     try:
         import torch  # heavy, and only for the GPU figure
@@ -82,13 +88,14 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     table = Table(title=f"one fd round (round {last['round']} of {len(results['rounds'])}): {args.clients} clients, "
-                        f"{args.dataset}, {args.aggregation}, device {args.device}")
+                        f"{args.dataset}, {args.aggregation}, device {args.device}, engine {config.engine}")
     table.add_column("phase")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
     total = last["seconds"] or 1.0
     for name, secs in report["phases_seconds"].items():
         table.add_row(name, f"{secs:.3f}", "" if name == "round total" else f"{100 * secs / total:.0f}%")
-    table.caption = f"first round (with Ray start-up): {first['seconds']:.1f} s"
+    table.caption = (f"first round (with loading the data{', and Ray start-up' if config.engine == 'ray' else ''}): "
+                     f"{first['seconds']:.1f} s")
     Console().print(table)
     return 0
