@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy_module.add_arguments(deploy)
     deploy.set_defaults(deploy_main=deploy_module.main)
+    compare = sub.add_parser("compare", help="methods (and one setting's values) over seeds on the same partitions: "
+                                             "a table, a plot and JSON; a stopped comparison resumes")
+    from fedkd import compare as compare_module
+
+    compare_module.add_arguments(compare)
+    compare.set_defaults(compare_main=compare_module.main)
     audit = sub.add_parser("audit", help="attack what the server receives (plain, secagg, known others, DP) and "
                                          "compare with the privacy accountant")
     from fedkd.privacy import audit_cli as audit_module
@@ -130,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         secagg.set_defaults(bench_main=secagg_bench.main)
     except ImportError:  # the secure-aggregation library is optional at import time
         secagg.set_defaults(bench_main=None)
-    rnd = bench_sub.add_parser("round", help="time one full fd round by phase in a Flower simulation")
+    rnd = bench_sub.add_parser("round", help="time one full fd round by phase (either engine)")
     round_bench.add_arguments(rnd)
     rnd.set_defaults(bench_main=round_bench.main)
     return parser
@@ -143,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.deploy_main(args) or 0)
     if args.command == "audit":
         return int(args.audit_main(args) or 0)
+    if args.command == "compare":
+        return int(args.compare_main(args) or 0)
     if args.command == "bench":
         if args.bench_main is None:
             parser.error(f"bench '{args.bench}' is not available in this installation")

@@ -27,6 +27,7 @@ LAYERS = {
     "fedkd.cli": 2,
     "fedkd.cliparser": 2,
     "fedkd.configdoc": 2,
+    "fedkd.compare": 2,
     "fedkd.deploy": 2,
     "fedkd.bench": 2,
     "fedkd.simulation": 2,
