@@ -21,10 +21,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedkd.cli import show
 from fedkd.deploy.procs import terminate_as_interrupt
 from fedkd.deploy.run import Options, run_deployment
 from fedkd.deploy.superlink import SAID, STARTING, WAITING, DeployError
 from fedkd.errors import UsageError, report
+from fedkd.results import RUN_LOG, summary_table
 
 PROG = "fedkd deploy"  # the name in every line this command prints about itself
 
@@ -131,9 +133,6 @@ class ConsoleView:
 
     def start(self, out: Path, rounds: int) -> None:
         """The run's output folder and rounds are known: say where everything goes, start the progress line."""
-        from fedkd.cli import show
-        from fedkd.results import RUN_LOG
-
         show(self.console, f"{PROG}: out: {out}; full log in {out / RUN_LOG}")
         if self.mode == "progress":
             self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -173,8 +172,6 @@ class ConsoleView:
 
     def summary(self, results: dict) -> None:
         """The run's summary table, as `fedkd run` ends (progress mode)."""
-        from fedkd.results import summary_table
-
         with self._lock:
             if self.mode != "progress":
                 return
@@ -188,8 +185,6 @@ class ConsoleView:
             self._progress.update(self._task, description=text)
 
     def _print(self, line: str, style: str | None = None) -> None:
-        from fedkd.cli import show
-
         show(self.console, line, style)
 
 

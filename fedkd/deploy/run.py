@@ -26,9 +26,9 @@ from fedkd.deploy.pki import (
 )
 from fedkd.deploy.procs import free_ports
 from fedkd.deploy.runconfig import app_defaults, build_run_config, find_app
-from fedkd.deploy.superlink import FINISHED, NODE_REFUSED, DeployError, Deployment, find_binaries
+from fedkd.deploy.superlink import FINISHED, NODE_REFUSED, SAID, DeployError, Deployment, find_binaries
 from fedkd.errors import OutputError, UsageError, require_clients
-from fedkd.results import RUN_LOG
+from fedkd.results import RUN_LOG, summary_text
 
 
 @dataclass
@@ -195,10 +195,8 @@ def _within(deadline: float, at_most: float) -> float:
 
 def _log_summary(path: Path, results: dict) -> None:
     """Close run.log with the summary table, as `fedkd run`'s closes (the ServerApp wrote summary.txt)."""
-    from fedkd.results import summary_text
-
     with open(path, "a", encoding="utf-8") as log:
-        log.write(f"{'deploy':<10}| summary (summary.txt):\n"
+        log.write(f"{SAID:<10}| summary (summary.txt):\n"
                   + summary_text(results, results["final"]["seconds_total"]))
 
 
