@@ -3,10 +3,11 @@
 
 Owns: argument parsing (one option per config field, generated from `Config`; booleans are bare
 flags with a `--no-` twin; `--config FILE` reads settings from TOML), early validation (config, data and the output folder, before Ray
-starts), what the console shows during a run (one line per round and per Flower warning or error;
-Flower's and Ray's full logs go to `run.log` in the output folder) and the final summary table
-(`summary.txt` in the output folder). The display reads results.json's rows (`fedkd.rounds`
-writes them), so a saved file renders as the live run did.
+starts), what the console shows during a run (what the run resolved, wrapped at word boundaries
+in a terminal; one line per round and per Flower warning or error; the phase of the round on the
+progress bar) and what of it goes to `run.log` (every line of fedkd's and the phases, beside
+Flower's and Ray's full logs). The round line and the summary tables are `fedkd.results`' (which
+also writes summary.txt); they read results.json's rows, so a saved file renders as the live run did.
 Must not touch: training or protocol code; it only calls `fedkd.simulation` (which runs a run),
 `fedkd.deploy`, `fedkd.privacy.audit` and `fedkd.bench`.
 """
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import io
 import json
 import logging
 import os
 import re
 import sys
+import textwrap
 import time
 import tomllib
 from contextlib import contextmanager
@@ -30,7 +31,6 @@ from typing import Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from fedkd.bench import round as round_bench
 from fedkd.cliparser import Parser
@@ -38,8 +38,9 @@ from fedkd.config import Config
 from fedkd.confighelp import HELP
 from fedkd.errors import UsageError, report
 from fedkd.privacy.mechanism import PrivacyError
-from fedkd.results import (RUN_FILES, cohort_text, dropped_text, halt_saving, prepare_out, resolved_settings,
-                           run_title, stalled_text, write_json_atomic, write_tables)
+from fedkd.results import (ANSI, RUN_FILES, RUN_LOG, dropped_text, halt_saving, log_to_file, prepare_out,
+                           resolved_settings, round_line, stalled_text, summary_table, write_json_atomic, write_summary,
+                           write_tables)
 from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
@@ -238,34 +239,40 @@ def describe(config: Config, resolved: dict) -> list[str]:
 def run_command(config: Config, verbose: bool = False, resolved: dict | None = None) -> int:
     console = Console(stderr=True)
     out = Path(config.out)
-    for line in describe(config, resolved) if resolved else ():
-        console.print(line, highlight=False, soft_wrap=True)  # long lines: the terminal wraps, a file keeps them
+    header = describe(config, resolved) if resolved else []
     latest = out.parent / "latest"
-    if latest.is_symlink() and latest.resolve() == out.resolve():
-        console.print(f"out: {out} ({latest} links to it); full log in {out / LOG_FILE}", highlight=False,
-                      soft_wrap=True)
-    else:
-        console.print(f"out: {out}; full log in {out / LOG_FILE}", highlight=False, soft_wrap=True)
+    linked = f" ({latest} links to it)" if latest.is_symlink() and latest.resolve() == out.resolve() else ""
+    header.append(f"out: {out}{linked}; full log in {out / LOG_FILE}")
+    for line in header:
+        show(console, line)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=False)
     task = progress.add_task(f"{config.method} rounds", total=config.rounds)
 
     def say(line: str) -> None:
-        progress.console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
+        show(progress.console, line, style="yellow")
 
-    def on_round(record: dict) -> None:
-        progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
+    def on_round(record: dict) -> None:  # the console and run.log get the same lines
+        line = round_line(record, config.num_clients)
+        show(progress.console, line)
+        log.info(line)
         for warning in (dropped_text(record), stalled_text(record)):
             if warning:
                 say(f"fedkd warning: {warning}")
+                log.warning(warning)
         progress.update(task, description=f"{config.method} rounds")
         progress.advance(task)
 
+    def on_phase(text: str) -> None:
+        progress.update(task, description=text)
+        log.info(text)
+
     started = time.perf_counter()
     with run_logging(out / LOG_FILE, say=None if verbose else say), progress, _term_as_interrupt():
+        for line in header:  # run.log opens with what the console opened with
+            log.info(line)
         try:
-            results = simulate(config, on_round=on_round, verbose=verbose,
-                               on_phase=lambda text: progress.update(task, description=text))
+            results = simulate(config, on_round=on_round, verbose=verbose, on_phase=on_phase)
         except KeyboardInterrupt as stop:
             progress.stop()
             halt_saving()  # the ServerApp thread may still finish a round: it must not overwrite this
@@ -277,15 +284,14 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
             _exit_now(143 if stop.args else 130)
         except Exception as exc:  # a run that stops: one line, files kept
             progress.stop()
-            logging.getLogger("fedkd").error("run failed", exc_info=exc)
+            log.error("run failed", exc_info=exc)
             console.print(f"[red]fedkd: run failed:[/red] {_root_cause(exc)}", highlight=False, soft_wrap=True)
             if os.path.exists(os.path.join(config.out, "results.json")):
                 console.print(f"Rounds completed so far are saved in {config.out}/results.json")
             console.print(f"Full log: {out / LOG_FILE}", highlight=False)
             return 1
     wall = time.perf_counter() - started
-    console.print(summary_table(results, wall, width=console.width))
-    write_summary(results, wall, out / "summary.txt")
+    console.print(summary_table(results, wall, width=console.width))  # summary.txt: written as the run finished
     if results.get("stopped"):
         label = "privacy budget reached" if results["status"] == "budget-exhausted" else "stopped for privacy"
         console.print(f"[yellow]fedkd: {label}:[/yellow] {results['stopped']}")
@@ -305,33 +311,23 @@ def saved_files(out: Path) -> list[str]:
 
 # ---- logs: one line per event on the console, everything in run.log ----------------------------
 
-LOG_FILE = "run.log"
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Loggers whose records go to run.log: Flower's, Ray's (driver side), Python warnings and fedkd's own.
-LOGGERS = ("flwr", "ray", "py.warnings", "fedkd")
+LOG_FILE = RUN_LOG
 # Flower's ERROR line that only announces the traceback logged next; that one carries the reason.
 PREAMBLES = ("An exception was raised when processing a message by",)
 _WRAPPED = re.compile(r"^Exception \w+ occurred\. Message: ")  # how Flower rewraps a ClientApp's error
+log = logging.getLogger("fedkd")  # fedkd's own lines in run.log: the header, phases, rounds, warnings
 
 
-class _PlainFormatter(logging.Formatter):
-    """Timestamped records without colour codes (Ray puts some inside its exception texts)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return ANSI.sub("", super().format(record))
-
-
-class _LogFile(logging.FileHandler):
-    """run.log. Its format is fixed: `ray.init` resets the formatter of every handler on the
-    "ray" logger to its own (with colour codes)."""
-
-    def __init__(self, path: Path):
-        super().__init__(path, encoding="utf-8")
-        self.formatter = _PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self.setLevel(logging.INFO)
-
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802 (logging's name)
-        pass
+def show(console: Console, text: str, style: str | None = None) -> None:
+    """One line of fedkd's on the console. In a terminal a line longer than its width is wrapped
+    at word boundaries, continuation lines indented (the terminal itself would cut words); in a
+    file or pipe it stays whole."""
+    lines = [text]
+    if console.is_terminal and len(text) > console.width:
+        lines = textwrap.wrap(text, console.width, subsequent_indent="  ", break_long_words=False,
+                              break_on_hyphens=False)
+    for line in lines:
+        console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
 
 
 class ConsoleDigest(logging.Handler):
@@ -363,47 +359,33 @@ def digest(message: str) -> str:
 
 @contextmanager
 def run_logging(path: Path, say: Callable[[str], None] | None) -> Iterator[None]:
-    """Send Flower's, Ray's and fedkd's log records and Python warnings to `path` in full. With
-    `say`, Flower's own console handler is taken off for the run and each error
-    reaches the console as one line through `say`; without it (--verbose) Flower keeps its
-    console handler, coloured only on a terminal. Everything is put back on exit."""
+    """Send Flower's, Ray's and fedkd's log records and Python warnings to `path` in full
+    (`fedkd.results.log_to_file`). With `say`, Flower's own console handler is taken off for the
+    run and each error reaches the console as one line through `say`; without it (--verbose)
+    Flower keeps its console handler, coloured only on a terminal. Everything is put back on exit."""
     from flwr.common.logger import ConsoleHandler
 
-    file_handler = _LogFile(path)
     flwr_logger = logging.getLogger("flwr")
     consoles = [h for h in flwr_logger.handlers if isinstance(h, ConsoleHandler)]
-    saved = {name: logging.getLogger(name).level for name in LOGGERS}
     saved_colour = [(h, h.colored) for h in consoles]
     digest_handler = ConsoleDigest(say) if say is not None else None
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        logger.addHandler(file_handler)
-        if logger.level in (logging.NOTSET,) or logger.level > logging.INFO:
-            logger.setLevel(logging.INFO)
-    logging.captureWarnings(True)
-    if digest_handler is not None:
-        for h in consoles:
-            flwr_logger.removeHandler(h)
-        flwr_logger.addHandler(digest_handler)
-    else:
-        for h in consoles:
-            h.colored = bool(getattr(h.stream, "isatty", lambda: False)())
-    try:
-        yield
-    finally:
-        logging.captureWarnings(False)
-        for name in LOGGERS:
-            logger = logging.getLogger(name)
-            logger.removeHandler(file_handler)
-            logger.setLevel(saved[name])
-            if digest_handler is not None:
-                logger.removeHandler(digest_handler)
+    with log_to_file(path):
         if digest_handler is not None:
             for h in consoles:
-                flwr_logger.addHandler(h)
-        for h, colored in saved_colour:
-            h.colored = colored
-        file_handler.close()
+                flwr_logger.removeHandler(h)
+            flwr_logger.addHandler(digest_handler)
+        else:
+            for h in consoles:
+                h.colored = bool(getattr(h.stream, "isatty", lambda: False)())
+        try:
+            yield
+        finally:
+            if digest_handler is not None:
+                flwr_logger.removeHandler(digest_handler)
+                for h in consoles:
+                    flwr_logger.addHandler(h)
+            for h, colored in saved_colour:
+                h.colored = colored
 
 
 def _exit_now(code: int) -> None:
@@ -461,118 +443,6 @@ def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return f"{exc}"
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _ratio(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _dropped(r: dict) -> str:
-    """Secure-aggregation drop-outs of a round: 'share_keys: 7; unmask: 3', or ''."""
-    dropped = (r.get("secagg") or {}).get("dropped", {})
-    return "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in dropped.items())
-
-
-def _round_line(r: dict, num_clients: int = 0) -> str:
-    ratio = r.get("student_to_ensemble")
-    student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
-    line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
-            f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
-    if cohort_text(r, num_clients):
-        line += f"  {cohort_text(r, num_clients)}"
-    if _dropped(r):
-        line += f"  dropped {_dropped(r)}"
-    if r.get("privacy"):
-        line += f"  epsilon {r['privacy']['epsilon']:.3f}"
-    if r.get("teacher_epsilon"):
-        line += f"  teacher epsilon <= {r['teacher_epsilon']['max']:.3f}"
-    return line
-
-
-def summary_table(results: dict, wall: float, width: int | None = None):
-    """The run's rounds as a rich Table: every column when it fits in `width` (None: always),
-    else the key figures only, with secure-aggregation drop-outs listed under the table."""
-    full = _full_table(results, wall)
-    if width is None or _rendered_width(full) <= width:
-        return full
-    return _compact_table(results, wall)
-
-
-def _title(results: dict) -> str:
-    return f"fedkd {run_title(results['config'])}"  # as curves.png's title
-
-
-def _rendered_width(renderable) -> int:
-    console = Console(file=io.StringIO(), width=10_000, color_system=None)
-    with console.capture() as capture:
-        console.print(renderable)
-    return max((len(line.rstrip()) for line in capture.get().splitlines()), default=0)
-
-
-def _compact_table(results: dict, wall: float):
-    rounds = results["rounds"]
-    table = Table(title=_title(results))
-    columns = ["round", "student", "ensemble", "stu/ens", "teachers", "s"]
-    private = any(r.get("privacy") for r in rounds)
-    if private:
-        columns.append("epsilon")
-    for col in columns:
-        table.add_column(col, justify="right", no_wrap=True)
-    for r in rounds:
-        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["ensemble_accuracy"]),
-               _ratio(r.get("student_to_ensemble")), _fmt(r["teacher_accuracy_mean"]), _fmt(r["seconds"], 1)]
-        if private:
-            row.append(_fmt((r.get("privacy") or {}).get("epsilon"), 3))
-        table.add_row(*row)
-    notes = [f"round {r['round']} dropped {_dropped(r)}" for r in rounds if _dropped(r)]
-    table.caption = "\n".join([*notes, f"total {wall:.1f} s; every column in summary.txt"])
-    return table
-
-
-def _full_table(results: dict, wall: float):
-    table = Table(title=_title(results))
-    secure = any(r.get("secagg") for r in results["rounds"])
-    columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "student/ensemble", "teacher acc (mean±sd)",
-               "upload B/client", "s"]
-    private = any(r.get("privacy") for r in results["rounds"])
-    if secure:
-        columns += ["secagg s", "survivors", "dropped (stage: ids)"]
-    dpsgd = any(r.get("teacher_epsilon") for r in results["rounds"])
-    if private:
-        columns += ["epsilon"]
-    if dpsgd:
-        columns += ["teacher eps (max)"]
-    for col in columns:
-        table.add_column(col, justify="right")
-    for r in results["rounds"]:
-        teacher = "-" if r["teacher_accuracy_mean"] is None else f"{r['teacher_accuracy_mean']:.4f}±{r['teacher_accuracy_std']:.3f}"
-        upload = "-" if r["upload_bytes_per_client"] is None else f"{r['upload_bytes_per_client']:,.0f}"
-        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["student_nll"], 3), _fmt(r["student_ece"], 3),
-               _fmt(r["ensemble_accuracy"]), _ratio(r.get("student_to_ensemble")), teacher, upload,
-               _fmt(r["seconds"], 1)]
-        if secure:
-            sa = r.get("secagg") or {}
-            row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), _dropped(r) or "-"]
-        if private:
-            row += [_fmt((r.get("privacy") or {}).get("epsilon"), 3)]
-        if dpsgd:
-            row += [_fmt((r.get("teacher_epsilon") or {}).get("max"), 3)]
-        table.add_row(*row)
-    table.caption = f"total {wall:.1f} s"
-    return table
-
-
-def write_summary(results: dict, wall: float, path: Path) -> None:
-    """The full table as plain text (no colour codes), as wide as it needs."""
-    table = _full_table(results, wall)
-    with open(path, "w", encoding="utf-8") as f:
-        Console(file=f, width=max(80, _rendered_width(table)), color_system=None, force_terminal=False).print(table)
 
 
 if __name__ == "__main__":

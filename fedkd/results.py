@@ -1,6 +1,8 @@
 """Run outputs: `config.json`, `results.json` (rewritten atomically after every round, so a crash
 leaves the last good state) with `rounds.csv` and `summary.csv` beside it, `student.pt` (the
-student after the last finished round), `curves.png` and `curves.pdf`, and the output folder itself.
+student after the last finished round), `summary.txt`, `curves.png` and `curves.pdf` (every front
+end's finished run: `write_finished`), `run.log` (`log_to_file`), the round line and summary tables
+that the console and run.log show, and the output folder itself.
 
 Owns: results.json's layout (status, config, rounds, final and how the run ended; a round's
 row is `fedkd.rounds.RoundRecord.to_json()` plus "student_to_ensemble"), the files in the output folder, choosing that folder (`prepare_out`:
@@ -15,14 +17,20 @@ import csv
 import datetime
 import io
 import json
+import logging
 import math
 import os
 import platform
+import re
 import tempfile
 import threading
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, ContextManager, Iterator, Mapping
+
+from rich.console import Console
+from rich.table import Table
 
 from fedkd import __version__
 from fedkd.config import Config
@@ -326,13 +334,14 @@ class RunRecorder:
         self._outcome["privacy"] = privacy.to_json()
 
     def finish(self, seconds_total: float) -> dict:
-        """Save the final figures with the run's status and draw the curves; returns the results."""
+        """Save the final figures with the run's status and the finished run's files
+        (`write_finished`); returns the results."""
         final = self.final(seconds_total)
-        self._save(self.status, final)
         if _HALTED.is_set():
             return self.results("interrupted", final)
-        plot_curves(self.rounds, self.out, title=run_title(self.config.to_run_config()))
-        return self.results(self.status, final)
+        results = self.results(self.status, final)
+        write_finished(results, self.out)
+        return results
 
     def fail(self, error: str) -> None:
         """Mark the run failed, keeping every round saved so far."""
@@ -374,6 +383,81 @@ def final_figures(rounds: list[dict], seconds_total: float | None) -> dict:
     final["rounds_completed"] = len(rounds)
     final["seconds_total"] = seconds_total
     return final
+
+
+# ---- what every front end leaves: the finished run's files, and run.log -------------------------
+
+RUN_LOG = "run.log"
+# The loggers whose records run.log holds: Flower's, Ray's (driver side), Python warnings and fedkd's.
+LOGGERS = ("flwr", "ray", "py.warnings", "fedkd")
+# The ServerApp writes run.log itself unless whoever started it does: `fedkd deploy` sets
+# FEDKD_RUN_LOG=launcher in every process it starts, since its run.log already holds every
+# process's lines, the ServerApp's included (through `flwr log`).
+RUN_LOG_ENV = "FEDKD_RUN_LOG"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_log = logging.getLogger("fedkd")
+
+
+def write_finished(results: dict, out: Path) -> None:
+    """The files a finished run leaves in `out`, whichever front end ran it (`fedkd run`, and the
+    ServerApp under `flwr run` and `fedkd deploy`, each through `RunRecorder.finish`): results.json
+    with rounds.csv and summary.csv, summary.txt, curves.png and curves.pdf. (student.pt is saved
+    after each round, run.log while the run goes on.) The summary table also goes to the `fedkd`
+    logger, so that run.log ends with it."""
+    write_json_atomic(out / "results.json", results)
+    write_tables(results, out)
+    seconds = results["final"]["seconds_total"]
+    write_summary(results, seconds, out / "summary.txt")
+    _log.info("summary (summary.txt):\n%s", summary_text(results, seconds).rstrip())
+    plot_curves(results["rounds"], out, title=run_title(results["config"]))
+
+
+class _LogFile(logging.FileHandler):
+    """run.log: timestamped records without colour codes (Ray puts some inside its exception texts).
+    Its format is fixed: `ray.init` resets the formatter of every handler on the "ray" logger to
+    its own (with colour codes)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+        self.formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.setLevel(logging.INFO)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return ANSI.sub("", super().format(record))
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
+@contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Append every record of LOGGERS at INFO and above, and Python's warnings, to `path` while the
+    block runs; the loggers' levels are put back after."""
+    handler = _LogFile(path)
+    saved = {name: logging.getLogger(name).level for name in LOGGERS}
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for name in LOGGERS:
+            logger = logging.getLogger(name)
+            logger.removeHandler(handler)
+            logger.setLevel(saved[name])
+        handler.close()
+
+
+def app_run_log(out: str | os.PathLike) -> ContextManager[None]:
+    """run.log in `out` for a ServerApp that chose its folder itself (under `flwr run`), as
+    `fedkd run` writes one; nothing where the process that started it writes run.log (RUN_LOG_ENV)."""
+    if os.environ.get(RUN_LOG_ENV) == "launcher":
+        return nullcontext()
+    return log_to_file(Path(out) / RUN_LOG)
 
 
 # ---- the same results as tables ----------------------------------------------------------------
@@ -423,6 +507,130 @@ def _csv(columns: list[str], rows: list[Mapping]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue().encode()
+
+
+# ---- the run as text: round lines and summary tables ------------------------------------------
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _dropped(r: dict) -> str:
+    """Secure-aggregation drop-outs of a round: 'share_keys: 7; unmask: 3', or ''."""
+    dropped = (r.get("secagg") or {}).get("dropped", {})
+    return "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in dropped.items())
+
+
+def round_line(r: dict, num_clients: int = 0) -> str:
+    """A round in one line, as the console and run.log show it, from its results.json row:
+    'round 5: student 0.9471 (1.00 of ensemble 0.9499)  teachers 0.9465  1.2 s' and, where they
+    apply, the cohort, the drop-outs and the privacy spent."""
+    ratio = r.get("student_to_ensemble")
+    student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
+    line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
+            f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
+    if cohort_text(r, num_clients):
+        line += f"  {cohort_text(r, num_clients)}"
+    if _dropped(r):
+        line += f"  dropped {_dropped(r)}"
+    if r.get("privacy"):
+        line += f"  epsilon {r['privacy']['epsilon']:.3f}"
+    if r.get("teacher_epsilon"):
+        line += f"  teacher epsilon <= {r['teacher_epsilon']['max']:.3f}"
+    return line
+
+
+def summary_table(results: dict, wall: float, width: int | None = None):
+    """The run's rounds as a rich Table: every column when it fits in `width` (None: always),
+    else the key figures only, with secure-aggregation drop-outs listed under the table."""
+    full = _full_table(results, wall)
+    if width is None or _rendered_width(full) <= width:
+        return full
+    return _compact_table(results, wall)
+
+
+def _title(results: dict) -> str:
+    return f"fedkd {run_title(results['config'])}"  # as curves.png's title
+
+
+def _rendered_width(renderable) -> int:
+    console = Console(file=io.StringIO(), width=10_000, color_system=None)
+    with console.capture() as capture:
+        console.print(renderable)
+    return max((len(line.rstrip()) for line in capture.get().splitlines()), default=0)
+
+
+def _compact_table(results: dict, wall: float):
+    rounds = results["rounds"]
+    table = Table(title=_title(results))
+    columns = ["round", "student", "ensemble", "stu/ens", "teachers", "s"]
+    private = any(r.get("privacy") for r in rounds)
+    if private:
+        columns.append("epsilon")
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rounds:
+        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["ensemble_accuracy"]),
+               _ratio(r.get("student_to_ensemble")), _fmt(r["teacher_accuracy_mean"]), _fmt(r["seconds"], 1)]
+        if private:
+            row.append(_fmt((r.get("privacy") or {}).get("epsilon"), 3))
+        table.add_row(*row)
+    notes = [f"round {r['round']} dropped {_dropped(r)}" for r in rounds if _dropped(r)]
+    table.caption = "\n".join([*notes, f"total {wall:.1f} s; every column in summary.txt"])
+    return table
+
+
+def _full_table(results: dict, wall: float):
+    table = Table(title=_title(results))
+    secure = any(r.get("secagg") for r in results["rounds"])
+    columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "student/ensemble", "teacher acc (mean±sd)",
+               "upload B/client", "s"]
+    private = any(r.get("privacy") for r in results["rounds"])
+    if secure:
+        columns += ["secagg s", "survivors", "dropped (stage: ids)"]
+    dpsgd = any(r.get("teacher_epsilon") for r in results["rounds"])
+    if private:
+        columns += ["epsilon"]
+    if dpsgd:
+        columns += ["teacher eps (max)"]
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in results["rounds"]:
+        teacher = "-" if r["teacher_accuracy_mean"] is None else f"{r['teacher_accuracy_mean']:.4f}±{r['teacher_accuracy_std']:.3f}"
+        upload = "-" if r["upload_bytes_per_client"] is None else f"{r['upload_bytes_per_client']:,.0f}"
+        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["student_nll"], 3), _fmt(r["student_ece"], 3),
+               _fmt(r["ensemble_accuracy"]), _ratio(r.get("student_to_ensemble")), teacher, upload,
+               _fmt(r["seconds"], 1)]
+        if secure:
+            sa = r.get("secagg") or {}
+            row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), _dropped(r) or "-"]
+        if private:
+            row += [_fmt((r.get("privacy") or {}).get("epsilon"), 3)]
+        if dpsgd:
+            row += [_fmt((r.get("teacher_epsilon") or {}).get("max"), 3)]
+        table.add_row(*row)
+    table.caption = f"total {wall:.1f} s"
+    return table
+
+
+def summary_text(results: dict, wall: float) -> str:
+    """The full table as plain text (no colour codes), as wide as it needs."""
+    table = _full_table(results, wall)
+    console = Console(file=io.StringIO(), width=max(80, _rendered_width(table)), color_system=None,
+                      force_terminal=False)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def write_summary(results: dict, wall: float, path: Path) -> None:
+    """summary.txt: `summary_text`, written atomically."""
+    write_atomic(path, summary_text(results, wall).encode())
 
 
 # ---- the curves ----------------------------------------------------------------------------------

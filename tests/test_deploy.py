@@ -118,8 +118,9 @@ class DeployProcess:
     def text(self) -> str:
         return "".join(self.lines)
 
-    def ports(self) -> list[int]:
-        return [int(p) for p in re.findall(r"--port (\d+)", self.text())]
+    def ports(self, log: Path) -> list[int]:
+        """The ports its processes were started on, from run.log (the console leaves command lines out)."""
+        return [int(p) for p in re.findall(r"--port (\d+)", log.read_text())]
 
     def close(self) -> set[int]:
         if self.popen.poll() is None:
@@ -321,7 +322,9 @@ def test_teardown_kills_stubborn_processes_and_descendants_in_other_sessions(tmp
 
 @LINUX_PROC
 def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(run_deploy, tmp_path):
-    proc = run_deploy("2", "--quiet", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY)
+    from fedkd.results import RUN_FILES
+
+    proc = run_deploy("2", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY)
     code = proc.wait(within=RUN_WAIT)
     assert code == 0, proc.text()
     latest = tmp_path / "runs" / "latest"
@@ -331,11 +334,18 @@ def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(
     assert results["status"] == "completed" and len(results["rounds"]) == 1
     assert results["config"]["num-clients"] == 2 and results["config"]["out"] == str(out)
     assert results["config"]["environment"]["flwr"] and "student_to_ensemble" in results["rounds"][0]
-    log = (out / "run.log").read_text()  # the processes' lines, though --quiet kept them off the console
+    assert set(RUN_FILES) <= {p.name for p in out.iterdir()}  # fedkd run's files, summary.txt and run.log too
+    log = (out / "run.log").read_text()  # every process's lines; the console showed fedkd's
     assert "superlink |" in log and "node-0" in log and "\x1b" not in log
+    assert "fedkd round 1: student " in log and "summary (summary.txt)" in log
+    console = proc.text().splitlines()
+    assert not any(line.startswith(("superlink", "node-", "run ")) for line in console), proc.text()
+    assert [line for line in console if line.startswith("round 1: student ")], proc.text()
+    assert len(console) < 30, proc.text()  # the steps, the round, the summary table: not Flower's lines
     assert "fedkd deploy: completed 1 round on 2 SuperNodes" in proc.text()
     assert wait_untagged(proc.tag) == set(), "processes outlived the deployment"
-    assert len(proc.ports()) == 3 and all(port_is_free(p) for p in proc.ports())
+    ports = proc.ports(out / "run.log")
+    assert len(ports) == 3 and all(port_is_free(p) for p in ports)
 
 
 def test_each_node_config_file_gives_its_node_an_identity_and_the_roster_as_flower_reads_it(tmp_path):
@@ -412,7 +422,7 @@ def test_ctrl_c_during_a_run_stops_every_process_and_frees_the_ports(run_deploy,
     assert proc.wait(within=WAIT) == 130
     assert proc.text().strip().endswith("fedkd deploy: interrupted; every process was stopped")
     assert wait_untagged(proc.tag) == set(), "processes outlived the deployment"
-    assert all(port_is_free(p) for p in proc.ports())
+    assert all(port_is_free(p) for p in proc.ports(tmp_path / "out" / "run.log"))
 
 
 @pytest.mark.slow

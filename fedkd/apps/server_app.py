@@ -8,6 +8,7 @@ becomes a fresh timestamped folder); `fedkd run` and `fedkd deploy` choose it be
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from logging import INFO, WARNING
 from typing import Callable
 
@@ -18,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.apps.driver import run_federation
 from fedkd.apps.exchange import PollingGrid
 from fedkd.config import Config
-from fedkd.results import RunRecorder, cohort_text, prepare_out, dropped_text, stalled_text
+from fedkd.results import RunRecorder, app_run_log, dropped_text, prepare_out, round_line, stalled_text
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
@@ -33,16 +34,18 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         if config is not None:
-            cfg = config
+            cfg, run_log = config, nullcontext()
         else:  # flwr run: the folder is chosen here, and a finished run's folder is not overwritten
             cfg = Config.from_run_config(context.run_config)
             cfg = cfg.replace(out=str(prepare_out(cfg.out)))
             _log(f"fedkd: results go to {cfg.out}")
-        grid = PollingGrid(grid)  # replies collected as they arrive, not after Flower's fixed sleep
-        if observe_grid is not None:
-            grid = observe_grid(grid)
-        final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients),
-                                                      on_phase=on_phase or (lambda text: _log(f"fedkd: {text}"))))
+            run_log = app_run_log(cfg.out)  # run.log there, as `fedkd run` writes it
+        with run_log:
+            grid = PollingGrid(grid)  # replies collected as they arrive, not after Flower's fixed sleep
+            if observe_grid is not None:
+                grid = observe_grid(grid)
+            final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients),
+                                                          on_phase=on_phase or (lambda text: _log(f"fedkd: {text}"))))
         if results is not None:
             results["value"] = final
 
@@ -55,10 +58,7 @@ def _log(text: str) -> None:
 
 def _log_round(num_clients: int) -> Callable[[dict], None]:
     def log_round(record: dict) -> None:
-        acc, ratio = record.get("student_accuracy"), record.get("student_to_ensemble")
-        cohort = cohort_text(record, num_clients)
-        _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
-             f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}{', ' + cohort if cohort else ''}")
+        _log(f"fedkd {round_line(record, num_clients)}")  # `fedkd run`'s round line
         for warning in (dropped_text(record), stalled_text(record)):
             if warning:
                 log(WARNING, "fedkd: %s", warning)

@@ -26,8 +26,9 @@ from fedkd.deploy.pki import (
 )
 from fedkd.deploy.procs import free_ports
 from fedkd.deploy.runconfig import app_defaults, build_run_config, find_app
-from fedkd.deploy.superlink import FINISHED, NODE_REFUSED, DeployError, Deployment, find_binaries
+from fedkd.deploy.superlink import FINISHED, NODE_REFUSED, SAID, DeployError, Deployment, find_binaries
 from fedkd.errors import OutputError, UsageError, require_clients
+from fedkd.results import RUN_LOG, summary_text
 
 
 @dataclass
@@ -40,7 +41,6 @@ class Options:
     app: str | None = None
     probe_unenrolled: bool = False  # secure mode: also start one SuperNode whose key was never enrolled
     roster: bool = True  # secure aggregation in roster mode: node identities made here (pki.write_node_configs)
-    quiet: bool = False  # do not echo the processes' logs (run.log has them)
     force: bool = False  # replace an earlier run's results in out
     grace: float = 10.0  # seconds between SIGTERM and SIGKILL at teardown
 
@@ -54,26 +54,33 @@ class _Plan:
     app_dir: Path
     run_config: dict[str, Any]  # the overrides for `flwr run`; "out" is the prepared output folder
     certs: Path | None  # secure mode's certificates folder (resolved), else None
+    rounds: int  # the run's rounds, with the app's defaults (for the console's progress)
 
 
-def run_deployment(opts: Options, echo: Callable[[str], None] | None = print) -> dict:
-    """Deploy, run the app once and tear down. Returns results.json's dict; raises UsageError or
-    DeployError with a one-line message."""
+def run_deployment(opts: Options, echo: Callable[[str], None] | None = print,
+                   on_start: Callable[[Path, int], None] | None = None) -> dict:
+    """Deploy, run the app once and tear down. Every line of the deployment goes to `echo` and to
+    run.log; `on_start(out, rounds)` is told the output folder and the run's rounds once every
+    usage check has passed. Returns results.json's dict; raises UsageError or DeployError with a
+    one-line message."""
     started = time.monotonic()
     deadline = started + opts.timeout
     check_options(opts)
     plan = _plan(opts)
     tls, keys = _secure_material(plan.certs, opts.num_nodes)
     out = Path(plan.run_config["out"])
+    if on_start is not None:
+        on_start(out, plan.rounds)
     workdir = Path(tempfile.mkdtemp(prefix="fedkd-deploy-"))
     try:
-        with _logged(out / "run.log", echo) as echo_and_log:
+        with _logged(out / RUN_LOG, echo) as echo_and_log:
             with Deployment(workdir, plan.bins, tls, echo=echo_and_log, cwd=plan.cwd, grace=opts.grace) as dep:
                 run_id, status = _deploy_and_run(dep, plan, keys, opts, deadline)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = _completed_results(run_id, status, out)
     results["deploy_seconds"] = time.monotonic() - started
+    _log_summary(out / RUN_LOG, results)
     return results
 
 
@@ -94,12 +101,15 @@ def _plan(opts: Options) -> _Plan:
     """Find the commands and the app, check the run config and the certificates folder, and only
     then prepare the output folder (a `latest` out becomes a fresh timestamped folder; an earlier
     run's is refused without --force)."""
+    from fedkd.config import Config
     from fedkd.results import prepare_out
 
     bins = find_binaries()
     cwd = Path.cwd()
     app_dir = find_app(opts.app, cwd)
-    run_config = build_run_config(opts.run_config, opts.num_nodes, app_defaults(app_dir), cwd)
+    defaults = app_defaults(app_dir)
+    run_config = build_run_config(opts.run_config, opts.num_nodes, defaults, cwd)
+    rounds = Config.from_run_config({**defaults, **run_config}).rounds  # build_run_config checked it
     certs = opts.certs_dir.expanduser().resolve() if opts.secure else None
     if certs is not None:  # every usage check before the output folder is made
         check_writable(certs)
@@ -107,7 +117,7 @@ def _plan(opts: Options) -> _Plan:
         run_config["out"] = str(prepare_out(run_config["out"], force=opts.force).resolve())
     except OutputError as exc:
         raise UsageError(str(exc)) from None
-    return _Plan(bins, cwd, app_dir, run_config, certs)
+    return _Plan(bins, cwd, app_dir, run_config, certs, rounds)
 
 
 def _secure_material(certs: Path | None, num_nodes: int) -> tuple[TlsFiles | None, list[NodeKey]]:
@@ -181,6 +191,13 @@ def _probe_unenrolled(dep: Deployment, port: int, num_nodes: int, deadline: floa
 def _within(deadline: float, at_most: float) -> float:
     """Seconds to wait for one step: what is left before `deadline`, capped at `at_most`, at least 1."""
     return max(1.0, min(at_most, deadline - time.monotonic()))
+
+
+def _log_summary(path: Path, results: dict) -> None:
+    """Close run.log with the summary table, as `fedkd run`'s closes (the ServerApp wrote summary.txt)."""
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"{SAID:<10}| summary (summary.txt):\n"
+                  + summary_text(results, results["final"]["seconds_total"]))
 
 
 def _completed_results(run_id: int, status: str, out: Path) -> dict:

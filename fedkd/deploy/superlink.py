@@ -46,6 +46,12 @@ CONNECTION = "fedkd-deploy"  # the SuperLink connection's name in the private FL
 BINARIES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
 FINISHED = "finished:"  # prefix of a run's final status in `flwr ls`: completed, failed or stopped
 NODE_REFUSED = "Failed to initialize the connection to the SuperLink"  # flower-supernode's exit message
+# This command's own lines (`Deployment.say`) start with SAID; those that give a process's whole
+# command line start with STARTING (run.log keeps them, the console leaves them out), and the
+# periodic wait for SuperNodes with WAITING (the console's progress line shows it).
+SAID = "deploy"
+STARTING = "starting "
+WAITING = "waiting for "
 
 
 class DeployError(Exception):
@@ -95,7 +101,7 @@ class Deployment:
 
     # -- starting --
     def start(self, name: str, argv: list[str]) -> Process:
-        self.say(f"starting {name}: {shlex.join(argv)}")
+        self.say(f"{STARTING}{name}: {shlex.join(argv)}")
         try:
             process = Process(name, argv, self.env, self.cwd, self.echo)
         except OSError as exc:
@@ -105,7 +111,7 @@ class Deployment:
 
     def say(self, text: str) -> None:
         if self.echo is not None:
-            self.echo(f"{'deploy':<10}| [{time.monotonic() - self.started:6.1f}s] {text}")
+            self.echo(f"{SAID:<10}| [{time.monotonic() - self.started:6.1f}s] {text}")
 
     def start_superlink(self, port: int, ready_within: float = 60.0) -> Process:
         """flower-superlink on 127.0.0.1:`port`; returns once its /health answers (and writes the
@@ -205,7 +211,7 @@ class Deployment:
             if now > deadline:
                 raise DeployError(f"only {online} of {count} SuperNodes connected within {within:.0f}s")
             if now >= next_report:
-                self.say(f"waiting for {count} SuperNodes, {online} online ({now - started:.0f} of {within:.0f}s)")
+                self.say(f"{WAITING}{count} SuperNodes, {online} online ({now - started:.0f} of {within:.0f}s)")
                 next_report = now + report_every
             time.sleep(0.5)
 
@@ -252,8 +258,10 @@ def _environment(home: Path, marker: str, flower_bin: Path, splits_cache: Path) 
     """This environment plus what every process of a deployment needs: `flwr`'s private FLWR_HOME,
     the marker teardown looks for, unbuffered output, and the Flower commands' folder on PATH."""
     from fedkd.data import SPLITS_CACHE_ENV
+    from fedkd.results import RUN_LOG_ENV
 
     env = {**os.environ, "FLWR_HOME": str(home), MARKER: marker, "PYTHONUNBUFFERED": "1",
+           RUN_LOG_ENV: "launcher",  # run.log is this command's (every process's lines): the ServerApp writes none
            # SuperLink and SuperNodes start `flower-superexec` by name: find it in this environment
            "PATH": os.pathsep.join([str(flower_bin), os.environ.get("PATH", "")])}
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from a loopback deployment
