@@ -68,12 +68,8 @@ class TeacherStore:
 
     def __init__(self, state: RecordDict, budget: int, folder):
         self._state, self._budget, self._folder = state, budget, folder
-
-    def _in_memory_bytes(self, but: int) -> int:
-        own = f"{IN_MEMORY}@{but}"
-        prefix = IN_MEMORY + "@"
-        return sum(_nbytes(self._state[key]) for key in self._state.keys()
-                   if key.startswith(prefix) and key != own)
+        prefix = IN_MEMORY + "@"  # one pass here, then kept up to date: a put is O(1), not O(clients)
+        self._used = sum(_nbytes(state[key]) for key in state.keys() if key.startswith(prefix))
 
     def get(self, pid: int) -> dict | None:
         """Client `pid`'s kept teacher weights (name -> torch tensor), or None when none is kept."""
@@ -102,8 +98,9 @@ class TeacherStore:
         self.drop(pid)
         record = ArrayRecord(weights)
         own = ClientState(self._state, pid)
-        if self._in_memory_bytes(but=pid) + _nbytes(record) <= self._budget:
+        if self._used + _nbytes(record) <= self._budget:
             own[IN_MEMORY] = record
+            self._used += _nbytes(record)
             return "memory"
         path = self._folder() / f"teacher-{pid}.npz"
         tmp = path.with_suffix(".tmp")
@@ -119,6 +116,7 @@ class TeacherStore:
         """Forget client `pid`'s teacher (its next round starts from a global student)."""
         own = ClientState(self._state, pid)
         if IN_MEMORY in own:
+            self._used -= _nbytes(own[IN_MEMORY])
             del own[IN_MEMORY]
         if ON_DISK in own:
             Path(str(own[ON_DISK]["path"])).unlink(missing_ok=True)
