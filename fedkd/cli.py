@@ -38,8 +38,9 @@ from fedkd.config import Config
 from fedkd.confighelp import HELP
 from fedkd.errors import UsageError, report
 from fedkd.privacy.mechanism import PrivacyError
-from fedkd.results import (RUN_FILES, cohort_text, dropped_text, halt_saving, prepare_out, resolved_settings,
-                           run_title, stalled_text, write_json_atomic, write_tables)
+from fedkd.results import (RUN_FILES, cohort_text, dropped_text, halt_saving, prepare_out, records_of,
+                           resolved_settings, run_title, stalled_text, write_json_atomic, write_tables)
+from fedkd.rounds import RoundRecord
 from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
@@ -253,7 +254,7 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
     def say(line: str) -> None:
         progress.console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
 
-    def on_round(record: dict) -> None:
+    def on_round(record: RoundRecord) -> None:
         progress.console.print(_round_line(record, config.num_clients), highlight=False, soft_wrap=True)
         for warning in (dropped_text(record), stalled_text(record)):
             if warning:
@@ -473,25 +474,25 @@ def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _dropped(r: dict) -> str:
+def _dropped(r: RoundRecord) -> str:
     """Secure-aggregation drop-outs of a round: 'share_keys: 7; unmask: 3', or ''."""
-    dropped = (r.get("secagg") or {}).get("dropped", {})
+    dropped = r.secagg.dropped if r.secagg is not None else {}
     return "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in dropped.items())
 
 
-def _round_line(r: dict, num_clients: int = 0) -> str:
-    ratio = r.get("student_to_ensemble")
-    student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
-    line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
-            f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
+def _round_line(r: RoundRecord, num_clients: int = 0) -> str:
+    ratio = r.student_to_ensemble
+    student = _fmt(r.student_accuracy) if ratio is None else f"{_fmt(r.student_accuracy)} ({ratio:.2f} of"
+    line = (f"round {r.round}: student {student} ensemble {_fmt(r.ensemble_accuracy)}"
+            f"{')' if ratio is not None else ''}  teachers {_fmt(r.teacher_accuracy_mean)}  {_fmt(r.seconds, 1)} s")
     if cohort_text(r, num_clients):
         line += f"  {cohort_text(r, num_clients)}"
     if _dropped(r):
         line += f"  dropped {_dropped(r)}"
-    if r.get("privacy"):
-        line += f"  epsilon {r['privacy']['epsilon']:.3f}"
-    if r.get("teacher_epsilon"):
-        line += f"  teacher epsilon <= {r['teacher_epsilon']['max']:.3f}"
+    if r.privacy is not None:
+        line += f"  epsilon {r.privacy.epsilon:.3f}"
+    if r.teacher_epsilon is not None:
+        line += f"  teacher epsilon <= {r.teacher_epsilon.max:.3f}"
     return line
 
 
@@ -516,53 +517,54 @@ def _rendered_width(renderable) -> int:
 
 
 def _compact_table(results: dict, wall: float):
-    rounds = results["rounds"]
+    rounds = records_of(results["rounds"])
     table = Table(title=_title(results))
     columns = ["round", "student", "ensemble", "stu/ens", "teachers", "s"]
-    private = any(r.get("privacy") for r in rounds)
+    private = any(r.privacy is not None for r in rounds)
     if private:
         columns.append("epsilon")
     for col in columns:
         table.add_column(col, justify="right", no_wrap=True)
     for r in rounds:
-        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["ensemble_accuracy"]),
-               _ratio(r.get("student_to_ensemble")), _fmt(r["teacher_accuracy_mean"]), _fmt(r["seconds"], 1)]
+        row = [str(r.round), _fmt(r.student_accuracy), _fmt(r.ensemble_accuracy),
+               _ratio(r.student_to_ensemble), _fmt(r.teacher_accuracy_mean), _fmt(r.seconds, 1)]
         if private:
-            row.append(_fmt((r.get("privacy") or {}).get("epsilon"), 3))
+            row.append(_fmt(r.privacy.epsilon if r.privacy is not None else None, 3))
         table.add_row(*row)
-    notes = [f"round {r['round']} dropped {_dropped(r)}" for r in rounds if _dropped(r)]
+    notes = [f"round {r.round} dropped {_dropped(r)}" for r in rounds if _dropped(r)]
     table.caption = "\n".join([*notes, f"total {wall:.1f} s; every column in summary.txt"])
     return table
 
 
 def _full_table(results: dict, wall: float):
+    rounds = records_of(results["rounds"])
     table = Table(title=_title(results))
-    secure = any(r.get("secagg") for r in results["rounds"])
+    secure = any(r.secagg is not None for r in rounds)
     columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "student/ensemble", "teacher acc (mean±sd)",
                "upload B/client", "s"]
-    private = any(r.get("privacy") for r in results["rounds"])
+    private = any(r.privacy is not None for r in rounds)
     if secure:
         columns += ["secagg s", "survivors", "dropped (stage: ids)"]
-    dpsgd = any(r.get("teacher_epsilon") for r in results["rounds"])
+    dpsgd = any(r.teacher_epsilon is not None for r in rounds)
     if private:
         columns += ["epsilon"]
     if dpsgd:
         columns += ["teacher eps (max)"]
     for col in columns:
         table.add_column(col, justify="right")
-    for r in results["rounds"]:
-        teacher = "-" if r["teacher_accuracy_mean"] is None else f"{r['teacher_accuracy_mean']:.4f}±{r['teacher_accuracy_std']:.3f}"
-        upload = "-" if r["upload_bytes_per_client"] is None else f"{r['upload_bytes_per_client']:,.0f}"
-        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["student_nll"], 3), _fmt(r["student_ece"], 3),
-               _fmt(r["ensemble_accuracy"]), _ratio(r.get("student_to_ensemble")), teacher, upload,
-               _fmt(r["seconds"], 1)]
+    for r in rounds:
+        teacher = "-" if r.teacher_accuracy_mean is None else f"{r.teacher_accuracy_mean:.4f}±{r.teacher_accuracy_std:.3f}"
+        upload = "-" if r.upload_bytes_per_client is None else f"{r.upload_bytes_per_client:,.0f}"
+        row = [str(r.round), _fmt(r.student_accuracy), _fmt(r.student_nll, 3), _fmt(r.student_ece, 3),
+               _fmt(r.ensemble_accuracy), _ratio(r.student_to_ensemble), teacher, upload, _fmt(r.seconds, 1)]
         if secure:
-            sa = r.get("secagg") or {}
-            row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), _dropped(r) or "-"]
+            sa = r.secagg
+            row += ([_fmt(sa.seconds_total, 2), str(len(sa.survivors)), _dropped(r) or "-"] if sa is not None
+                    else ["-", "0", "-"])
         if private:
-            row += [_fmt((r.get("privacy") or {}).get("epsilon"), 3)]
+            row += [_fmt(r.privacy.epsilon if r.privacy is not None else None, 3)]
         if dpsgd:
-            row += [_fmt((r.get("teacher_epsilon") or {}).get("max"), 3)]
+            row += [_fmt(r.teacher_epsilon.max if r.teacher_epsilon is not None else None, 3)]
         table.add_row(*row)
     table.caption = f"total {wall:.1f} s"
     return table

@@ -183,48 +183,44 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
     return resolved
 
 
-def stalled_text(record: dict, show: int = 8) -> str:
+def stalled_text(record: RoundRecord, show: int = 8) -> str:
     """A warning for a round in which some clients' local training learnt nothing ('' when none
     did), naming at most `show` of them: clipped steps at a far too high lr end finite and useless
     instead of failing loudly, and too low an lr or too few epochs leave a teacher unfit."""
-    ids = record.get("stalled_clients")
+    ids = record.stalled_clients
     if not ids:
         return ""
     named = ",".join(map(str, ids[:show])) + (f" ... ({len(ids)} clients)" if len(ids) > show else "")
-    return (f"round {record['round']}: local training learnt nothing on client{'s' if len(ids) > 1 else ''} "
+    return (f"round {record.round}: local training learnt nothing on client{'s' if len(ids) > 1 else ''} "
             f"{named} (on their own data no better than their labels' class shares): check lr (far too high, "
             f"or too low for local-epochs), local-epochs and their data")
 
 
-def dropped_text(record: dict, show: int = 3) -> str:
+def dropped_text(record: RoundRecord, show: int = 3) -> str:
     """A warning for a round in which some clients' train replies could not be used ('' when all
     could): who was dropped and why, at most `show` reasons."""
-    failed = record.get("failed_clients")
+    failed = record.failed_clients
     if not failed:
         return ""
     ids = sorted(failed, key=int)
     reasons = "; ".join(f"client {pid}: {failed[pid]}" for pid in ids[:show])
     more = f"; and {len(ids) - show} more" if len(ids) > show else ""
-    return f"round {record['round']}: {len(ids)} client{'s' if len(ids) > 1 else ''} dropped: {reasons}{more}"
+    return f"round {record.round}: {len(ids)} client{'s' if len(ids) > 1 else ''} dropped: {reasons}{more}"
 
 
-def cohort_text(record: dict, num_clients: int, show: int = 8) -> str:
+def cohort_text(record: RoundRecord, num_clients: int, show: int = 8) -> str:
     """A sampled round's cohort for a log line: 'cohort 100/1000: 3,17,22,40,51,58,63,77 ...';
     '' when every client was asked (or the record has no cohort)."""
-    cohort = record.get("cohort")
+    cohort = record.cohort
     if not cohort or len(cohort) >= num_clients:
         return ""
     ids = ",".join(map(str, cohort[:show]))
     return f"cohort {len(cohort)}/{num_clients}: {ids}{' ...' if len(cohort) > show else ''}"
 
 
-def student_to_ensemble(record: dict) -> float | None:
-    """student accuracy / ensemble-teacher accuracy: how much of the teacher the student kept."""
-    student, ensemble = record.get("student_accuracy"), record.get("ensemble_accuracy")
-    if student is None or ensemble is None or not ensemble > 0:
-        return None
-    return student / ensemble
-
+def records_of(rows: list[Mapping]) -> list[RoundRecord]:
+    """results.json's round rows -> typed records (what every reader of a run's rounds works on)."""
+    return [RoundRecord.from_json(row) for row in rows]
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -263,12 +259,12 @@ def _finite(obj: object) -> object:
 class RunRecorder:
     """Collects round records and keeps the output folder current.
 
-    `on_round(row)` is called with each round's results.json row after it is saved (the CLI's
+    `on_round(record)` is called with each round's `RoundRecord` after its row is saved (the CLI's
     progress display uses it). How the run ends: `finish` ("completed" unless `stop` said
     otherwise), `stop` (a clean early end), `fail` (an error; the rounds so far stay saved).
     """
 
-    def __init__(self, config: Config, on_round: Callable[[dict], None] | None = None,
+    def __init__(self, config: Config, on_round: Callable[[RoundRecord], None] | None = None,
                  on_phase: Callable[[str], None] | None = None):
         self.config = config
         self.on_phase = on_phase  # told what a round is doing now ("round 2: 10 clients training")
@@ -305,14 +301,16 @@ class RunRecorder:
             write_json_atomic(self.out / "config.json", self.config_record())
 
     def add_round(self, record: RoundRecord | Mapping) -> None:
-        """Save a round: a `RoundRecord`, or a row of results.json's keys (kept as given)."""
-        row = record.to_json() if isinstance(record, RoundRecord) else record
+        """Save a round: a `RoundRecord`, or a row of results.json's keys (kept as given).
+        `on_round` gets the typed record either way."""
+        row = record.to_json() if isinstance(record, RoundRecord) else dict(record)
         if "student_accuracy" in row and "ensemble_accuracy" in row:  # every round the server makes
-            row["student_to_ensemble"] = student_to_ensemble(row)
+            row["student_to_ensemble"] = RoundRecord(row.get("round"), student_accuracy=row["student_accuracy"],
+                                                     ensemble_accuracy=row["ensemble_accuracy"]).student_to_ensemble
         self.rounds.append(row)
         self._save("running")
         if self.on_round is not None:
-            self.on_round(row)
+            self.on_round(record if isinstance(record, RoundRecord) else RoundRecord.from_json(row))
 
     def stop(self, status: str, reason: str) -> None:
         """The run ends early but cleanly, its rounds so far standing: `status` is what `finish`
@@ -469,16 +467,17 @@ def curves_figure(rounds: list[dict], title: str = ""):
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    records = records_of(rounds)
     values, handles = [], []
     for key, label, style in SERIES:
-        points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+        points = [(r.round, getattr(r, key)) for r in records if getattr(r, key) is not None]
         if points:
             xs, ys = zip(*points)
             handles.append(ax.plot(xs, ys, label=label, clip_on=False, **style)[0])
             values += ys
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if rounds:  # a quarter round either side, so the first and last markers are not cut
-        ax.set_xlim(min(r["round"] for r in rounds) - 0.25, max(r["round"] for r in rounds) + 0.25)
+    if records:  # a quarter round either side, so the first and last markers are not cut
+        ax.set_xlim(min(r.round for r in records) - 0.25, max(r.round for r in records) + 0.25)
     if values:
         margin = max(0.01, 0.08 * (max(values) - min(values)))
         ax.set_ylim(max(0.0, min(values) - margin), min(1.0, max(values) + margin))

@@ -18,10 +18,11 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.apps.driver import run_federation
 from fedkd.apps.exchange import PollingGrid
 from fedkd.config import Config
-from fedkd.results import RunRecorder, cohort_text, prepare_out, dropped_text, stalled_text
+from fedkd.results import RunRecorder, cohort_text, dropped_text, prepare_out, stalled_text
+from fedkd.rounds import RoundRecord
 
 
-def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
+def make_server_app(config: Config | None = None, on_round: Callable[[RoundRecord], None] | None = None,
                     results: dict | None = None, observe_grid: Callable[[Grid], Grid] | None = None,
                     on_phase: Callable[[str], None] | None = None) -> ServerApp:
     """A ServerApp bound to `config` (None: read `context.run_config`); the final results dict is
@@ -53,11 +54,11 @@ def _log(text: str) -> None:
     log(INFO, "%s", text)
 
 
-def _log_round(num_clients: int) -> Callable[[dict], None]:
-    def log_round(record: dict) -> None:
-        acc, ratio = record.get("student_accuracy"), record.get("student_to_ensemble")
+def _log_round(num_clients: int) -> Callable[[RoundRecord], None]:
+    def log_round(record: RoundRecord) -> None:
+        acc, ratio = record.student_accuracy, record.student_to_ensemble
         cohort = cohort_text(record, num_clients)
-        _log(f"fedkd round {record['round']}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
+        _log(f"fedkd round {record.round}: student accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
              f"student/ensemble {'n/a' if ratio is None else f'{ratio:.2f}'}{', ' + cohort if cohort else ''}")
         for warning in (dropped_text(record), stalled_text(record)):
             if warning:
