@@ -41,6 +41,7 @@ from fedkd.privacy.mechanism import PrivacyError
 from fedkd.results import (ANSI, RUN_FILES, RUN_LOG, dropped_text, halt_saving, log_to_file, prepare_out,
                            resolved_settings, round_line, stalled_text, summary_table, write_json_atomic, write_summary,
                            write_tables)
+from fedkd.rounds import RoundRecord
 from fedkd.simulation import simulate
 
 # Imports left inside functions, each for a reason: torch (`fedkd.models`, `fedkd.task`, about
@@ -252,7 +253,7 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
     def say(line: str) -> None:
         show(progress.console, line, style="yellow")
 
-    def on_round(record: dict) -> None:  # the console and run.log get the same lines
+    def on_round(record: RoundRecord) -> None:  # the console and run.log get the same lines
         line = round_line(record, config.num_clients)
         show(progress.console, line)
         log.info(line)

@@ -145,6 +145,11 @@ class Config:
     # ids; 0: auto, one node per client under flwr run and fedkd deploy (a SuperNode is an
     # organisation), and under fedkd run one per core the engine uses (fedkd.simulation)
     num_nodes: int = 0
+    # MiB of teacher weights a node keeps in memory between rounds (teacher-init persist, or a
+    # teacher no global student fits); each teacher past it goes to a file on the node's disk
+    # (fedkd.apps.teachers), so a node's memory stays flat in the clients it hosts
+    teacher_memory: float = 1024.0
+    teacher_dir: str = ""  # the folder for those files; "": the system's temporary folder
 
     # ---- conversion -------------------------------------------------------------------------
     @classmethod
@@ -367,6 +372,8 @@ class Config:
         _positive("distill-lr", self.distill_lr)
         _positive("client-cpus", self.client_cpus)
         _choice("engine", self.engine, ENGINES)
+        if self.teacher_memory < 0:
+            raise ConfigError(f"teacher-memory={self.teacher_memory:g} must be >= 0 (MiB; 0 keeps every teacher on disk)")
         if self.ray_address and self.engine != "ray":
             raise ConfigError(f"ray-address={self.ray_address} attaches Ray's engine to a cluster; add engine ray "
                               f"(--engine ray), or drop ray-address to run in this process")

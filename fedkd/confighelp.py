@@ -180,6 +180,12 @@ HELP: dict[str, str] = {
                  "hosts every N-th partition id from i); 0: auto, one node under the inprocess engine, one per "
                  "core's share (client-cpus) under ray, and one client per SuperNode under flwr run and fedkd "
                  "deploy (num-clients SuperNodes); a node sees the data of every client it hosts",
+    "teacher_memory": "MiB of teacher weights a node keeps in memory between rounds (teacher-init persist, or a "
+                      "teacher no global student fits), >= 0; each teacher past it is kept in a file of its own "
+                      "on the node's disk (0600, removed when the node's process ends), so memory stays flat in "
+                      "the clients a node hosts; 0: every kept teacher on disk",
+    "teacher_dir": "the folder for teachers kept on a node's disk (teacher-memory); empty: the system's "
+                   "temporary folder",
 }
 
 

@@ -191,48 +191,44 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
     return resolved
 
 
-def stalled_text(record: dict, show: int = 8) -> str:
+def stalled_text(record: RoundRecord, show: int = 8) -> str:
     """A warning for a round in which some clients' local training learnt nothing ('' when none
     did), naming at most `show` of them: clipped steps at a far too high lr end finite and useless
     instead of failing loudly, and too low an lr or too few epochs leave a teacher unfit."""
-    ids = record.get("stalled_clients")
+    ids = record.stalled_clients
     if not ids:
         return ""
     named = ",".join(map(str, ids[:show])) + (f" ... ({len(ids)} clients)" if len(ids) > show else "")
-    return (f"round {record['round']}: local training learnt nothing on client{'s' if len(ids) > 1 else ''} "
+    return (f"round {record.round}: local training learnt nothing on client{'s' if len(ids) > 1 else ''} "
             f"{named} (on their own data no better than their labels' class shares): check lr (far too high, "
             f"or too low for local-epochs), local-epochs and their data")
 
 
-def dropped_text(record: dict, show: int = 3) -> str:
+def dropped_text(record: RoundRecord, show: int = 3) -> str:
     """A warning for a round in which some clients' train replies could not be used ('' when all
     could): who was dropped and why, at most `show` reasons."""
-    failed = record.get("failed_clients")
+    failed = record.failed_clients
     if not failed:
         return ""
     ids = sorted(failed, key=int)
     reasons = "; ".join(f"client {pid}: {failed[pid]}" for pid in ids[:show])
     more = f"; and {len(ids) - show} more" if len(ids) > show else ""
-    return f"round {record['round']}: {len(ids)} client{'s' if len(ids) > 1 else ''} dropped: {reasons}{more}"
+    return f"round {record.round}: {len(ids)} client{'s' if len(ids) > 1 else ''} dropped: {reasons}{more}"
 
 
-def cohort_text(record: dict, num_clients: int, show: int = 8) -> str:
+def cohort_text(record: RoundRecord, num_clients: int, show: int = 8) -> str:
     """A sampled round's cohort for a log line: 'cohort 100/1000: 3,17,22,40,51,58,63,77 ...';
     '' when every client was asked (or the record has no cohort)."""
-    cohort = record.get("cohort")
+    cohort = record.cohort
     if not cohort or len(cohort) >= num_clients:
         return ""
     ids = ",".join(map(str, cohort[:show]))
     return f"cohort {len(cohort)}/{num_clients}: {ids}{' ...' if len(cohort) > show else ''}"
 
 
-def student_to_ensemble(record: dict) -> float | None:
-    """student accuracy / ensemble-teacher accuracy: how much of the teacher the student kept."""
-    student, ensemble = record.get("student_accuracy"), record.get("ensemble_accuracy")
-    if student is None or ensemble is None or not ensemble > 0:
-        return None
-    return student / ensemble
-
+def records_of(rows: list[Mapping]) -> list[RoundRecord]:
+    """results.json's round rows -> typed records (what every reader of a run's rounds works on)."""
+    return [RoundRecord.from_json(row) for row in rows]
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -271,12 +267,12 @@ def _finite(obj: object) -> object:
 class RunRecorder:
     """Collects round records and keeps the output folder current.
 
-    `on_round(row)` is called with each round's results.json row after it is saved (the CLI's
+    `on_round(record)` is called with each round's `RoundRecord` after its row is saved (the CLI's
     progress display uses it). How the run ends: `finish` ("completed" unless `stop` said
     otherwise), `stop` (a clean early end), `fail` (an error; the rounds so far stay saved).
     """
 
-    def __init__(self, config: Config, on_round: Callable[[dict], None] | None = None,
+    def __init__(self, config: Config, on_round: Callable[[RoundRecord], None] | None = None,
                  on_phase: Callable[[str], None] | None = None):
         self.config = config
         self.on_phase = on_phase  # told what a round is doing now ("round 2: 10 clients training")
@@ -313,14 +309,16 @@ class RunRecorder:
             write_json_atomic(self.out / "config.json", self.config_record())
 
     def add_round(self, record: RoundRecord | Mapping) -> None:
-        """Save a round: a `RoundRecord`, or a row of results.json's keys (kept as given)."""
-        row = record.to_json() if isinstance(record, RoundRecord) else record
+        """Save a round: a `RoundRecord`, or a row of results.json's keys (kept as given).
+        `on_round` gets the typed record either way."""
+        row = record.to_json() if isinstance(record, RoundRecord) else dict(record)
         if "student_accuracy" in row and "ensemble_accuracy" in row:  # every round the server makes
-            row["student_to_ensemble"] = student_to_ensemble(row)
+            row["student_to_ensemble"] = RoundRecord(row.get("round"), student_accuracy=row["student_accuracy"],
+                                                     ensemble_accuracy=row["ensemble_accuracy"]).student_to_ensemble
         self.rounds.append(row)
         self._save("running")
         if self.on_round is not None:
-            self.on_round(row)
+            self.on_round(record if isinstance(record, RoundRecord) else RoundRecord.from_json(row))
 
     def stop(self, status: str, reason: str) -> None:
         """The run ends early but cleanly, its rounds so far standing: `status` is what `finish`
@@ -521,28 +519,28 @@ def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _dropped(r: dict) -> str:
+def _dropped(r: RoundRecord) -> str:
     """Secure-aggregation drop-outs of a round: 'share_keys: 7; unmask: 3', or ''."""
-    dropped = (r.get("secagg") or {}).get("dropped", {})
+    dropped = r.secagg.dropped if r.secagg is not None else {}
     return "; ".join(f"{stage}: {','.join(map(str, ids))}" for stage, ids in dropped.items())
 
 
-def round_line(r: dict, num_clients: int = 0) -> str:
-    """A round in one line, as the console and run.log show it, from its results.json row:
+def round_line(r: RoundRecord, num_clients: int = 0) -> str:
+    """A round in one line, as the console and run.log show it, from its record:
     'round 5: student 0.9471 (1.00 of ensemble 0.9499)  teachers 0.9465  1.2 s' and, where they
     apply, the cohort, the drop-outs and the privacy spent."""
-    ratio = r.get("student_to_ensemble")
-    student = _fmt(r["student_accuracy"]) if ratio is None else f"{_fmt(r['student_accuracy'])} ({ratio:.2f} of"
-    line = (f"round {r['round']}: student {student} ensemble {_fmt(r['ensemble_accuracy'])}"
-            f"{')' if ratio is not None else ''}  teachers {_fmt(r['teacher_accuracy_mean'])}  {_fmt(r['seconds'], 1)} s")
+    ratio = r.student_to_ensemble
+    student = _fmt(r.student_accuracy) if ratio is None else f"{_fmt(r.student_accuracy)} ({ratio:.2f} of"
+    line = (f"round {r.round}: student {student} ensemble {_fmt(r.ensemble_accuracy)}"
+            f"{')' if ratio is not None else ''}  teachers {_fmt(r.teacher_accuracy_mean)}  {_fmt(r.seconds, 1)} s")
     if cohort_text(r, num_clients):
         line += f"  {cohort_text(r, num_clients)}"
     if _dropped(r):
         line += f"  dropped {_dropped(r)}"
-    if r.get("privacy"):
-        line += f"  epsilon {r['privacy']['epsilon']:.3f}"
-    if r.get("teacher_epsilon"):
-        line += f"  teacher epsilon <= {r['teacher_epsilon']['max']:.3f}"
+    if r.privacy is not None:
+        line += f"  epsilon {r.privacy.epsilon:.3f}"
+    if r.teacher_epsilon is not None:
+        line += f"  teacher epsilon <= {r.teacher_epsilon.max:.3f}"
     return line
 
 
@@ -567,53 +565,54 @@ def _rendered_width(renderable) -> int:
 
 
 def _compact_table(results: dict, wall: float):
-    rounds = results["rounds"]
+    rounds = records_of(results["rounds"])
     table = Table(title=_title(results))
     columns = ["round", "student", "ensemble", "stu/ens", "teachers", "s"]
-    private = any(r.get("privacy") for r in rounds)
+    private = any(r.privacy is not None for r in rounds)
     if private:
         columns.append("epsilon")
     for col in columns:
         table.add_column(col, justify="right", no_wrap=True)
     for r in rounds:
-        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["ensemble_accuracy"]),
-               _ratio(r.get("student_to_ensemble")), _fmt(r["teacher_accuracy_mean"]), _fmt(r["seconds"], 1)]
+        row = [str(r.round), _fmt(r.student_accuracy), _fmt(r.ensemble_accuracy),
+               _ratio(r.student_to_ensemble), _fmt(r.teacher_accuracy_mean), _fmt(r.seconds, 1)]
         if private:
-            row.append(_fmt((r.get("privacy") or {}).get("epsilon"), 3))
+            row.append(_fmt(r.privacy.epsilon if r.privacy is not None else None, 3))
         table.add_row(*row)
-    notes = [f"round {r['round']} dropped {_dropped(r)}" for r in rounds if _dropped(r)]
+    notes = [f"round {r.round} dropped {_dropped(r)}" for r in rounds if _dropped(r)]
     table.caption = "\n".join([*notes, f"total {wall:.1f} s; every column in summary.txt"])
     return table
 
 
 def _full_table(results: dict, wall: float):
+    rounds = records_of(results["rounds"])
     table = Table(title=_title(results))
-    secure = any(r.get("secagg") for r in results["rounds"])
+    secure = any(r.secagg is not None for r in rounds)
     columns = ["round", "student acc", "NLL", "ECE", "ensemble acc", "student/ensemble", "teacher acc (mean±sd)",
                "upload B/client", "s"]
-    private = any(r.get("privacy") for r in results["rounds"])
+    private = any(r.privacy is not None for r in rounds)
     if secure:
         columns += ["secagg s", "survivors", "dropped (stage: ids)"]
-    dpsgd = any(r.get("teacher_epsilon") for r in results["rounds"])
+    dpsgd = any(r.teacher_epsilon is not None for r in rounds)
     if private:
         columns += ["epsilon"]
     if dpsgd:
         columns += ["teacher eps (max)"]
     for col in columns:
         table.add_column(col, justify="right")
-    for r in results["rounds"]:
-        teacher = "-" if r["teacher_accuracy_mean"] is None else f"{r['teacher_accuracy_mean']:.4f}±{r['teacher_accuracy_std']:.3f}"
-        upload = "-" if r["upload_bytes_per_client"] is None else f"{r['upload_bytes_per_client']:,.0f}"
-        row = [str(r["round"]), _fmt(r["student_accuracy"]), _fmt(r["student_nll"], 3), _fmt(r["student_ece"], 3),
-               _fmt(r["ensemble_accuracy"]), _ratio(r.get("student_to_ensemble")), teacher, upload,
-               _fmt(r["seconds"], 1)]
+    for r in rounds:
+        teacher = "-" if r.teacher_accuracy_mean is None else f"{r.teacher_accuracy_mean:.4f}±{r.teacher_accuracy_std:.3f}"
+        upload = "-" if r.upload_bytes_per_client is None else f"{r.upload_bytes_per_client:,.0f}"
+        row = [str(r.round), _fmt(r.student_accuracy), _fmt(r.student_nll, 3), _fmt(r.student_ece, 3),
+               _fmt(r.ensemble_accuracy), _ratio(r.student_to_ensemble), teacher, upload, _fmt(r.seconds, 1)]
         if secure:
-            sa = r.get("secagg") or {}
-            row += [_fmt(sa.get("seconds_total"), 2), str(len(sa.get("survivors", []))), _dropped(r) or "-"]
+            sa = r.secagg
+            row += ([_fmt(sa.seconds_total, 2), str(len(sa.survivors)), _dropped(r) or "-"] if sa is not None
+                    else ["-", "0", "-"])
         if private:
-            row += [_fmt((r.get("privacy") or {}).get("epsilon"), 3)]
+            row += [_fmt(r.privacy.epsilon if r.privacy is not None else None, 3)]
         if dpsgd:
-            row += [_fmt((r.get("teacher_epsilon") or {}).get("max"), 3)]
+            row += [_fmt(r.teacher_epsilon.max if r.teacher_epsilon is not None else None, 3)]
         table.add_row(*row)
     table.caption = f"total {wall:.1f} s"
     return table
@@ -677,16 +676,17 @@ def curves_figure(rounds: list[dict], title: str = ""):
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    records = records_of(rounds)
     values, handles = [], []
     for key, label, style in SERIES:
-        points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+        points = [(r.round, getattr(r, key)) for r in records if getattr(r, key) is not None]
         if points:
             xs, ys = zip(*points)
             handles.append(ax.plot(xs, ys, label=label, clip_on=False, **style)[0])
             values += ys
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if rounds:  # a quarter round either side, so the first and last markers are not cut
-        ax.set_xlim(min(r["round"] for r in rounds) - 0.25, max(r["round"] for r in rounds) + 0.25)
+    if records:  # a quarter round either side, so the first and last markers are not cut
+        ax.set_xlim(min(r.round for r in records) - 0.25, max(r.round for r in records) + 0.25)
     if values:
         margin = max(0.01, 0.08 * (max(values) - min(values)))
         ax.set_ylim(max(0.0, min(values) - margin), min(1.0, max(values) + margin))

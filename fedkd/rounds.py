@@ -5,8 +5,9 @@ privacy a run has spent (`PrivacySpent`).
 Owns: these records and their two serialised forms. `to_json()` gives results.json's keys,
 in results.json's order (a round row has every key, null where a part does not apply, as files
 written before these records had); `ClientMetrics.to_wire()` gives the hyphenated keys a
-Flower MetricRecord carries. Records are read by attribute; `RoundRecord` and `PrivacyStats`
-can also be read by key, as the rows they serialise to, for scripts written against those rows.
+Flower MetricRecord carries. Records are read by attribute (a round's figures by name, checked by
+the type, not by a string key); `PrivacyStats` can also be read by key, as the block it writes.
+results.json's rows are the files' JSON; `fedkd.results.records_of` turns them back into records.
 Must not touch: torch, Flower or files (`fedkd.apps.records` packs messages, `fedkd.results`
 writes files).
 """
@@ -26,8 +27,8 @@ class _Record:
 
 
 class _Row(_Record, Mapping):
-    """Read-only access by key to `to_json()` (the row a record writes), for code written
-    against results.json's rows: `record["student_accuracy"]`, `set(record)`, `record.get(...)`."""
+    """Read-only access by key to `to_json()` (the block a record writes), for a block that is
+    handed on as the JSON it is (`PrivacyStats`: `privacy["epsilon"]`, `set(privacy)`)."""
 
     def __getitem__(self, key: str) -> object:
         return self.to_json()[key]
@@ -139,7 +140,7 @@ class TeacherEpsilon(_Record):
 
 
 @dataclass(frozen=True)
-class RoundRecord(_Row):
+class RoundRecord(_Record):
     """One round as results.json records it; None where a part does not apply to the method
     (`local` has no student, `central` and `fedavg` no teachers, only secure rounds have `secagg`).
     Times are wall seconds; accuracies fractions of the test set."""
@@ -179,6 +180,15 @@ class RoundRecord(_Row):
     # clients dropped in training: str(partition id) -> why their reply could not be used (the
     # client's own failure, its node's, or a malformed reply); None when every reply was used
     failed_clients: dict[str, str] | None = None
+
+    @property
+    def student_to_ensemble(self) -> float | None:
+        """student accuracy / ensemble-teacher accuracy: how much of its teacher the student kept
+        (results.json's derived "student_to_ensemble"); None without both or a 0 ensemble."""
+        student, ensemble = self.student_accuracy, self.ensemble_accuracy
+        if student is None or ensemble is None or not ensemble > 0:
+            return None
+        return student / ensemble
 
     def to_json(self) -> dict:
         """results.json's row: every key, in this order, null for a part that does not apply."""

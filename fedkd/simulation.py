@@ -27,7 +27,7 @@ from fedkd.config import Config
 from fedkd.results import RunRecorder
 
 
-def simulate(config: Config, on_round: Callable[[dict], None] | None = None, verbose: bool = False,
+def simulate(config: Config, on_round: Callable[["RoundRecord"], None] | None = None, verbose: bool = False,
              observe_grid=None, on_phase: Callable[[str], None] | None = None) -> dict:
     """Run `config` end to end (a Flower simulation unless method is central) and return results.json's dict.
     `on_round` gets each round's row once saved, `on_phase` a line on what a round is doing

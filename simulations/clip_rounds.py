@@ -27,7 +27,8 @@ KEYS = ("teacher_accuracy_mean", "ensemble_accuracy", "student_accuracy")
 def trace(settings: dict) -> list[dict]:
     """Every round's accuracies of one fd run at `settings` (Config fields)."""
     rows: list[dict] = []
-    run_one(Config(**settings).validated(), on_round=lambda r: rows.append({"round": r["round"], **{k: r[k] for k in KEYS}}))
+    run_one(Config(**settings).validated(),
+            on_round=lambda r: rows.append({"round": r.round, **{k: getattr(r, k) for k in KEYS}}))
     return rows
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from fedkd.config import Config
 from fedkd.results import write_json_atomic
+from fedkd.rounds import RoundRecord
 
 # (label, settings) of the ablation: fd's options one at a time around the default, then the baselines
 ABLATION = (
@@ -149,18 +150,18 @@ def grid(dataset: str, label: str, variants, skews, seeds: list[int], rounds: in
     rows = []
     for skew, _ in skews:
         for name, settings in variants:
-            mine = [(job, rec) for (key, job), rec in zip(plan, records) if key == (skew, name)]
+            mine = [(job, RoundRecord.from_json(rec)) for (key, job), rec in zip(plan, records) if key == (skew, name)]
             # local has no student: its figure is the mean teacher's accuracy
-            accs = [rec["student_accuracy"] if rec["student_accuracy"] is not None else rec["teacher_accuracy_mean"]
+            accs = [rec.student_accuracy if rec.student_accuracy is not None else rec.teacher_accuracy_mean
                     for _, rec in mine]
-            ens = [rec["ensemble_accuracy"] for _, rec in mine if rec.get("ensemble_accuracy") is not None]
+            ens = [rec.ensemble_accuracy for _, rec in mine if rec.ensemble_accuracy is not None]
             method = settings.get("method", "fd")
             last_settings = mine[-1][0][1]
             upload = None
             if method == "fd":
                 upload = secure_upload(Config(dataset=dataset, **{**last_settings, "aggregation": "secagg"}))
             elif method == "fedavg":
-                upload = float(mine[-1][1]["upload_bytes_per_client"])
+                upload = float(mine[-1][1].upload_bytes_per_client)
             row = {"data": label, "skew": skew, "variant": name, "method": method, "seeds": seeds,
                    "student": accs, "student_mean": statistics.fmean(accs),
                    "student_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedkd.simulation import simulate
 from fedkd.config import Config
-from fedkd.results import student_to_ensemble, write_json_atomic
+from fedkd.results import records_of, write_json_atomic
 from input_kinds import make_inputs  # simulations/input_kinds.py, beside this script
 
 METHODS = ("fd", "fedavg", "central", "local")
@@ -36,7 +36,8 @@ def run_grid(inputs: dict[str, str], rounds: int, seed: int, out: Path) -> list[
                          out=str(out / "runs" / f"{slug}-{method}")).validated()
             results = simulate(cfg)
             final = results["final"]
-            ratios = [student_to_ensemble(r) for r in results["rounds"]]
+            records = records_of(results["rounds"])
+            ratios = [r.student_to_ensemble for r in records]
             ratios = [r for r in ratios if r is not None]
             rows.append({
                 "data": label, "method": method,
@@ -45,7 +46,7 @@ def run_grid(inputs: dict[str, str], rounds: int, seed: int, out: Path) -> list[
                 "ratio_last": ratios[-1] if ratios else None,
                 "ratio_min": min(ratios) if ratios else None,
                 "teacher_accuracy_mean": final["teacher_accuracy_mean"],
-                "student_per_round": [r["student_accuracy"] for r in results["rounds"]],
+                "student_per_round": [r.student_accuracy for r in records],
                 "seconds_total": final["seconds_total"],
             })
             print(f"{label} {method}: student {final['student_accuracy']} ensemble {final['ensemble_accuracy']} "

@@ -81,7 +81,7 @@ def student_accuracy(cfg: Config, vectors: list[np.ndarray]) -> float:
     """Distil a fresh student from the clients' (already encoded, if DP) vectors; its test accuracy."""
     server = DistillationServer(cfg)
     replies = [ClientReply(pid, v, {"train-seconds": 0.0}) for pid, v in enumerate(vectors)]
-    return float(server.finish_round(1, replies, seconds_clients=0.0)["student_accuracy"])
+    return float(server.finish_round(1, replies, seconds_clients=0.0).student_accuracy)
 
 
 def plain_point(clients: int, seed: int, queries: int, partition: str, payloads: list[np.ndarray],

@@ -71,31 +71,33 @@ def tiled_digits(copies: int, path: Path) -> Path:
 
 # ---- one measurement (in its own process) -------------------------------------------------------
 
-def floor_of(record: dict) -> float:
-    """A round's own work, as the engine measured it (see the module docstring)."""
-    secagg = record.get("secagg") or {}
+def floor_of(record) -> float:
+    """A round's own work (a `fedkd.rounds.RoundRecord`), as the engine measured it (see the
+    module docstring)."""
+    secagg = record.secagg
     # with secure aggregation seconds_aggregate is the whole protocol (messaging included): its
     # own work is the clients' and the server's compute, counted instead
-    aggregate = 0.0 if secagg else (record.get("seconds_aggregate") or 0.0)
-    parts = [record.get("client_work_seconds"), secagg.get("client_compute_seconds"),
-             sum((secagg.get("server_compute_seconds") or {}).values()), aggregate,
-             record.get("seconds_distill"), record.get("seconds_evaluate")]
+    aggregate = 0.0 if secagg is not None else (record.seconds_aggregate or 0.0)
+    parts = [record.client_work_seconds, record.seconds_distill, record.seconds_evaluate, aggregate]
+    if secagg is not None:
+        parts += [secagg.client_compute_seconds, sum(secagg.server_compute_seconds.values())]
     return float(sum(p for p in parts if p))
 
 
 def run(config) -> dict:
     from fedkd.bench.procs import PeakRSS
+    from fedkd.results import records_of
     from fedkd.simulation import simulate
 
     started = time.perf_counter()
     with PeakRSS() as peak:
         results = simulate(config)
-    rounds = results["rounds"]
-    return {"round_seconds": [r["seconds"] for r in rounds], "floor_seconds": [floor_of(r) for r in rounds],
+    rounds = records_of(results["rounds"])
+    return {"round_seconds": [r.seconds for r in rounds], "floor_seconds": [floor_of(r) for r in rounds],
             "wall_seconds": time.perf_counter() - started,
             "peak_rss_bytes": peak.peak, "driver_peak_rss_bytes": peak.own_peak,
-            "student_accuracy": [r["student_accuracy"] for r in rounds],
-            "secagg_stage_seconds": rounds[-1]["secagg"]["seconds_per_stage"], "cohorts": [r["cohort"] for r in rounds]}
+            "student_accuracy": [r.student_accuracy for r in rounds],
+            "secagg_stage_seconds": rounds[-1].secagg.seconds_per_stage, "cohorts": [list(r.cohort) for r in rounds]}
 
 
 def one(args: argparse.Namespace) -> int:
@@ -214,6 +216,7 @@ def accuracy(data: str, clients: int, cohorts: list[int], rounds: int, out: Path
     """Student accuracy per round at fedkd's defaults on `data` with `clients` clients, for each
     cohort size, on the in-process engine (one run each, in this process), with round times."""
     from fedkd.config import Config
+    from fedkd.results import records_of
     from fedkd.simulation import simulate
 
     runs = {}
@@ -221,11 +224,11 @@ def accuracy(data: str, clients: int, cohorts: list[int], rounds: int, out: Path
         cfg = Config(dataset=data, num_clients=clients, clients_per_round=0 if cohort >= clients else cohort,
                      rounds=rounds, out=tempfile.mkdtemp(prefix="fedkd-scale-accuracy-"))
         began = time.perf_counter()
-        rows = simulate(cfg, on_round=lambda r: sys.stderr.write(
-            f"{cohort}/{clients} round {r['round']}: student {r['student_accuracy']:.4f} in {r['seconds']:.1f} s\n"))["rounds"]
-        runs[cohort] = {"student_accuracy": [r["student_accuracy"] for r in rows],
-                        "ensemble_accuracy": [r["ensemble_accuracy"] for r in rows],
-                        "round_seconds": [r["seconds"] for r in rows], "wall_seconds": time.perf_counter() - began}
+        rows = records_of(simulate(cfg, on_round=lambda r: sys.stderr.write(
+            f"{cohort}/{clients} round {r.round}: student {r.student_accuracy:.4f} in {r.seconds:.1f} s\n"))["rounds"])
+        runs[cohort] = {"student_accuracy": [r.student_accuracy for r in rows],
+                        "ensemble_accuracy": [r.ensemble_accuracy for r in rows],
+                        "round_seconds": [r.seconds for r in rows], "wall_seconds": time.perf_counter() - began}
     name = Path(data).stem
     lines = [f"Student accuracy on {name} with {clients} clients at fedkd's defaults (in-process engine, seed 0, "
              f"secure aggregation), by clients per round; round time in seconds. `{command}`", "",

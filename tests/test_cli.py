@@ -77,11 +77,13 @@ def test_console_script_reports_without_traceback(tmp_path):
 
 def test_bench_round_phases_split_the_client_wall_time():
     from fedkd.bench.round import phases
+    from fedkd.rounds import RoundRecord, SecAggStats
 
-    record = {"client_train_seconds_max": 1.0, "client_predict_seconds_max": 0.25, "seconds_clients": 2.0,
-              "client_work_seconds": 1.75, "seconds_aggregate": 0.5, "seconds_distill": 3.0,
-              "seconds_evaluate": 0.1, "seconds": 5.7,
-              "secagg": {"server_compute_seconds": {"unmask": 0.02, "masked_input": 0.01}}}
+    secagg = SecAggStats(survivors=[0, 1], upload_bytes_per_client=1.0, seconds_total=0.5,
+                         server_compute_seconds={"unmask": 0.02, "masked_input": 0.01})
+    record = RoundRecord(1, client_train_seconds_max=1.0, client_predict_seconds_max=0.25, seconds_clients=2.0,
+                         client_work_seconds=1.75, seconds_aggregate=0.5, seconds_distill=3.0, seconds_evaluate=0.1,
+                         seconds=5.7, secagg=secagg)
     p = phases(record, parallel=True)  # nodes in parallel (Ray): the slowest client's work
     assert p["messaging and scheduling"] == pytest.approx(0.75)
     p = phases(record)  # one client after another (in process): every client's work
@@ -316,15 +318,20 @@ def test_errors_are_one_console_line_and_run_log_keeps_them_whole(tmp_path):
 
 
 def _results(drops: dict | None = None) -> dict:
+    from dataclasses import fields
+
+    from fedkd.rounds import PrivacyStats, RoundRecord, SecAggStats
+
+    # results.json's rows as the server writes them (every key; the figures below are what the table shows)
+    privacy = PrivacyStats(**{**{f.name: 0 for f in fields(PrivacyStats)}, "epsilon": 1.234, "mechanism": "ddg"})
     rounds = []
     for r in (1, 2):
-        rounds.append({
-            "round": r, "student_accuracy": 0.8802, "student_nll": 0.41, "student_ece": 0.05,
-            "ensemble_accuracy": 0.9053, "student_to_ensemble": 0.8802 / 0.9053, "teacher_accuracy_mean": 0.5649,
-            "teacher_accuracy_std": 0.123, "upload_bytes_per_client": 35_512.0, "seconds": 47.04,
-            "secagg": {"seconds_total": 3.21, "survivors": list(range(8)), "dropped": drops or {}},
-            "privacy": {"epsilon": 1.234},
-        })
+        secagg = SecAggStats(survivors=list(range(8)), dropped=drops or {}, upload_bytes_per_client=35_512.0,
+                             seconds_total=3.21)
+        record = RoundRecord(r, student_accuracy=0.8802, student_nll=0.41, student_ece=0.05, ensemble_accuracy=0.9053,
+                             teacher_accuracy_mean=0.5649, teacher_accuracy_std=0.123,
+                             upload_bytes_per_client=35_512.0, seconds=47.04, secagg=secagg, privacy=privacy)
+        rounds.append({**record.to_json(), "student_to_ensemble": record.student_to_ensemble})
     config = {"method": "fd", "dataset": "digits", "num-clients": 10, "partition": "dirichlet", "alpha": 0.5,
               "temperature": 3.0}
     return {"status": "completed", "config": config, "rounds": rounds, "final": {}}

@@ -138,13 +138,14 @@ def test_fedavg_samples_the_same_cohort(tmp_path):
 
 def test_the_log_shows_a_sampled_cohort_compactly():
     from fedkd.results import cohort_text, round_line
+    from fedkd.rounds import RoundRecord
 
-    record = {"round": 2, "student_accuracy": 0.5, "ensemble_accuracy": 0.6, "teacher_accuracy_mean": 0.4,
-              "seconds": 3.0, "cohort": list(range(0, 1000, 10))}
+    record = RoundRecord(2, student_accuracy=0.5, ensemble_accuracy=0.6, teacher_accuracy_mean=0.4, seconds=3.0,
+                         cohort=tuple(range(0, 1000, 10)))
     assert cohort_text(record, 1000) == "cohort 100/1000: 0,10,20,30,40,50,60,70 ..."
     assert "cohort 100/1000: 0,10," in round_line(record, 1000)
-    assert cohort_text({"cohort": [0, 1, 2]}, 3) == ""  # every client: nothing to say
-    assert cohort_text({"cohort": [1, 2]}, 3) == "cohort 2/3: 1,2"
+    assert cohort_text(RoundRecord(1, cohort=(0, 1, 2)), 3) == ""  # every client: nothing to say
+    assert cohort_text(RoundRecord(1, cohort=(1, 2)), 3) == "cohort 2/3: 1,2"
 
 
 def test_a_dp_round_is_judged_against_its_cohort_not_the_federation():

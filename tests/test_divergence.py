@@ -109,15 +109,15 @@ def test_server_round_with_a_diverging_distill_rate_keeps_the_earlier_student():
         return server.finish_round(server_round, replies, 0.0)
 
     first = play(1)
-    assert first["student_accuracy"] > 0.5
+    assert first.student_accuracy > 0.5
     server.config = cfg.replace(distill_lr=1e3, distill_optimizer="sgd")
     try:
         second = play(2)
     except distill.DivergedError as exc:
         assert "server distillation" in str(exc) and "distill-lr" in str(exc) and "\n" not in str(exc)
         return
-    assert second["student_accuracy"] >= first["student_accuracy"] - 0.01
-    assert second["distill_recoveries"] >= 1
+    assert second.student_accuracy >= first.student_accuracy - 0.01
+    assert second.distill_recoveries >= 1
 
 
 def test_default_rounds_do_not_lose_accuracy_on_pathological_partitions():
@@ -136,8 +136,8 @@ def test_default_rounds_do_not_lose_accuracy_on_pathological_partitions():
             states[pid] = up.state
             replies.append(ClientReply(pid, up.vector, up.metrics))
         records.append(server.finish_round(server_round, replies, 0.0))
-    ensemble = [r["ensemble_accuracy"] for r in records]
-    student = [r["student_accuracy"] for r in records]
+    ensemble = [r.ensemble_accuracy for r in records]
+    student = [r.student_accuracy for r in records]
     assert ensemble[0] > 0.6 and student[0] > 0.4, records[0]  # chance is 0.1
     assert min(ensemble[1:]) >= 0.9 * ensemble[0], ensemble
     assert min(student[1:]) >= 0.8 * student[0], student
@@ -178,14 +178,15 @@ def test_teachers_from_far_too_high_clipped_steps_report_stalled_and_sound_ones_
     replies = [ClientReply(pid, np.zeros(0, np.float32), {"train-seconds": 1.0, "stalled": flag})
                for pid, flag in zip(range(4), [0.0, 1.0, 0.0, 1.0])]
     from fedkd.results import stalled_text
+    from fedkd.rounds import RoundRecord
     from fedkd.server import clients_record
     assert clients_record(1, replies, 0.0, 1e-5).stalled_clients == (1, 3)
     quiet = [ClientReply(0, np.zeros(0, np.float32), {"train-seconds": 1.0})]  # DP on: nobody reports it
     assert clients_record(1, quiet, 0.0, 1e-5).stalled_clients is None
-    many = {"round": 2, "stalled_clients": list(range(20))}  # a large cohort: the warning names a few
+    many = RoundRecord(2, stalled_clients=tuple(range(20)))  # a large cohort: the warning names a few
     assert stalled_text(many).startswith("round 2: local training learnt nothing on clients 0,1,2,3,4,5,6,7 ... (20")
-    assert stalled_text({"round": 1, "stalled_clients": [4]}).count("client 4 ") == 1
-    assert stalled_text({"round": 1, "stalled_clients": []}) == "" == stalled_text({"round": 1})
+    assert stalled_text(RoundRecord(1, stalled_clients=(4,))).count("client 4 ") == 1
+    assert stalled_text(RoundRecord(1, stalled_clients=())) == "" == stalled_text(RoundRecord(1))
     dp = Config(alpha=0.5, num_clients=4, local_epochs=1, num_public=50, dp_clip=1.0,
                 dp_noise_multiplier=1.0).validated()
     assert "stalled" not in task.teacher_round(dp, 0, 1, None).metrics

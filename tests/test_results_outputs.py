@@ -46,8 +46,8 @@ def test_student_pt_holds_the_last_finished_rounds_student_and_csvs_match_result
     config = Config(**TINY, out=str(tmp_path))
     seen_before_round_2 = []
 
-    def on_round(row):  # round 2's row is saved, its student not yet: student.pt is still round 1's
-        if row["round"] == 2:
+    def on_round(record):  # round 2's row is saved, its student not yet: student.pt is still round 1's
+        if record.round == 2:
             seen_before_round_2.append(_student_accuracy(config, tmp_path / "student.pt"))
 
     simulate(config, on_round=on_round)

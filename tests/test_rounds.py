@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from fedkd.config import Config
 from fedkd.results import RunRecorder
 from fedkd.rounds import ROUND_KEYS, ClientMetrics, PrivacySpent, RoundRecord, SecAggStats, TeacherEpsilon
@@ -13,7 +15,10 @@ def test_a_round_row_has_every_key_in_order_with_null_for_absent_parts():
     # new keys go last, so earlier files' columns keep their places
     assert tuple(row) == ROUND_KEYS and ROUND_KEYS[0] == "round" and ROUND_KEYS[-2:] == ("cohort", "failed_clients")
     assert row["secagg"] is None and row["privacy"] is None and row["cohort"] == [0, 2]
-    assert record["student_accuracy"] == 0.9 and set(record) == set(ROUND_KEYS)  # read like its row
+    assert record.student_accuracy == 0.9 and record.student_to_ensemble is None  # no ensemble to compare with
+    assert RoundRecord(1, student_accuracy=0.9, ensemble_accuracy=0.95).student_to_ensemble == pytest.approx(0.9 / 0.95)
+    with pytest.raises(TypeError):  # a record is read by attribute: a mistyped name fails, not a string key
+        record["student_accuracy"]
 
 
 def test_a_row_reads_back_as_the_same_record():

@@ -47,11 +47,11 @@ def test_round_record_has_every_key_and_plausible_values():
     cfg = Config(**TINY)
     server, states = DistillationServer(cfg), {}
     record = server.finish_round(1, _replies(cfg, 1, server, states), seconds_clients=0.0)
-    assert set(record) == set(ROUND_KEYS)
-    assert 0.0 <= record["student_accuracy"] <= 1.0 and record["ensemble_accuracy"] > 0.3
-    assert record["contributors"] == 3
+    assert set(record.to_json()) == set(ROUND_KEYS)
+    assert 0.0 <= record.student_accuracy <= 1.0 and record.ensemble_accuracy > 0.3
+    assert record.contributors == 3
     # (num_public, K) float32 soft labels, then the K per-class weights of the default seen-classes rule
-    assert record["upload_bytes_per_client"] == (120 * 10 + 10) * 4
+    assert record.upload_bytes_per_client == (120 * 10 + 10) * 4
     assert server.consensus is not None and len(server.consensus.indices) == 120
 
 
@@ -85,10 +85,10 @@ def test_central_and_local_records_use_null_for_what_does_not_apply():
     cfg = Config(**{**TINY, "method": "local"})
     server, states = DistillationServer(cfg), {}
     record = server.finish_round(1, _replies(cfg, 1, server, states), seconds_clients=0.0)
-    assert record["student_accuracy"] is None and record["ensemble_accuracy"] is None
-    assert record["teacher_accuracy_mean"] is not None and record["upload_bytes_per_client"] == 0
+    assert record.student_accuracy is None and record.ensemble_accuracy is None
+    assert record.teacher_accuracy_mean is not None and record.upload_bytes_per_client == 0
     central = DistillationServer(Config(**{**TINY, "method": "central"})).central_round(1)
-    assert central["student_accuracy"] > 0.5 and central["ensemble_accuracy"] is None
+    assert central.student_accuracy > 0.5 and central.ensemble_accuracy is None
 
 
 def test_failure_keeps_saved_rounds(tmp_path):

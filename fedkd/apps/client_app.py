@@ -33,6 +33,7 @@ from fedkd.apps.records import (
     vector_record,
 )
 from fedkd.apps.secure import keep_vector, keys_with_training, stage_step
+from fedkd.apps.teachers import TeacherStore, node_folder
 from fedkd.rounds import ClientMetrics
 
 CLASSES_KEY = "num-classes"  # context.state: classes of this node's data, kept for the secagg stages
@@ -62,8 +63,8 @@ def train(msg: Message, context: Context) -> Message:
         return Message(reply, reply_to=msg)
 
     own = {pid: ClientState(context.state, pid) for pid in ids}  # each client's slice of the node's state
-    starts = {pid: ClientStart(own[pid]["teacher"].to_torch_state_dict() if "teacher" in own[pid] else None,
-                               dp_history_from_state(own[pid])) for pid in ids}
+    kept = teacher_store(config, context)
+    starts = {pid: ClientStart(kept.get(pid), dp_history_from_state(own[pid])) for pid in ids}
     # decoded once per message and shared by the node's clients (each copies what it loads)
     updates = cohort_teachers(config, server_round, starts, consensus=consensus_from_message(msg),
                               student=student_from_message(msg), prototypes=prototypes_from_message(msg),
@@ -72,7 +73,7 @@ def train(msg: Message, context: Context) -> Message:
         try:
             if isinstance(update, Exception):
                 raise update
-            entries = _reply_of(msg, context, config, server_round, pid, own[pid], update)
+            entries = _reply_of(msg, context, config, server_round, pid, own[pid], update, kept)
         except Exception as exc:  # this client's failure is its own: the node's other clients go on
             entries = {entry_key(FAILED, pid): failed_record(_reason(exc))}
         for key, record in entries.items():
@@ -81,17 +82,16 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _reply_of(msg: Message, context: Context, config, server_round: int, pid: int, own: ClientState,
-              update) -> dict:
+              update, kept: TeacherStore) -> dict:
     """One client's train reply entries from its update; keeps on the node what the client needs
     next (its teacher where the next round starts from it, its DP-SGD history, its vector held for
     the secure sum, the digests of what it released)."""
     from fedkd.task import splits_for
 
     if update.from_student:  # it will start from a global student again: nothing of it stays on the node
-        if "teacher" in own:
-            del own["teacher"]
-    else:
-        own["teacher"] = ArrayRecord(update.state)
+        kept.drop(pid)
+    else:  # in memory within teacher-memory, else on the node's disk
+        kept.put(pid, update.state)
     if update.dp_history:  # DP-SGD steps so far: each round's epsilon composes with the earlier ones
         own["teacher-dp"] = ConfigRecord({
             "noise": [e[0] for e in update.dp_history], "rate": [e[1] for e in update.dp_history],
@@ -118,6 +118,12 @@ def _reply_of(msg: Message, context: Context, config, server_round: int, pid: in
     # task's hyphenated metrics, checked into ClientMetrics here at the Flower boundary
     out[entry_key("metrics", pid)] = metrics_record(pid, ClientMetrics.from_wire(metrics))
     return out
+
+
+def teacher_store(config, context: Context) -> TeacherStore:
+    """The node's kept teachers: `teacher-memory` MiB in its state, the rest under `teacher-dir`."""
+    return TeacherStore(context.state, int(config.teacher_memory * 2**20),
+                        lambda: node_folder(config.teacher_dir, str(context.node_id)))
 
 
 def _check_fresh(own, pid: int, state: dict) -> ConfigRecord:

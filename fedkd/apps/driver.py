@@ -30,7 +30,7 @@ from fedkd.apps.records import config_record, train_content
 from fedkd.apps.secure import SecureRound, fixed_point_sum
 from fedkd.config import Config
 from fedkd.results import RunRecorder, dropped_text, resolved_settings
-from fedkd.rounds import ClientMetrics
+from fedkd.rounds import ClientMetrics, RoundRecord
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
 from fedkd.task import starting_weights, vector_layout
 
@@ -133,7 +133,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         dropped = {str(pid): reason for pid, reason in sorted(failed.items())} or None
         if not got:
             if dropped:
-                raise RunError(f"{dropped_text({'round': r, 'failed_clients': dropped}, show=1)}; no client is left")
+                raise RunError(f"{dropped_text(RoundRecord(round=r, failed_clients=dropped), show=1)}; no client is left")
             raise RunError(f"round {r}: no client replied within timeout={config.timeout}s")
         if config.method == "fedavg":
             record = server.fedavg_record(r, fedavg_mean(got), seconds_clients=seconds_clients)

@@ -20,9 +20,10 @@ from fedkd.apps.driver import run_federation
 from fedkd.apps.exchange import PollingGrid
 from fedkd.config import Config
 from fedkd.results import RunRecorder, app_run_log, dropped_text, prepare_out, round_line, stalled_text
+from fedkd.rounds import RoundRecord
 
 
-def make_server_app(config: Config | None = None, on_round: Callable[[dict], None] | None = None,
+def make_server_app(config: Config | None = None, on_round: Callable[[RoundRecord], None] | None = None,
                     results: dict | None = None, observe_grid: Callable[[Grid], Grid] | None = None,
                     on_phase: Callable[[str], None] | None = None) -> ServerApp:
     """A ServerApp bound to `config` (None: read `context.run_config`); the final results dict is
@@ -56,8 +57,8 @@ def _log(text: str) -> None:
     log(INFO, "%s", text)
 
 
-def _log_round(num_clients: int) -> Callable[[dict], None]:
-    def log_round(record: dict) -> None:
+def _log_round(num_clients: int) -> Callable[[RoundRecord], None]:
+    def log_round(record: RoundRecord) -> None:
         _log(f"fedkd {round_line(record, num_clients)}")  # `fedkd run`'s round line
         for warning in (dropped_text(record), stalled_text(record)):
             if warning:

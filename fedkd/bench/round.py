@@ -19,6 +19,8 @@ from rich.table import Table
 
 from fedkd.config import Config
 from fedkd.errors import ConfigError
+from fedkd.results import records_of
+from fedkd.rounds import RoundRecord
 from fedkd.simulation import simulate
 
 
@@ -33,26 +35,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
-def phases(record: dict, parallel: bool = False) -> dict[str, float]:
-    """Seconds per phase of one round (its results.json row). The clients' own work is summed over
+def phases(record: RoundRecord, parallel: bool = False) -> dict[str, float]:
+    """Seconds per phase of one round. The clients' own work is summed over
     the cohort where clients run one after another (the in-process engine), and is the slowest
     client's where nodes run in parallel (`parallel`, Ray); 'messaging' is the rest of the clients'
     wall time (messages, serialisation, scheduling, waiting)."""
-    secagg = record.get("secagg") or {}
     if parallel:
-        work = (record["client_train_seconds_max"] or 0.0) + (record["client_predict_seconds_max"] or 0.0)
+        work = (record.client_train_seconds_max or 0.0) + (record.client_predict_seconds_max or 0.0)
         label = "clients' training and prediction (slowest client)"
     else:
-        work = record.get("client_work_seconds") or 0.0
+        work = record.client_work_seconds or 0.0
         label = "clients' training and prediction (all clients)"
     return {
         label: work,
-        "messaging and scheduling": max(record["seconds_clients"] - work, 0.0),
-        "aggregation": record["seconds_aggregate"] or 0.0,
-        "  of which secagg server compute": sum(secagg.get("server_compute_seconds", {}).values()),
-        "distillation": record["seconds_distill"] or 0.0,
-        "evaluation": record["seconds_evaluate"] or 0.0,
-        "round total": record["seconds"],
+        "messaging and scheduling": max(record.seconds_clients - work, 0.0),
+        "aggregation": record.seconds_aggregate or 0.0,
+        "  of which secagg server compute": (sum(record.secagg.server_compute_seconds.values())
+                                             if record.secagg is not None else 0.0),
+        "distillation": record.seconds_distill or 0.0,
+        "evaluation": record.seconds_evaluate or 0.0,
+        "round total": record.seconds,
     }
 
 
@@ -73,10 +75,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"fedkd bench round: error: {exc}", file=sys.stderr)
         return 2
     results = simulate(config)
-    first, last = results["rounds"][0], results["rounds"][-1]
-    report = {"config": {k: settings[k] for k in settings if k != "out"}, "round": last["round"],
-              "phases_seconds": phases(last, parallel=config.engine == "ray"), "first_round_seconds": first["seconds"],
-              "student_accuracy": last["student_accuracy"]}
+    records = records_of(results["rounds"])
+    first, last = records[0], records[-1]
+    report = {"config": {k: settings[k] for k in settings if k != "out"}, "round": last.round,
+              "phases_seconds": phases(last, parallel=config.engine == "ray"), "first_round_seconds": first.seconds,
+              "student_accuracy": last.student_accuracy}
     try:
         import torch  # heavy, and only for the GPU figure
 
