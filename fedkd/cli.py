@@ -185,7 +185,10 @@ def resume_config(args: argparse.Namespace) -> tuple[Config, Checkpoint]:
     given = {**(read_config_file(args.config_file) if args.config_file else {}), **given}
     if "out" in given:
         raise UsageError(f"{where} writes into {args.resume}; leave out --out")
-    saved = {**checkpoint.settings, "out": str(Path(args.resume).expanduser())}
+    folder, out = Path(args.resume).expanduser(), checkpoint.settings["out"]
+    if Path(out).resolve() != folder.resolve():  # moved, or named from elsewhere: the folder as given
+        out = str(folder)
+    saved = {**checkpoint.settings, "out": out}
     asked = Config.from_run_config({**saved, **given}).to_run_config()  # the given values, typed and checked
     for key in given:
         if asked[key] != saved[key]:

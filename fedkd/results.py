@@ -48,10 +48,10 @@ def halt_saving() -> None:
 
 
 FINAL_KEYS = ("student_accuracy", "ensemble_accuracy", "teacher_accuracy_mean", "seconds_total")
+CHECKPOINT = "checkpoint.pt"
 # What a run writes into its folder: with `force`, an earlier run's copies are removed first.
 RUN_FILES = ("config.json", "results.json", "rounds.csv", "summary.csv", "student.pt", "curves.png", "curves.pdf",
-             "summary.txt", "run.log", "checkpoint.pt")
-CHECKPOINT = "checkpoint.pt"
+             "summary.txt", "run.log", CHECKPOINT)
 # checkpoint.pt's layout; a fedkd that writes another refuses to resume from this one (and back)
 CHECKPOINT_FORMAT = 1
 # results.json statuses of a run that ended by itself: there is nothing to resume
