@@ -293,8 +293,9 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
     for line in describe(config, resolved) if resolved else ():
         console.print(line, highlight=False, soft_wrap=True)  # long lines: the terminal wraps, a file keeps them
     if resume is not None:
-        console.print(f"resuming: rounds {resume.round + 1}..{config.rounds}, after round {resume.round} of the "
-                      f"stopped run in {out} (its settings, checkpoint.pt)", highlight=False, soft_wrap=True)
+        todo = f"rounds {resume.round + 1}..{config.rounds}" if resume.round < config.rounds else "no round left"
+        console.print(f"resuming: {todo}, after round {resume.round} of the stopped run in {out} (its settings, "
+                      f"checkpoint.pt)", highlight=False, soft_wrap=True)
     latest = out.parent / "latest"
     if latest.is_symlink() and latest.resolve() == out.resolve():
         console.print(f"out: {out} ({latest} links to it); full log in {out / LOG_FILE}", highlight=False,

@@ -69,7 +69,8 @@ def test_kept_trainings_serve_other_views_and_noise_but_not_other_training(tmp_p
 # `fedkd audit` with its 5th training held until the test's signal (3 clean releases and the first
 # canary run are done then): it marks a file and waits there, an event rather than a deadline.
 HOLD_AT_TRAINING = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even if our shell ignores it
 from pathlib import Path
 from fedkd.privacy import audit
 marker, at = Path(sys.argv[1]), int(sys.argv[2])

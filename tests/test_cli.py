@@ -435,7 +435,8 @@ def test_the_transfer_line_names_the_architecture_students():
 # Run `fedkd run` with the server held inside a chosen round: once that round's clients have
 # answered, it marks a file and waits there for the test's signal (an event, not a deadline).
 STOP_IN_ROUND = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even if our shell ignores it
 from pathlib import Path
 from fedkd.server import DistillationServer
 marker, at = Path(sys.argv[1]), int(sys.argv[2])
