@@ -38,9 +38,9 @@ from fedkd.config import Config
 from fedkd.confighelp import HELP
 from fedkd.errors import UsageError, report
 from fedkd.privacy.mechanism import PrivacyError
-from fedkd.results import (ANSI, RUN_FILES, RUN_LOG, dropped_text, halt_saving, log_to_file, prepare_out,
-                           resolved_settings, round_line, stalled_text, summary_table, write_json_atomic, write_summary,
-                           write_tables)
+from fedkd.results import (ANSI, RUN_FILES, RUN_LOG, Checkpoint, dropped_text, halt_saving, log_to_file,
+                           prepare_out, read_checkpoint, resolved_settings, round_line, stalled_text, summary_table,
+                           write_json_atomic, write_summary, write_tables)
 from fedkd.rounds import RoundRecord
 from fedkd.simulation import simulate
 
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs on the console too")
     run.add_argument("--force", action="store_true",
                      help="replace the results of an earlier run in --out (otherwise such a folder is refused)")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue the stopped run in DIR after its last finished round, with its own settings "
+                          "(its config.json); an option that differs from them is refused")
     deploy = sub.add_parser("deploy", help="a SuperLink and N SuperNodes on loopback (no Ray), optionally with TLS and node auth")
     from fedkd import deploy as deploy_module
 
@@ -157,13 +160,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.bench_main is None:
             parser.error(f"bench '{args.bench}' is not available in this installation")
         return int(args.bench_main(args) or 0)
+    checkpoint = None
     try:
-        config = config_from_args(args)
-        resolved = _check_data(config)
-        config = config.replace(out=str(prepare_out(config.out, force=args.force)))
+        if args.resume is not None:
+            config, checkpoint = resume_config(args)
+            resolved = _check_data(config)
+            _check_resumable(config, checkpoint, resolved)
+        else:
+            config = config_from_args(args)
+            resolved = _check_data(config)
+            config = config.replace(out=str(prepare_out(config.out, force=args.force)))
     except ValueError as exc:  # a UserError, or a check of the data or models that failed
         return report(exc)
-    return run_command(config, verbose=args.verbose, resolved=resolved)
+    return run_command(config, verbose=args.verbose, resolved=resolved, resume=checkpoint)
+
+
+def resume_config(args: argparse.Namespace) -> tuple[Config, Checkpoint]:
+    """`--resume DIR`: the stopped run's settings (out: DIR) and its checkpoint. Settings given as
+    well (options, --config) must equal the run's: the resumed rounds are those of the same run."""
+    where = f"--resume {args.resume}"
+    if args.force:
+        raise UsageError(f"{where} continues the run there; --force (which replaces a run) does not go with it")
+    checkpoint = read_checkpoint(args.resume)
+    given = {f.name.replace("_", "-"): getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
+    given = {**(read_config_file(args.config_file) if args.config_file else {}), **given}
+    if "out" in given:
+        raise UsageError(f"{where} writes into {args.resume}; leave out --out")
+    folder, out = Path(args.resume).expanduser(), checkpoint.settings["out"]
+    if Path(out).resolve() != folder.resolve():  # moved, or named from elsewhere: the folder as given
+        out = str(folder)
+    saved = {**checkpoint.settings, "out": out}
+    asked = Config.from_run_config({**saved, **given}).to_run_config()  # the given values, typed and checked
+    for key in given:
+        if asked[key] != saved[key]:
+            raise UsageError(f"{where} continues that run with its own settings: {key} {given[key]} differs from "
+                             f"its {key} {saved[key]}; leave the option out")
+    return Config.from_run_config(saved), checkpoint
+
+
+def _check_resumable(config: Config, checkpoint: Checkpoint, resolved: dict) -> None:
+    """Refuse, in one line, a resume that would not continue the same run: its nodes keep state
+    that is not saved, or the data or fedkd resolve its settings differently now."""
+    from fedkd.apps.driver import node_state_reason
+    from fedkd.task import splits_for
+
+    where = f"--resume {config.out}"
+    reason = node_state_reason(config, splits_for(config))
+    if reason:
+        raise UsageError(f"{where}: that run cannot be resumed: {reason}")
+    before = checkpoint.described.get("resolved")
+    now = json.loads(json.dumps(resolved))  # as config.json holds it: lists, not tuples
+    if before != now:
+        changed = [k for k in now if now.get(k) != (before or {}).get(k)] or ["resolved"]
+        raise UsageError(f"{where}: the data or fedkd changed since that run started (its {changed[0]} differs); "
+                         "resume it with the data and fedkd it ran with")
 
 
 def _check_data(config: Config) -> dict:
@@ -237,10 +287,15 @@ def describe(config: Config, resolved: dict) -> list[str]:
     return lines
 
 
-def run_command(config: Config, verbose: bool = False, resolved: dict | None = None) -> int:
+def run_command(config: Config, verbose: bool = False, resolved: dict | None = None,
+                resume: Checkpoint | None = None) -> int:
     console = Console(stderr=True)
     out = Path(config.out)
     header = describe(config, resolved) if resolved else []
+    if resume is not None:
+        todo = f"rounds {resume.round + 1}..{config.rounds}" if resume.round < config.rounds else "no round left"
+        header.append(f"resuming: {todo}, after round {resume.round} of the stopped run in {out} (its settings, "
+                      f"checkpoint.pt)")
     latest = out.parent / "latest"
     linked = f" ({latest} links to it)" if latest.is_symlink() and latest.resolve() == out.resolve() else ""
     header.append(f"out: {out}{linked}; full log in {out / LOG_FILE}")
@@ -248,7 +303,7 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
         show(console, line)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=False)
-    task = progress.add_task(f"{config.method} rounds", total=config.rounds)
+    task = progress.add_task(f"{config.method} rounds", total=config.rounds, completed=resume.round if resume else 0)
 
     def say(line: str) -> None:
         show(progress.console, line, style="yellow")
@@ -273,7 +328,7 @@ def run_command(config: Config, verbose: bool = False, resolved: dict | None = N
         for line in header:  # run.log opens with what the console opened with
             log.info(line)
         try:
-            results = simulate(config, on_round=on_round, verbose=verbose, on_phase=on_phase)
+            results = simulate(config, on_round=on_round, verbose=verbose, on_phase=on_phase, resume=resume)
         except KeyboardInterrupt as stop:
             progress.stop()
             halt_saving()  # the ServerApp thread may still finish a round: it must not overwrite this

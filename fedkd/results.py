@@ -8,7 +8,9 @@ Owns: results.json's layout (status, config, rounds, final and how the run ended
 row is `fedkd.rounds.RoundRecord.to_json()` plus "student_to_ensemble"), the files in the output folder, choosing that folder (`prepare_out`:
 a `.../latest` out gets a fresh timestamped sibling, an earlier run is never overwritten without
 `force`), what a run resolved from its `auto` settings (`resolved_settings`) and the software
-versions it ran with (`environment`). Must not touch: training or Flower messaging.
+versions it ran with (`environment`), and `checkpoint.pt`: the server's state after the last
+finished round, which `fedkd run --resume DIR` continues from (`read_checkpoint`; removed once the
+run is finished). Must not touch: training or Flower messaging.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import platform
 import re
 import tempfile
 import threading
+import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Mapping
@@ -52,9 +56,14 @@ def halt_saving() -> None:
 
 
 FINAL_KEYS = ("student_accuracy", "ensemble_accuracy", "teacher_accuracy_mean", "seconds_total")
+CHECKPOINT = "checkpoint.pt"
 # What a run writes into its folder: with `force`, an earlier run's copies are removed first.
 RUN_FILES = ("config.json", "results.json", "rounds.csv", "summary.csv", "student.pt", "curves.png", "curves.pdf",
-             "summary.txt", "run.log")
+             "summary.txt", "run.log", CHECKPOINT)
+# checkpoint.pt's layout; a fedkd that writes another refuses to resume from this one (and back)
+CHECKPOINT_FORMAT = 1
+# results.json statuses of a run that ended by itself: there is nothing to resume
+FINISHED = ("completed", "budget-exhausted", "too-few-survivors")
 
 
 
@@ -264,16 +273,106 @@ def _finite(obj: object) -> object:
     return obj
 
 
+# ---- the checkpoint: where a stopped run continues ------------------------------------------------
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's state after its last finished round, as `checkpoint.pt` holds it (`read_checkpoint`)."""
+
+    round: int  # the last finished round: a resumed run goes on at round + 1
+    settings: dict  # the run's settings (config.json's hyphenated keys), which a resumed run keeps
+    described: dict  # config.json's "resolved" and "environment"
+    rounds: list[dict]  # results.json's rows of rounds 1..round
+    outcome: dict  # results.json's keys after "final" so far ("privacy" under distributed DP)
+    seconds: float  # the run's time up to the end of `round`
+    server: dict  # the server's state, as the round engine wrote it (`fedkd.apps.driver.server_state`)
+    # a distributed-DP round after `round` whose noisy sum the server may already have opened: its
+    # release is spent even though the round did not finish, so a resumed run accounts for it
+    opened: int | None = None
+
+
+def checkpoint_payload(config: Config, server_round: int, rounds: list[dict], outcome: dict, seconds: float,
+                       server: dict, opened: int | None = None) -> dict:
+    """checkpoint.pt's contents: tensors, numbers, strings and JSON text only, so it loads with
+    `torch.load(weights_only=True)` (no pickled objects run on load)."""
+    return {"format": CHECKPOINT_FORMAT, "fedkd": __version__, "round": server_round,
+            "settings": json.dumps(config.to_run_config()), "rounds": json.dumps(_finite(rounds)),
+            "outcome": json.dumps(_finite(outcome)), "seconds": seconds, "server": server, "opened": opened,
+            "process": {"pid": os.getpid(), "host": platform.node()}}
+
+
+def write_checkpoint(out: Path, payload: dict) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic(out / CHECKPOINT, buffer.getvalue())
+
+
+def read_checkpoint(folder: str | os.PathLike) -> Checkpoint:
+    """The checkpoint of the stopped run in `folder`, or OutputError saying in one line why that run
+    cannot be resumed: no run there, a finished run, no checkpoint (no round finished, or a fedkd
+    before checkpoints wrote it), a checkpoint of another layout, a run still going on."""
+    import torch
+
+    path = Path(folder).expanduser()
+    where = f"--resume {folder}"
+    try:
+        saved = json.loads((path / "results.json").read_text())
+        config_json = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise OutputError(f"{where}: no fedkd run there (it needs the run's config.json and results.json)") from None
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{where}: the run's results.json or config.json cannot be read: {exc}") from None
+    status = saved.get("status")
+    if status in FINISHED:
+        raise OutputError(f"{where}: that run is finished (status {status}); there is nothing to resume")
+    if not (path / CHECKPOINT).is_file():
+        raise OutputError(f"{where}: no {CHECKPOINT} there (no round of that run finished, or a fedkd without "
+                          f"checkpoints ran it); start it again with --out {folder} --force")
+    try:
+        payload = torch.load(path / CHECKPOINT, weights_only=True)
+        layout = payload.get("format") if isinstance(payload, dict) else None
+    except Exception as exc:  # a damaged file: torch raises several kinds
+        raise OutputError(f"{where}: {CHECKPOINT} cannot be read: {type(exc).__name__}: {exc}") from None
+    if layout != CHECKPOINT_FORMAT:
+        raise OutputError(f"{where}: its {CHECKPOINT} has layout {layout} (fedkd {payload.get('fedkd')}) and this "
+                          f"fedkd {__version__} reads layout {CHECKPOINT_FORMAT}: resume it with the fedkd that ran it")
+    process = payload["process"]
+    if (status == "running" and process["host"] == platform.node() and process["pid"] != os.getpid()
+            and _alive(process["pid"])):
+        raise OutputError(f"{where}: that run is still going on (process {process['pid']}); stop it first")
+    settings = json.loads(payload["settings"])
+    if {k: config_json.get(k) for k in settings} != settings:
+        raise OutputError(f"{where}: config.json does not hold the settings its {CHECKPOINT} was written with")
+    described = {k: v for k, v in config_json.items() if k not in settings}
+    return Checkpoint(round=int(payload["round"]), settings=settings, described=described,
+                      rounds=json.loads(payload["rounds"]), outcome=json.loads(payload["outcome"]),
+                      seconds=float(payload["seconds"]), server=payload["server"], opened=payload["opened"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process holds that id
+        return True
+    return True
+
+
 class RunRecorder:
     """Collects round records and keeps the output folder current.
 
     `on_round(record)` is called with each round's `RoundRecord` after its row is saved (the CLI's
     progress display uses it). How the run ends: `finish` ("completed" unless `stop` said
     otherwise), `stop` (a clean early end), `fail` (an error; the rounds so far stay saved).
+    `resume`: the checkpoint of a stopped run in the same folder, whose rounds this recorder
+    continues (config.json's environment gains a "resumed" entry with this session's versions).
     """
 
     def __init__(self, config: Config, on_round: Callable[[RoundRecord], None] | None = None,
-                 on_phase: Callable[[str], None] | None = None):
+                 on_phase: Callable[[str], None] | None = None, resume: Checkpoint | None = None):
         self.config = config
         self.on_phase = on_phase  # told what a round is doing now ("round 2: 10 clients training")
         self.out = Path(config.out)
@@ -284,6 +383,14 @@ class RunRecorder:
         # "stopped" (`stop`), "privacy" (`spend`), "error" (`fail`)
         self._outcome: dict = {}
         self.described: dict = {"environment": environment()}  # and "resolved", once the data is loaded
+        self.resumed = resume
+        self._started = time.perf_counter()
+        self._checkpoint: dict | None = None  # the last one written, kept to add `note_opened` to it
+        if resume is not None:
+            self.rounds, self._outcome = list(resume.rounds), dict(resume.outcome)
+            before = resume.described.get("environment", {})
+            self.described = {**resume.described, "environment": {
+                **before, "resumed": [*before.get("resumed", []), {"after_round": resume.round, **environment()}]}}
 
     def phase(self, text: str) -> None:
         """Say what the run is doing inside a round (progress between round lines)."""
@@ -291,8 +398,32 @@ class RunRecorder:
             self.on_phase(text)
 
     def start(self) -> None:
+        # a resumed run's clock goes on from its checkpoint (the unfinished round's time is lost)
+        self._started = time.perf_counter() - (self.resumed.seconds if self.resumed is not None else 0.0)
         self._write_config()
         self._save("running")
+
+    def elapsed(self) -> float:
+        """Seconds the run has taken since `start` (with a resumed run's time before its checkpoint)."""
+        return time.perf_counter() - self._started
+
+    def save_checkpoint(self, server_round: int, server: dict) -> None:
+        """checkpoint.pt after round `server_round` finished and was saved: the server's state
+        (`server`, the engine's record of it), the rounds and outcome so far, written atomically.
+        A run stopped later resumes at round `server_round` + 1 (`fedkd run --resume`)."""
+        if _HALTED.is_set():
+            return
+        self._checkpoint = checkpoint_payload(self.config, server_round, self.rounds, self._outcome,
+                                              self.elapsed(), server)
+        write_checkpoint(self.out, self._checkpoint)
+
+    def note_opened(self, server_round: int) -> None:
+        """Distributed DP: round `server_round`'s noisy sum is being opened before its checkpoint
+        exists; the checkpoint says so, so that a resumed run accounts for that release too."""
+        if _HALTED.is_set() or self._checkpoint is None:  # none yet: round 1 cannot be resumed
+            return
+        self._checkpoint = {**self._checkpoint, "opened": server_round}
+        write_checkpoint(self.out, self._checkpoint)
 
     def describe(self, resolved: dict) -> None:
         """Record what the run resolved (see `resolved_settings`) in config.json and results.json."""
@@ -339,6 +470,7 @@ class RunRecorder:
             return self.results("interrupted", final)
         results = self.results(self.status, final)
         write_finished(results, self.out)
+        (self.out / CHECKPOINT).unlink(missing_ok=True)  # a finished run is not resumed (its files are written)
         return results
 
     def fail(self, error: str) -> None:

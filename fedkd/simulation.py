@@ -28,16 +28,17 @@ from fedkd.results import RunRecorder
 
 
 def simulate(config: Config, on_round: Callable[["RoundRecord"], None] | None = None, verbose: bool = False,
-             observe_grid=None, on_phase: Callable[[str], None] | None = None) -> dict:
+             observe_grid=None, on_phase: Callable[[str], None] | None = None, resume=None) -> dict:
     """Run `config` end to end (a Flower simulation unless method is central) and return results.json's dict.
     `on_round` gets each round's row once saved, `on_phase` a line on what a round is doing
     now (training, each secure-aggregation stage, distillation); `observe_grid` may wrap the server's Grid
-    (see `fedkd.apps.server_app.make_server_app`)."""
+    (see `fedkd.apps.server_app.make_server_app`); `resume` a stopped run's checkpoint in
+    `config.out` (`fedkd.results.read_checkpoint`), which the run continues."""
     from fedkd.apps.driver import run_federation
     from fedkd.apps.secure import NODE_CONFIG_ENV
 
     if config.method == "central":  # the union of private data in one place: no clients to simulate
-        return run_federation(None, config, RunRecorder(config, on_round=on_round, on_phase=on_phase))
+        return run_federation(None, config, RunRecorder(config, on_round=on_round, on_phase=on_phase, resume=resume))
 
     if not verbose:  # Flower's deprecation notice for run_simulation and per-round INFO lines
         from flwr.common.logger import update_console_handler
@@ -51,8 +52,8 @@ def simulate(config: Config, on_round: Callable[["RoundRecord"], None] | None = 
     try:
         config = config.replace(num_nodes=simulation_nodes(config))
         if config.engine == "inprocess":
-            return _run_inprocess(config, on_round, observe_grid, on_phase)
-        return _run_simulation(config, on_round, verbose, observe_grid, on_phase)
+            return _run_inprocess(config, on_round, observe_grid, on_phase, resume)
+        return _run_simulation(config, on_round, verbose, observe_grid, on_phase, resume)
     finally:  # the pins were for these simulated nodes only, not for whatever this process does next
         if before is None:
             os.environ.pop(NODE_CONFIG_ENV, None)
@@ -80,21 +81,21 @@ def node_configs(config: Config) -> list[dict]:
     return [{"partition-id": i, "num-partitions": config.num_nodes} for i in range(config.num_nodes)]
 
 
-def _run_inprocess(config: Config, on_round, observe_grid, on_phase=None) -> dict:
+def _run_inprocess(config: Config, on_round, observe_grid, on_phase=None, resume=None) -> dict:
     from fedkd.apps.client_app import app as client_app
     from fedkd.apps.inprocess import run_inprocess
     from fedkd.apps.server_app import make_server_app
 
     holder: dict = {}
     server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid,
-                                 on_phase=on_phase)
+                                 on_phase=on_phase, resume=resume)
     run_inprocess(server_app, client_app, node_configs(config), seed=config.seed)
     if "value" not in holder:
         raise RuntimeError("the simulation ended without results (see the log above)")
     return holder["value"]
 
 
-def _run_simulation(config: Config, on_round, verbose: bool, observe_grid, on_phase=None) -> dict:
+def _run_simulation(config: Config, on_round, verbose: bool, observe_grid, on_phase=None, resume=None) -> dict:
     from flwr.simulation import run_simulation
 
     from fedkd.apps.client_app import app as client_app
@@ -108,7 +109,7 @@ def _run_simulation(config: Config, on_round, verbose: bool, observe_grid, on_ph
     if config.ray_address:  # an existing cluster: Flower's Ray backend passes init_args to ray.init
         backend["init_args"]["address"] = config.ray_address
     server_app = make_server_app(config, on_round=on_round, results=holder, observe_grid=observe_grid,
-                                 on_phase=on_phase)
+                                 on_phase=on_phase, resume=resume)
     run_simulation(server_app, client_app,
                    num_supernodes=config.num_nodes, backend_config=backend, verbose_logging=verbose)
     if "value" not in holder:

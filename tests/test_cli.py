@@ -439,32 +439,59 @@ def test_the_transfer_line_names_the_architecture_students():
     assert "start from their architecture's own global student," in transfer(teacher_models="cnn")
 
 
+# Run `fedkd run` with the server held inside a chosen round: once that round's clients have
+# answered, it marks a file and waits there for the test's signal (an event, not a deadline).
+STOP_IN_ROUND = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even if our shell ignores it
+from pathlib import Path
+from fedkd.server import DistillationServer
+marker, at = Path(sys.argv[1]), int(sys.argv[2])
+finish_round = DistillationServer.finish_round
+def held(self, server_round, *args, **kwargs):
+    if server_round == at:
+        marker.touch()
+        while True:
+            time.sleep(0.05)
+    return finish_round(self, server_round, *args, **kwargs)
+DistillationServer.finish_round = held
+from fedkd.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 @pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                                 (signal.SIGINT, 130, "interrupted")])
-def test_a_stopped_run_keeps_its_finished_rounds_and_summary(tmp_path, signum, code, word):
-    """SIGTERM (batch schedulers, `timeout`) stops a run as quietly as Ctrl-C: sent once round 1
-    has been printed (an event, not a deadline), the run ends with the finished rounds in
-    results.json, summary.txt written for them, one line and no traceback."""
+def test_a_stopped_run_keeps_its_finished_rounds_and_summary_and_resumes(tmp_path, signum, code, word):
+    """SIGTERM (batch schedulers, `timeout`) stops a run as quietly as Ctrl-C: sent during round 2
+    (its clients have answered, the server has not finished it), the run ends with round 1 in
+    results.json, summary.txt written for it, one line and no traceback; `--resume` then runs
+    rounds 2 and 3 and completes the run."""
     import os
+    import time
     from pathlib import Path
 
     project = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))}
-    out = tmp_path / "out"
+    out, marker, script = tmp_path / "out", tmp_path / "in-round-2", tmp_path / "stop_in_round.py"
+    script.write_text(STOP_IN_ROUND)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedkd.cli", "run", "--clients", "3", "--rounds", "200", "--local-epochs", "1",
-         "--distill-epochs", "2", "--num-public", "100", "--aggregation", "plain", "--out", str(out)],
+        [sys.executable, str(script), str(marker), "2", "run", "--clients", "3", "--rounds", "3", "--local-epochs",
+         "1", "--distill-epochs", "2", "--num-public", "100", "--aggregation", "plain", "--out", str(out)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:  # until round 1's line: then the run is inside round 2 or later
-        lines.append(line)
-        if line.startswith("round 1:"):
-            break
+    while not marker.exists():  # the run is inside round 2
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
     proc.send_signal(signum)
-    rest, _ = proc.communicate(timeout=600)
-    console = "".join(lines) + rest
+    console, _ = proc.communicate(timeout=600)
     assert proc.returncode == code, console
     assert "Traceback" not in console and f"fedkd: {word}" in console
     saved = json.loads((out / "results.json").read_text())
-    assert saved["status"] == "interrupted" and len(saved["rounds"]) >= 1
+    assert saved["status"] == "interrupted" and [r["round"] for r in saved["rounds"]] == [1]
     assert (out / "summary.txt").is_file() and "round" in (out / "summary.txt").read_text()
+
+    assert main(["run", "--resume", str(out)]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "completed" and [r["round"] for r in saved["rounds"]] == [1, 2, 3]
+    summary = (out / "summary.txt").read_text()  # now for every round: round 3's student is in it
+    assert f"{saved['rounds'][2]['student_accuracy']:.4f}" in summary

@@ -55,14 +55,15 @@ def _flwr_run_server_app(out: Path) -> Path:
 # ---- the same files, and run.log ------------------------------------------------------------------
 
 def test_the_server_app_under_flwr_run_leaves_the_same_files_as_fedkd_run(tmp_path, monkeypatch):
-    from fedkd.results import RUN_FILES, RUN_LOG_ENV
+    from fedkd.results import CHECKPOINT, RUN_FILES, RUN_LOG_ENV
 
     monkeypatch.delenv(RUN_LOG_ENV, raising=False)
     ran = _fedkd_run(tmp_path / "fedkd-run")
     served = _flwr_run_server_app(tmp_path / "flwr-run")
     files = sorted(p.name for p in ran.iterdir())
     assert files == sorted(p.name for p in served.iterdir())
-    assert set(RUN_FILES) <= set(files)  # summary.txt and run.log included
+    assert set(RUN_FILES) - {CHECKPOINT} <= set(files)  # summary.txt and run.log included
+    assert CHECKPOINT not in files  # a finished run is not resumed: its checkpoint is gone
     accuracies = [[r["student_accuracy"] for r in json.loads((folder / "results.json").read_text())["rounds"]]
                   for folder in (ran, served)]
     assert accuracies[0] == accuracies[1]  # the same run, whichever door it came through

@@ -7,8 +7,10 @@ Owns: waiting for nodes (saying what it waits for), sending each round's train m
 node, with an entry for each of its clients in the round's cohort: `fedkd.apps.cohort`,
 `fedkd.apps.node`), turning the reply entries into `ClientReply`s (fd, local) or FedAvg's weighted
 mean (fedavg), timing each round, and handing records (and what the run resolved, and why it
-stopped early, and the student after each round) to the `RunRecorder`. Must not touch: the maths
-(`fedkd.server`).
+stopped early, and the student and the server's state after each round) to the `RunRecorder`;
+resuming a stopped run from that state (`server_state`, `restore_server`) and knowing when a run
+cannot be resumed because its nodes keep state between rounds (`node_state_reason`). Must not
+touch: the maths (`fedkd.server`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from dataclasses import replace
 from logging import INFO
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedkd import distill
 from fedkd.aggregate import ContributionError, check_contribution
 from fedkd.apps import codec
 from fedkd.apps.cohort import Placement
@@ -29,10 +33,13 @@ from fedkd.apps.node import CLIENTS, FAILED, clients_record, entries, entry_key
 from fedkd.apps.records import config_record, train_content
 from fedkd.apps.secure import SecureRound, fixed_point_sum
 from fedkd.config import Config
+from fedkd.data import Splits
+from fedkd.models import resolve
 from fedkd.results import RunRecorder, dropped_text, resolved_settings
 from fedkd.rounds import ClientMetrics, RoundRecord
+from fedkd.secagg import UNMASK
 from fedkd.server import ClientReply, DistillationServer, PrivacyBudgetError
-from fedkd.task import starting_weights, vector_layout
+from fedkd.task import Consensus, dp_params, prototype_architectures, starting_weights, vector_layout
 
 
 class RunError(RuntimeError):
@@ -42,28 +49,102 @@ class RunError(RuntimeError):
 def run_federation(grid: Grid | None, config: Config, recorder: RunRecorder) -> dict:
     """Run every round of `config.method`, saving after each; returns the results dict.
 
-    `grid` may be None for `central`, which needs no clients.
+    `grid` may be None for `central`, which needs no clients. With `recorder.resumed` (a stopped
+    run's checkpoint) the server starts from its saved state and the rounds go on after its last.
     """
-    started = time.perf_counter()
     recorder.start()
     try:
         server = DistillationServer(config)
         recorder.describe(resolved_settings(config, server.splits))
         if config.method == "fd" and config.aggregation == "plain":  # secagg's fixed-point sum, unmasked
             server.aggregate = fixed_point_sum(config, server.splits.num_classes)
+        first = 1
+        if recorder.resumed is not None:
+            restore_server(server, recorder.resumed.server)
+            first = recorder.resumed.round + 1
+            opened = recorder.resumed.opened
+            if opened is not None and server.ledger is not None:  # released, never recorded: spent all the same
+                params = dp_params(config, server.splits.num_classes, opened)
+                server.ledger.record(params, params.min_honest)  # the fewest honest the noise allows: the most spent
+                recorder.spend(server.privacy_spent())
         if config.method == "central":
-            for r in range(1, config.rounds + 1):
+            for r in range(first, config.rounds + 1):
                 t0 = time.perf_counter()
                 recorder.phase(f"round {r}: training centrally")
                 record = server.central_round(r)
                 recorder.add_round(replace(record, seconds=time.perf_counter() - t0))
                 recorder.save_student(server.student.state_dict())
+                recorder.save_checkpoint(r, server_state(server))
         else:
-            _run_rounds(grid, config, server, recorder)
-        return recorder.finish(time.perf_counter() - started)
+            _run_rounds(grid, config, server, recorder, first)
+        return recorder.finish(recorder.elapsed())
     except Exception as exc:
         recorder.fail(f"{type(exc).__name__}: {exc}")
         raise
+
+
+def server_state(server: DistillationServer) -> dict:
+    """Everything of the server that one round hands the next, copied (distillation changes the
+    models in place): the student, the per-architecture students, the consensus sent down next,
+    the DP ledger. Tensors, numbers and strings only (checkpoint.pt loads without pickle). Every
+    draw a round makes comes from a generator seeded by (seed, round), so no RNG state is kept."""
+    consensus, ledger = server.consensus, server.ledger
+    return {
+        "student": _copy(server.student.state_dict()),
+        "prototypes": {name: _copy(state) for name, state in server.prototype_states().items()},
+        "consensus": None if consensus is None else {
+            "indices": torch.from_numpy(np.array(consensus.indices, dtype=np.int64)),  # (m,)
+            "values": torch.from_numpy(np.array(consensus.teacher.values)),  # (m, K)
+            "kind": consensus.teacher.kind, "temperature": float(consensus.teacher.temperature)},
+        "ledger": None if ledger is None else {"rdp": torch.from_numpy(np.array(ledger.rdp, dtype=np.float64)),
+                                               "honest": [int(h) for h in ledger.honest]},
+    }
+
+
+def restore_server(server: DistillationServer, state: dict) -> None:
+    """Put `server_state`'s record back into a freshly built server of the same config."""
+    server.student.load_state_dict(state["student"])
+    if set(state["prototypes"]) != set(server.prototypes):
+        raise RunError(f"the checkpoint has architecture students {sorted(state['prototypes'])}, this run "
+                       f"{sorted(server.prototypes)}")
+    for name, weights in state["prototypes"].items():
+        server.prototypes[name].load_state_dict(weights)
+    saved = state["consensus"]
+    if saved is not None:
+        teacher = distill.Teacher(saved["values"].numpy(), saved["kind"], saved["temperature"])
+        server.consensus = Consensus(saved["indices"].numpy(), teacher)
+    if (state["ledger"] is None) != (server.ledger is None):
+        raise RunError("the checkpoint's privacy ledger does not fit this run's DP settings")
+    if server.ledger is not None:
+        server.ledger.rdp = state["ledger"]["rdp"].numpy().copy()
+        server.ledger.honest = list(state["ledger"]["honest"])
+
+
+def _copy(weights: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in weights.items()}
+
+
+def node_state_reason(config: Config, splits: Splits) -> str | None:
+    """Why a stopped run of `config` cannot be resumed, or None when it can: its nodes keep state
+    between rounds (`fedkd.apps.client_app`), which lives in the nodes' memory and is not saved,
+    so a resumed run would start them afresh and no longer be the run it continues. With
+    teacher-init student (the default) every teacher starts each round from a global student, and
+    nodes keep nothing that changes what they send (only a record of the weights they released,
+    which starts empty again)."""
+    if config.method in ("fedavg", "central"):
+        return None
+    if config.teacher_dp_enabled:
+        return ("DP-SGD teachers (teacher-dp-noise-multiplier > 0) keep their privacy accounting on their nodes, "
+                "which is not saved: a resumed run would count their epsilon from zero")
+    if config.teacher_init != "student":
+        return f"teacher-init {config.teacher_init} keeps each teacher on its node between rounds, which is not saved"
+    global_students = {resolve(config.student_model, splits.input_shape), *prototype_architectures(config, splits)}
+    own = sorted({resolve(config.teacher_model_for(i), splits.input_shape) for i in range(config.num_clients)}
+                 - global_students)
+    if own:
+        return (f"{', '.join(own)} teachers have no global student to start from (architecture-students off, or "
+                f"method {config.method}), so they stay on their nodes between rounds, which is not saved")
+    return None
 
 
 def expected_nodes(config: Config) -> int:
@@ -98,7 +179,8 @@ def wait_for_nodes(grid: Grid, config: Config, poll: float = 0.5, report_every: 
         time.sleep(poll)
 
 
-def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder) -> None:
+def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder: RunRecorder,
+                first: int = 1) -> None:
     """The round loop of every method with clients (fd, local, fedavg), on every engine: each
     round's cohort gets one train message per node, with an entry per client
     (`fedkd.apps.node`), and the replies come back as one entry per client.
@@ -109,10 +191,11 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
     request, and the keys come back with training. The session is sized for the whole cohort, so a
     client whose train reply does not come back in time, or cannot be used (`_collect`), is a
     drop-out at advertise_keys; a round goes on while the secure sum's drop-out budget holds, and
-    records who was dropped in training and why (`failed_clients`)."""
+    records who was dropped in training and why (`failed_clients`). The rounds run from `first`
+    (after 1, a resumed run's), each ending with its checkpoint (`server_state`)."""
     secure = config.method == "fd" and config.aggregation == "secagg"
     placement = Placement(grid, wait_for_nodes(grid, config), config)
-    for r in range(1, config.rounds + 1):
+    for r in range(first, config.rounds + 1):
         try:
             server.check_budget(r)
         except PrivacyBudgetError as exc:  # a clean stop: the rounds so far stand
@@ -141,6 +224,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
             recorder.add_round(replace(record, seconds=time.perf_counter() - t0, cohort=tuple(cohort),
                                        client_work_seconds=work, failed_clients=dropped))
             recorder.save_student(server.student.state_dict())
+            recorder.save_checkpoint(r, server_state(server))
             continue
         replies = [ClientReply(pid, e.get("payload", np.zeros(0, np.float32)), e["metrics"])
                    for pid, e in sorted(got.items())]
@@ -148,7 +232,7 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
         if session is not None:
             aggregate = session.finish(grid, {pid: e["keys"] for pid, e in got.items() if "keys" in e},
                                        keys_seconds=sum(e["metrics"].secagg_seconds or 0.0 for e in got.values()),
-                                       on_stage=lambda stage: recorder.phase(f"round {r}: secure sum, {stage}"))
+                                       on_stage=_stage_reporter(recorder, r, server))
         if config.method == "fd":
             recorder.phase(f"round {r}: distilling the student")
         try:
@@ -163,6 +247,19 @@ def _run_rounds(grid: Grid, config: Config, server: DistillationServer, recorder
                                    failed_clients=dropped))
         if config.method != "local":  # local trains teachers only: there is no student to save
             recorder.save_student(server.student.state_dict())
+        recorder.save_checkpoint(r, server_state(server))
+
+
+def _stage_reporter(recorder: RunRecorder, server_round: int, server: DistillationServer):
+    """What the secure sum tells as each stage starts: the progress line, and under distributed DP,
+    before the unmask stage opens the noisy sum, a note in the checkpoint that this round's release
+    may be spent (`RunRecorder.note_opened`) even if the run stops before the round is saved."""
+    def on_stage(stage: str) -> None:
+        if stage == UNMASK and server.ledger is not None:
+            recorder.note_opened(server_round)
+        recorder.phase(f"round {server_round}: secure sum, {stage}")
+
+    return on_stage
 
 
 def _node_content(config: Config, server: DistillationServer, server_round: int, ids: list[int],

@@ -19,17 +19,18 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.apps.driver import run_federation
 from fedkd.apps.exchange import PollingGrid
 from fedkd.config import Config
-from fedkd.results import RunRecorder, app_run_log, dropped_text, prepare_out, round_line, stalled_text
+from fedkd.results import Checkpoint, RunRecorder, app_run_log, dropped_text, prepare_out, round_line, stalled_text
 from fedkd.rounds import RoundRecord
 
 
 def make_server_app(config: Config | None = None, on_round: Callable[[RoundRecord], None] | None = None,
                     results: dict | None = None, observe_grid: Callable[[Grid], Grid] | None = None,
-                    on_phase: Callable[[str], None] | None = None) -> ServerApp:
+                    on_phase: Callable[[str], None] | None = None, resume: Checkpoint | None = None) -> ServerApp:
     """A ServerApp bound to `config` (None: read `context.run_config`); the final results dict is
     stored in `results["value"]` when given. `observe_grid` may wrap the Grid, e.g. to record
     everything the server receives (an audit of what crosses the privacy boundary); it wraps the
-    `PollingGrid` that every exchange goes through (`fedkd.apps.exchange`)."""
+    `PollingGrid` that every exchange goes through (`fedkd.apps.exchange`). `resume`: a stopped
+    run's checkpoint in `config.out`, continued after its last round (`fedkd run --resume`)."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -46,7 +47,8 @@ def make_server_app(config: Config | None = None, on_round: Callable[[RoundRecor
             if observe_grid is not None:
                 grid = observe_grid(grid)
             final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients),
-                                                          on_phase=on_phase or (lambda text: _log(f"fedkd: {text}"))))
+                                                          on_phase=on_phase or (lambda text: _log(f"fedkd: {text}")),
+                                                          resume=resume))
         if results is not None:
             results["value"] = final
 

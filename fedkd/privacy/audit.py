@@ -46,15 +46,23 @@ module docstring states the statistics and their caveats). The attack measures m
 a teacher that does not fit its own data (few examples, few epochs) leaks little in any view, so
 the default trains for 100 local epochs (`fedkd run` uses 20): an audit should assume the teacher
 fits, and with 20 epochs the plain attack drops to AUC 0.77 (seed 0).
+
+Finished trainings can be kept (`Pieces`, which `fedkd.privacy.audit_cli` keeps on disk): each
+client's clean release and each canary run's release, under a key of everything it was trained
+from (the run settings; for a canary run also canaries-per-run and its index), so an audit stopped
+mid-way, run again with the same options, trains only what is missing. The views, the DP options
+and delta do not enter the key: the same trainings serve every view and noise level.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -212,14 +220,49 @@ def _views(target: np.ndarray, others_sum: np.ndarray, others: list[np.ndarray],
     return out
 
 
+class Pieces(Protocol):
+    """Finished trainings kept between runs of an audit: a release (d,) under a name, with the key
+    of what it was trained from; `get` gives None for a name not kept or kept under another key."""
+
+    def get(self, name: str, key: str) -> np.ndarray | None: ...
+
+    def put(self, name: str, key: str, release: np.ndarray) -> None: ...
+
+
+def training_key(setting: Setting, *extra: object) -> str:
+    """What a training depends on, as a short digest: every run setting (the data, the clients,
+    the seed, the teachers' training) and `extra` (a canary run's canaries-per-run and index)."""
+    settings = {k: v for k, v in setting.config.to_run_config().items() if k != "out"}
+    text = json.dumps([settings, *extra], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def trainings(setting: Setting) -> int:
+    """How many trainings the audit runs: each client's clean release, then each canary run."""
+    return setting.config.num_clients + setting.runs
+
+
+def _kept(pieces: Pieces | None, name: str, key: str, train: Callable[[], np.ndarray]) -> np.ndarray:
+    """The release kept under `name` and `key`, or `train()`'s, kept as soon as it is done."""
+    if pieces is not None:
+        release = pieces.get(name, key)
+        if release is not None:
+            return release
+    release = train()
+    if pieces is not None:
+        pieces.put(name, key, release)
+    return release
+
+
 def run_audit(*, on_run: Callable[[int, int], None] | None = None, **options) -> dict:
     """Run the audit; `options` are `prepare`'s keywords. `on_run(done, total)` is called after
     each training run (the first is the clean round of all n teachers). Returns a JSON-able dict."""
     return execute(prepare(**options), on_run)
 
 
-def execute(setting: Setting, on_run: Callable[[int, int], None] | None = None) -> dict:
-    """The audit for a prepared setting (see the module docstring for what it does)."""
+def execute(setting: Setting, on_run: Callable[[int, int], None] | None = None, pieces: Pieces | None = None) -> dict:
+    """The audit for a prepared setting (see the module docstring for what it does); with
+    `pieces`, trainings kept there under the same key are read back, and each new one is kept."""
     from fedkd.task import derive_seed, generator
 
     started = time.perf_counter()
@@ -229,8 +272,10 @@ def execute(setting: Setting, on_run: Callable[[int, int], None] | None = None) 
     report = on_run or (lambda done, total: None)
 
     x0, y0 = splits.client(TARGET)
-    target_clean = clean_release(setting, TARGET)
-    others = [clean_release(setting, pid) for pid in range(n) if pid != TARGET]
+    clean_key = training_key(setting)
+    clean = [_kept(pieces, f"clean-{pid}", clean_key, lambda pid=pid: clean_release(setting, pid)) for pid in range(n)]
+    target_clean = clean[TARGET]
+    others = [v for pid, v in enumerate(clean) if pid != TARGET]
     others_sum = np.sum(others, axis=0)  # (d,)
     others_clean = np.sum([_clipped(v, params.clip, k) for v in others], axis=0)  # (d,)
     report(1, total_runs)
@@ -255,7 +300,8 @@ def execute(setting: Setting, on_run: Callable[[int, int], None] | None = None) 
         is_in = rng.random(len(c)) < 0.5
         x = np.concatenate([x0, splits.public_x[c[is_in]]])
         y = np.concatenate([y0, y_c[is_in]]).astype(y0.dtype)
-        released = _release(setting, TARGET, x, y, generator(config.seed, "audit", "train", run))  # same init, fresh shuffle
+        released = _kept(pieces, f"run-{run}", training_key(setting, setting.canaries_per_run, run),  # same init,
+                         lambda: _release(setting, TARGET, x, y, generator(config.seed, "audit", "train", run)))  # fresh shuffle
         coords = c * k + y_c  # flat index of (c, y_c)
         for view, seen in _views(released, others_sum, others, others_clean, setting, "run", run).items():
             scores[view].append(seen[coords])

@@ -2,22 +2,62 @@
 
 Owns: the command's arguments (one per keyword of `fedkd.privacy.audit.prepare`, with the same
 defaults; clients and temperature are `fedkd run`'s, from Config), how a result is shown (a rich
-table, or JSON on stdout), the files it writes (audit.json, audit_roc.png) and the one-line
-errors with exit code 2. Must not touch: the scenario or the statistics (`fedkd.privacy.audit`,
-`.audit_stats`); parsing the arguments imports neither torch nor the data.
+table, or JSON on stdout), the files it writes (audit.json, audit_roc.png, and each finished
+training in trainings/ as it finishes: `TrainingFolder`), the one-line errors with exit code 2,
+and stopping: SIGINT or SIGTERM ends the audit with one line, exit 130 or 143, every finished
+training kept for the same command to go on from. Must not touch: the scenario or the statistics
+(`fedkd.privacy.audit`, `.audit_stats`); parsing the arguments imports neither torch nor the data.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import signal
+import sys
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from fedkd.errors import UserError, report
-from fedkd.privacy.audit import MIN_CANARIES, RUN, VIEWS, Setting, execute, prepare
+from fedkd.privacy.audit import MIN_CANARIES, RUN, VIEWS, Setting, execute, prepare, trainings
 from fedkd.privacy.audit_stats import CONFIDENCE, AuditError
+from fedkd.results import write_atomic
+
+TRAININGS = "trainings"  # the folder in --out that keeps each finished training
+
+
+class TrainingFolder:
+    """The audit's finished trainings (`fedkd.privacy.audit.Pieces`) as files: NAME.npz holds the
+    release (d,) float64 and the key of what it was trained from, written atomically when the
+    training ends. A file under another key (other settings) is trained again and replaced."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.reused = 0  # trainings read back instead of run
+        self.names: set[str] = set()  # the trainings of this audit that are on disk
+
+    def get(self, name: str, key: str) -> np.ndarray | None:
+        try:
+            with np.load(self.folder / f"{name}.npz") as kept:
+                if str(kept["key"]) != key:
+                    return None
+                release = kept["release"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # missing, or not one of ours
+            return None
+        self.reused += 1
+        self.names.add(name)
+        return release
+
+    def put(self, name: str, key: str, release: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, release=release, key=np.array(key))
+        write_atomic(self.folder / f"{name}.npz", buffer.getvalue())
+        self.names.add(name)
 
 
 def plot_roc(result: dict, path: Path) -> None:
@@ -98,10 +138,17 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except (UserError, OSError) as exc:
         return report(exc, "fedkd audit")
+    kept = TrainingFolder(out / TRAININGS)
     try:
-        result = _execute_with_progress(setting, show=not args.json)
+        with _term_as_interrupt():
+            result = _execute_with_progress(setting, kept, show=not args.json)
     except AuditError as exc:  # too few IN or OUT canaries in a half: known only after training
         return report(exc, "fedkd audit")
+    except KeyboardInterrupt as stop:
+        print(f"fedkd audit: {stop.args[0] if stop.args else 'interrupted'}; {len(kept.names)} of "
+              f"{trainings(setting)} trainings are kept in {kept.folder}: the same command goes on from them",
+              file=sys.stderr)
+        return 143 if stop.args else 130
     text = json.dumps(result, indent=2, allow_nan=False)
     (out / "audit.json").write_text(text + "\n")
     plot_roc(result, out / "audit_roc.png")
@@ -112,14 +159,34 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console()
     console.print(table(result))
-    console.print(f"Saved {out}/audit.json, audit_roc.png")
+    reused = f" ({kept.reused} of them read back, not trained again)" if kept.reused else ""
+    console.print(f"Saved {out}/audit.json, audit_roc.png; the {trainings(setting)} trainings in {kept.folder}{reused}",
+                  highlight=False, soft_wrap=True)
     return 0
 
 
-def _execute_with_progress(setting: Setting, show: bool) -> dict:
-    """`execute`, with a progress bar over the training runs on stderr when `show`."""
+@contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, batch schedulers) stops the audit as Ctrl-C does."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    try:
+        before = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _execute_with_progress(setting: Setting, kept: TrainingFolder, show: bool) -> dict:
+    """`execute`, keeping each training in `kept`, with a progress bar over the training runs on
+    stderr when `show`."""
     if not show:
-        return execute(setting)
+        return execute(setting, pieces=kept)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -127,4 +194,4 @@ def _execute_with_progress(setting: Setting, show: bool) -> dict:
                         console=Console(stderr=True), transient=True)
     task = progress.add_task("runs", total=setting.runs + 1)
     with progress:
-        return execute(setting, lambda done, total: progress.update(task, completed=done, total=total))
+        return execute(setting, lambda done, total: progress.update(task, completed=done, total=total), pieces=kept)
