@@ -136,6 +136,10 @@ class Config:
     device: str = "auto"
     client_cpus: float = 1.0
     client_gpus: float = 0.0
+    # torch threads of the server's own work (distillation, evaluation); 0: torch's default, one per core.
+    # 1: OpenMP threads beyond the free cores spin; on the 2 shared cores here (load 8-12) the server's
+    # distillation ran 3-8x slower on 2 threads than on 1 (simulations/server_speed.py, docs/results.md)
+    server_threads: int = 1
     timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
     ray_address: str = ""  # fedkd run: attach the simulation to this Ray cluster ("" starts a local one)
     # fedkd run's engine: inprocess (the apps called directly in this process) or ray (Flower's
@@ -366,6 +370,7 @@ class Config:
         _positive("lr", self.lr)
         _positive("distill-lr", self.distill_lr)
         _positive("client-cpus", self.client_cpus)
+        _at_least("server-threads", self.server_threads, 0)
         _choice("engine", self.engine, ENGINES)
         if self.ray_address and self.engine != "ray":
             raise ConfigError(f"ray-address={self.ray_address} attaches Ray's engine to a cluster; add engine ray "

@@ -37,7 +37,10 @@ def simulate(config: Config, on_round: Callable[[dict], None] | None = None, ver
     from fedkd.apps.secure import NODE_CONFIG_ENV
 
     if config.method == "central":  # the union of private data in one place: no clients to simulate
-        return run_federation(None, config, RunRecorder(config, on_round=on_round, on_phase=on_phase))
+        from fedkd.apps.server_app import server_threads
+
+        with server_threads(config):  # the ServerApp, which sets them otherwise, is not run
+            return run_federation(None, config, RunRecorder(config, on_round=on_round, on_phase=on_phase))
 
     if not verbose:  # Flower's deprecation notice for run_simulation and per-round INFO lines
         from flwr.common.logger import update_console_handler

@@ -8,8 +8,9 @@ becomes a fresh timestamped folder); `fedkd run` and `fedkd deploy` choose it be
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from logging import INFO, WARNING
-from typing import Callable
+from typing import Callable, Iterator
 
 from flwr.app import Context
 from flwr.common.logger import log
@@ -41,12 +42,29 @@ def make_server_app(config: Config | None = None, on_round: Callable[[dict], Non
         grid = PollingGrid(grid)  # replies collected as they arrive, not after Flower's fixed sleep
         if observe_grid is not None:
             grid = observe_grid(grid)
-        final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients),
-                                                      on_phase=on_phase or (lambda text: _log(f"fedkd: {text}"))))
+        with server_threads(cfg):
+            final = run_federation(grid, cfg, RunRecorder(cfg, on_round=on_round or _log_round(cfg.num_clients),
+                                                          on_phase=on_phase or (lambda text: _log(f"fedkd: {text}"))))
         if results is not None:
             results["value"] = final
 
     return server_app
+
+
+@contextmanager
+def server_threads(config: Config) -> Iterator[None]:
+    """torch's threads for the server's work while the block runs (`server-threads`; 0 leaves torch's
+    default), then as they were: an in-process run leaves its caller's setting alone. In process,
+    the ClientApp sets its own threads for each call and the Grid puts the server's back after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if config.server_threads > 0:
+        torch.set_num_threads(config.server_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _log(text: str) -> None:
