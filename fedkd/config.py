@@ -138,7 +138,7 @@ class Config:
     client_gpus: float = 0.0
     # torch threads of the server's own work (distillation, evaluation); 0: torch's default, one per core.
     # 1: OpenMP threads beyond the free cores spin; on 2 busy cores one fashion3615 distillation took 53
-    # CPU s on 1 thread and had not finished after 470 on 2 (docs/results.md, "The server's distillation")
+    # CPU s on 1 thread and had not finished after 526 on 2 (docs/results.md, "The server's distillation")
     server_threads: int = 1
     timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
     ray_address: str = ""  # fedkd run: attach the simulation to this Ray cluster ("" starts a local one)

@@ -463,7 +463,7 @@ def distill(
     Returns {"epochs" (run, best included), "train_loss", "val_loss", "recoveries", "lr" (at the end)}.
     """
     # images in channels-last layout (N, H, W, C in memory): the convolutions' CPU time per epoch fell by
-    # about a quarter (fashion CNN and ResNet-8, one thread; simulations/server_speed.py); the model
+    # about a quarter (fashion CNN and ResNet-8, one thread; docs/results.md); the model
     # leaves in the usual layout
     layout = torch.channels_last if np.ndim(x) == 4 else torch.contiguous_format
     model.to(device, memory_format=layout)
