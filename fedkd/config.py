@@ -136,6 +136,10 @@ class Config:
     device: str = "auto"
     client_cpus: float = 1.0
     client_gpus: float = 0.0
+    # torch threads of the server's own work (distillation, evaluation); 0: torch's default, one per core.
+    # 1: OpenMP threads beyond the free cores spin; on 2 busy cores one fashion3615 distillation took 53
+    # CPU s on 1 thread and had not finished after 526 on 2 (docs/results.md, "The server's distillation")
+    server_threads: int = 1
     timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
     ray_address: str = ""  # fedkd run: attach the simulation to this Ray cluster ("" starts a local one)
     # fedkd run's engine: inprocess (the apps called directly in this process) or ray (Flower's
@@ -371,6 +375,7 @@ class Config:
         _positive("lr", self.lr)
         _positive("distill-lr", self.distill_lr)
         _positive("client-cpus", self.client_cpus)
+        _at_least("server-threads", self.server_threads, 0)
         _choice("engine", self.engine, ENGINES)
         if self.teacher_memory < 0:
             raise ConfigError(f"teacher-memory={self.teacher_memory:g} must be >= 0 (MiB; 0 keeps every teacher on disk)")

@@ -168,6 +168,8 @@ HELP: dict[str, str] = {
     "device": "where torch runs: auto (cuda when torch sees a GPU, else cpu), cpu or cuda",
     "client_cpus": "CPU cores a simulated node takes, > 0: Ray reserves them per node, and its torch threads "
                    "(both engines) follow them",
+    "server_threads": "torch threads of the server's distillation and evaluation, >= 0 (0: torch's default, one "
+                      "per core; the default 1 avoids idle threads spinning on cores that other work holds)",
     "client_gpus": "share of a GPU Ray reserves per simulated node, >= 0 (0: none)",
     "timeout": "seconds to wait for nodes and for each round's replies, > 0",
     "ray_address": "fedkd run with engine ray only: attach the simulation to this running Ray cluster "

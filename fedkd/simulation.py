@@ -38,7 +38,11 @@ def simulate(config: Config, on_round: Callable[["RoundRecord"], None] | None = 
     from fedkd.apps.secure import NODE_CONFIG_ENV
 
     if config.method == "central":  # the union of private data in one place: no clients to simulate
-        return run_federation(None, config, RunRecorder(config, on_round=on_round, on_phase=on_phase, resume=resume))
+        from fedkd.apps.server_app import server_threads
+
+        with server_threads(config):  # the ServerApp, which sets them otherwise, is not run
+            return run_federation(None, config, RunRecorder(config, on_round=on_round, on_phase=on_phase,
+                                                            resume=resume))
 
     if not verbose:  # Flower's deprecation notice for run_simulation and per-round INFO lines
         from flwr.common.logger import update_console_handler

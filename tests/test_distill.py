@@ -149,6 +149,21 @@ def test_distill_moves_student_towards_teacher_and_restores_best():
     assert stats["val_loss"] <= before
 
 
+def test_distill_on_images_learns_and_hands_the_model_back_in_the_usual_layout():
+    # the loop runs channels-last on images; what leaves it (weights sent down, saved, copied) must not
+    from fedkd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 8, 8), 3)
+    x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
+    target = distill.Teacher(np.tile(np.array([[0.8, 0.1, 0.1]], np.float32), (40, 1)), "probs", 2.0)
+    before = distill.kd_loss(model(torch.tensor(x)), torch.tensor(target.values), 2.0).item()
+    distill.distill(model, x, target, distill.Schedule(5, 0.01, 16, optimizer="adam"),
+                    generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    assert distill.kd_loss(model(torch.tensor(x)), torch.tensor(target.values), 2.0).item() < before / 2
+    assert all(t.is_contiguous() for t in model.state_dict().values())
+
+
 def test_mean_rule_never_gives_negative_probabilities():
     total = np.array([[1.0 - 1e-9, -1e-9, 0.0]])  # what fixed-point decoding can return for a 0
     teacher = distill.combine(total, 1, "mean", 2.0)

@@ -8,9 +8,9 @@ becomes a fresh timestamped folder); `fedkd run` and `fedkd deploy` choose it be
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from logging import INFO, WARNING
-from typing import Callable
+from typing import Callable, Iterator
 
 from flwr.app import Context
 from flwr.common.logger import log
@@ -42,7 +42,7 @@ def make_server_app(config: Config | None = None, on_round: Callable[[RoundRecor
             cfg = cfg.replace(out=str(prepare_out(cfg.out)))
             _log(f"fedkd: results go to {cfg.out}")
             run_log = app_run_log(cfg.out)  # run.log there, as `fedkd run` writes it
-        with run_log:
+        with run_log, server_threads(cfg):
             grid = PollingGrid(grid)  # replies collected as they arrive, not after Flower's fixed sleep
             if observe_grid is not None:
                 grid = observe_grid(grid)
@@ -53,6 +53,22 @@ def make_server_app(config: Config | None = None, on_round: Callable[[RoundRecor
             results["value"] = final
 
     return server_app
+
+
+@contextmanager
+def server_threads(config: Config) -> Iterator[None]:
+    """torch's threads for the server's work while the block runs (`server-threads`; 0 leaves torch's
+    default), then as they were: an in-process run leaves its caller's setting alone. In process,
+    the ClientApp sets its own threads for each call and the Grid puts the server's back after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if config.server_threads > 0:
+        torch.set_num_threads(config.server_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _log(text: str) -> None:
