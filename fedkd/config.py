@@ -28,6 +28,7 @@ TEACHER_INITS = ("persist", "student")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("inprocess", "ray")  # fedkd run's simulation engines (fedkd.simulation)
+COHORT_ENGINES = ("auto", "stacked", "sequential")  # how a node trains its clients' teachers (fedkd.stacked)
 # public-views auto: views per public example on images of 16x16 and more; each view is one more row
 # of soft labels per client per round
 AUTO_VIEWS = 3
@@ -134,6 +135,10 @@ class Config:
     hard_label_weight: float = 0.0  # weight of cross-entropy on public labels (needs public_labels)
     # Runtime
     device: str = "auto"
+    # how a node trains the teachers of the clients it hosts: stacked (one batched model per
+    # architecture, fedkd.stacked), sequential (one client after another), or auto (stacked where
+    # it applies: no DP-SGD, no batch norm, two or more clients of one architecture)
+    cohort_engine: str = "auto"
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     timeout: float = 600.0  # seconds to wait for nodes and for each round's replies
@@ -331,6 +336,7 @@ class Config:
 
     def _validate_models(self) -> None:
         _choice("device", self.device, DEVICES)
+        _choice("cohort-engine", self.cohort_engine, COHORT_ENGINES)
         _choice("distill-optimizer", self.distill_optimizer, OPTIMIZERS)
         _choice("student-model", self.student_model, MODELS)
         if not self.teacher_model_list:
