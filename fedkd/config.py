@@ -137,7 +137,8 @@ class Config:
     device: str = "auto"
     # how a node trains the teachers of the clients it hosts: stacked (one batched model per
     # architecture, fedkd.stacked), sequential (one client after another), or auto (stacked where
-    # it applies: no DP-SGD, no batch norm, two or more clients of one architecture)
+    # it applies and pays: no DP-SGD, no batch norm, two or more clients of one architecture, and
+    # on a CPU no convolutions)
     cohort_engine: str = "auto"
     client_cpus: float = 1.0
     client_gpus: float = 0.0

@@ -53,19 +53,27 @@ class Plan:
     reasons: Mapping[int, str]  # partition id -> why it runs sequentially
 
 
-def stackable(architecture: str, input_shape: tuple[int, ...], num_classes: int) -> str | None:
-    """None when teachers of `architecture` can be stacked, else why not: a module with buffers
-    (batch norm's running statistics) would update them once for all clients under vmap."""
+def stackable(architecture: str, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
+              forced: bool = False) -> str | None:
+    """None when teachers of `architecture` stack, else why not: a module with buffers (batch
+    norm's running statistics) would update them once for all clients under vmap; and on a CPU,
+    unless `forced` (cohort-engine stacked), convolutions: vmap turns them into grouped
+    convolutions, which this CPU ran 2.7 times slower than the same convolutions one model at a
+    time (25 CNNs, a 64-row step, forward and backward; im2col with batched matmuls was slower
+    still), so the per-step overhead stacking saves is lost."""
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the global stream as it was
         model = build_model(architecture, input_shape, num_classes)
     if any(True for _ in model.buffers()):
         return f"{architecture} has batch-norm statistics, which vmap cannot keep per client"
+    if device.type == "cpu" and not forced and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return f"{architecture}'s convolutions run faster one model at a time on a CPU"
     return None
 
 
-def plan(config: Config, input_shape: tuple[int, ...], num_classes: int, ids) -> Plan:
+def plan(config: Config, input_shape: tuple[int, ...], num_classes: int, ids, device: torch.device) -> Plan:
     """Which of the clients `ids` train stacked under `cohort-engine`: those of one architecture,
-    two or more, without DP-SGD (Opacus clips per example on its own model) and without batch norm."""
+    two or more, without DP-SGD (Opacus clips per example on its own model), where the architecture
+    stacks (`stackable`)."""
     ids = tuple(ids)
     if config.cohort_engine == "sequential":
         return Plan((), ids, {pid: "cohort-engine sequential" for pid in ids})
@@ -76,7 +84,7 @@ def plan(config: Config, input_shape: tuple[int, ...], num_classes: int, ids) ->
         by_arch.setdefault(resolve(config.teacher_model_for(pid), input_shape), []).append(pid)
     groups, alone, reasons = [], [], {}
     for arch, members in by_arch.items():
-        why = stackable(arch, input_shape, num_classes)
+        why = stackable(arch, input_shape, num_classes, device, forced=config.cohort_engine == "stacked")
         if why is None and len(members) < 2:
             why = f"the only {arch} client of its node this round"
         if why is None:
@@ -87,17 +95,16 @@ def plan(config: Config, input_shape: tuple[int, ...], num_classes: int, ids) ->
     return Plan(tuple(groups), tuple(alone), reasons)
 
 
-def describe(config: Config, input_shape: tuple[int, ...], num_classes: int) -> str:
+def describe(config: Config, input_shape: tuple[int, ...], num_classes: int, device: torch.device) -> str:
     """What `cohort-engine` resolves to for a node hosting every client, for the run's settings:
     "stacked", "sequential (<why>)", or per architecture when it differs."""
-    p = plan(config, input_shape, num_classes, range(config.num_clients))
+    p = plan(config, input_shape, num_classes, range(config.num_clients), device)
     if not p.sequential:
         return "stacked"
     if not p.stacked:
-        return f"sequential ({sorted(set(p.reasons.values()))[0]})"
+        return f"sequential ({'; '.join(sorted(set(p.reasons.values())))})"
     parts = [f"stacked for {resolve(config.teacher_model_for(g[0]), input_shape)}" for g in p.stacked]
-    parts += [f"sequential for {why}" for why in sorted(set(p.reasons.values()))]
-    return "; ".join(parts)
+    return "; ".join(parts + [f"sequential: {why}" for why in sorted(set(p.reasons.values()))])
 
 
 # ---- the stacked model ------------------------------------------------------------------------
@@ -175,7 +182,14 @@ class StackedOptimizer:
             t = self.steps.clamp(min=1)  # inactive slots that never stepped: any finite value, discarded
             step_size = (self.lr / (1 - self.beta1 ** t)).float()  # (C,) per slot, as the float torch uses
             bias2_sqrt = ((1 - self.beta2 ** t) ** 0.5).float()
+            every = bool(active.all())
             for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+                if every:  # in place, as fedkd.optim.Adam, with each slot's own step size
+                    m.lerp_(p.grad, 1 - self.beta1)
+                    v.mul_(self.beta2).addcmul_(p.grad, p.grad, value=1 - self.beta2)
+                    denom = (v.sqrt() / _per_slot(bias2_sqrt, p)).add_(self.eps)
+                    p.sub_(_per_slot(step_size, p) * (m / denom))
+                    continue
                 keep = _per_slot(active, p)
                 g = p.grad
                 m_new = m.lerp(g, 1 - self.beta1)
@@ -187,7 +201,14 @@ class StackedOptimizer:
                 p.copy_(torch.where(keep, p_new, p))
             return
         lr = self.lr.float()
+        every = bool(active.all())
         for p, b in zip(self.params, self.buffers):
+            if every:  # in place, as fedkd.optim.SGD, with each slot's own rate
+                g = p.grad if self.weight_decay == 0 else p.grad.add_(p, alpha=self.weight_decay)
+                if self.momentum != 0:
+                    g = b.mul_(self.momentum).add_(g)
+                p.addcmul_(_per_slot(lr, p), g, value=-1)
+                continue
             keep = _per_slot(active, p)
             g = p.grad if self.weight_decay == 0 else torch.add(p.grad, p, alpha=self.weight_decay)
             b_new = b * self.momentum + g if self.momentum != 0 else g
@@ -294,9 +315,12 @@ class _Lanes:
         self._opt.reset(lane.slot, lane.lr)
         lane.epoch, lane.batches, lane.status = 0, None, "run"
 
-    def _end_epoch(self, lane: _Lane, loop: _Loop) -> None:
+    def _end_epoch(self, lane: _Lane, loop: _Loop, finite: bool | None = None) -> None:
+        """The sequential loop's end of an epoch: non-finite weights restart the lane; else the
+        epoch counts (the last one once its outputs pass `_check`)."""
         lane.batches = None
-        finite = all(bool(torch.isfinite(p[lane.slot]).all()) for p in self.stack.params.values())
+        if finite is None:
+            finite = self._finite_slots()[lane.slot]
         if not finite:
             self._recover(lane, loop)
             return
@@ -334,10 +358,58 @@ class _Lanes:
             self._check(loop, checking)
 
     def _step(self, loop: _Loop, stepping: list) -> None:
-        """One optimizer step of every lane in `stepping` ((lane, private rows, public rows) each)."""
+        """One optimizer step of every lane in `stepping` ((lane, private rows, public rows) each).
+        Lanes run widest batch first, in buckets of similar width (each padded to its widest, at
+        most twice a lane's own), so that a few large partitions do not pad every lane."""
         device = self.x.device
+        stepping = sorted(stepping, key=lambda s: -_width(s))
+        widths = [_width(s) for s in stepping]
+        losses, start = [], 0
+        while start < len(stepping):
+            end = start + 1
+            while end < len(stepping) and 2 * widths[end] > widths[start]:
+                end += 1
+            losses.append(self._bucket_loss(loop, stepping[start:end]))
+            start = end
+        loss = torch.cat(losses)  # (S,) each lane's loss on its batch
+        finite = torch.isfinite(loss)
+        torch.where(finite, loss, 0.0).sum().backward()  # each slot's gradient is its own loss's
+        params = list(self.stack.params.values())
         slots = torch.tensor([lane.slot for lane, _, _ in stepping], device=device)
-        sizes = [len(priv if priv is not None else pub) for _, priv, pub in stepping]
+        active = torch.zeros(self.stack.size, dtype=torch.bool, device=device)
+        active[slots[finite]] = True
+        if loop.schedule.clip_norm > 0:
+            _clip(params, loop.schedule.clip_norm)
+        self._opt.step(active)
+        for p in params:
+            p.grad = None
+        ending = []
+        for (lane, _, _), value, ok, size in zip(stepping, loss.tolist(), finite.tolist(), widths):
+            if not ok:  # the sequential loop stops the epoch before this step
+                self._recover(lane, loop)
+                continue
+            lane.total, lane.seen = lane.total + value * size, lane.seen + size
+            if not lane.batches:
+                ending.append(lane)
+        if ending:
+            finite_slots = self._finite_slots()
+            for lane in ending:
+                self._end_epoch(lane, loop, finite_slots[lane.slot])
+
+    def _finite_slots(self) -> list[bool]:
+        """Whether each slot's weights are all finite, in one pass over the stack."""
+        ok = torch.ones(self.stack.size, dtype=torch.bool, device=self.x.device)
+        with torch.no_grad():
+            for p in self.stack.params.values():
+                ok &= torch.isfinite(p).flatten(1).all(dim=1)
+        return ok.tolist()
+
+    def _bucket_loss(self, loop: _Loop, bucket: list) -> torch.Tensor:
+        """The losses (S,) of lanes whose batches are padded to the bucket's widest (row 0 of their
+        own data and of the public inputs fills the padding, masked out of the loss)."""
+        device = self.x.device
+        slots = torch.tensor([lane.slot for lane, _, _ in bucket], device=device)
+        sizes = [_width(s) for s in bucket]
         width = max(sizes)
         n = torch.tensor(sizes, device=device, dtype=torch.float32)  # (S,) examples in each lane's batch
         mask = torch.arange(width, device=device)[None, :] < n[:, None]  # (S, B): real rows, not padding
@@ -348,40 +420,24 @@ class _Lanes:
                 out[i, : len(part)] = part
             return out.to(device)
 
-        inputs, private = [], stepping[0][1] is not None
+        inputs, private, public = [], bucket[0][1] is not None, bucket[0][2] is not None
         if private:
-            rows = padded([priv for _, priv, _ in stepping]) + self.offsets[slots][:, None]  # (S, B) into self.x
+            rows = padded([priv for _, priv, _ in bucket]) + self.offsets[slots][:, None]  # (S, B) into self.x
             inputs.append(self.x[rows])
             labels = self.y[rows]
-        public = stepping[0][2] is not None
         if public:
-            j = padded([pub for _, _, pub in stepping])
+            j = padded([pub for _, _, pub in bucket])
             inputs.append(loop.public[j])  # (S, B, *shape)
             targets = loop.targets[j]  # (S, B, K)
+        # the private and public rows in one pass (no batch norm: rows do not interact)
         logits = self.stack.forward(self.stack.rows(slots), torch.cat(inputs, dim=1))  # (S, B or 2B, K)
-        loss = torch.zeros(len(stepping), device=device)
+        loss = torch.zeros(len(bucket), device=device)
         if private:
             ce = F.cross_entropy(logits[:, :width].flatten(0, 1), labels.flatten(), reduction="none")
-            loss = loss + torch.where(mask, ce.view(len(stepping), width), 0.0).sum(1) / n
+            loss = loss + torch.where(mask, ce.view(len(bucket), width), 0.0).sum(1) / n
         if public:
             loss = loss + loop.weight * _public_loss(logits[:, -width:], targets, loop.teacher, mask, n)
-        finite = torch.isfinite(loss)  # (S,)
-        torch.where(finite, loss, 0.0).sum().backward()  # each slot's gradient is its own loss's
-        params = list(self.stack.params.values())
-        active = torch.zeros(self.stack.size, dtype=torch.bool, device=device)
-        active[slots[finite]] = True
-        if loop.schedule.clip_norm > 0:
-            _clip(params, loop.schedule.clip_norm)
-        self._opt.step(active)
-        for p in params:
-            p.grad = None
-        for (lane, _, _), value, ok, size in zip(stepping, loss.tolist(), finite.tolist(), sizes):
-            if not ok:  # the sequential loop stops the epoch before this step
-                self._recover(lane, loop)
-                continue
-            lane.total, lane.seen = lane.total + value * size, lane.seen + size
-            if not lane.batches:
-                self._end_epoch(lane, loop)
+        return loss
 
     def _check(self, loop: _Loop, lanes: list[_Lane]) -> None:
         """`train_supervised`'s last-epoch check, for the lanes done with their last epoch: finite
@@ -424,6 +480,11 @@ class _Lanes:
         out = torch.cat([self.stack.forward(params, self.x[rows[:, i : i + step]]) for i in range(0, longest, step)],
                         dim=1) if longest else None
         return [out[k, : lane.rows] if out is not None else torch.zeros(0, 0) for k, lane in enumerate(lanes)]
+
+
+def _width(stepping: tuple) -> int:
+    """Rows of a (lane, private rows, public rows) batch."""
+    return len(stepping[1] if stepping[1] is not None else stepping[2])
 
 
 def _public_loss(logits: torch.Tensor, targets: torch.Tensor, teacher: distill.Teacher, mask: torch.Tensor,

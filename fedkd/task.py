@@ -322,7 +322,7 @@ def cohort_teachers(
 
     splits = splits_for(config)
     plan = stacked.plan(config, splits.input_shape, splits.num_classes,
-                        [pid for pid in clients if 0 <= pid < len(splits.partitions)])
+                        [pid for pid in clients if 0 <= pid < len(splits.partitions)], resolve_device(config.device))
     out: dict[int, TeacherUpdate | Exception] = {}
     for group in plan.stacked:
         out.update(stacked.teacher_rounds(config, server_round, {pid: clients[pid] for pid in group}, consensus,
@@ -421,6 +421,14 @@ def evaluate_teacher(model: torch.nn.Module, config: Config, splits: Splits, x: 
     test_logits = distill.predict_logits(model, splits.test_x, device)  # (n_test, K)
     own = distill.predict_logits(model, x, device) if reports_stall(config) else None
     return test_logits, teacher_report(config, splits, y, loss, test_logits, own)
+
+
+def cohort_engine(config: Config, splits: Splits) -> str:
+    """What cohort-engine resolves to for these settings (`fedkd.stacked.describe`), e.g. "stacked"
+    or "sequential (DP-SGD teachers (Opacus) train one model at a time)", for the resolved settings."""
+    from fedkd import stacked
+
+    return stacked.describe(config, splits.input_shape, splits.num_classes, resolve_device(config.device))
 
 
 def reports_stall(config: Config) -> bool:
