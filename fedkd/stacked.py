@@ -114,16 +114,21 @@ class Stack:
 
     def __init__(self, models: list[nn.Module], device: torch.device):
         stacked, _ = stack_module_state(models)
-        self.params = {k: v.detach().to(device).clone().requires_grad_(True) for k, v in stacked.items()}
+        # stepped in place by `StackedOptimizer`; each step's gradients come from copies (`_Lanes._step`)
+        self.params = {k: v.detach().to(device).clone() for k, v in stacked.items()}
         self.base = copy.deepcopy(models[0]).to("meta")  # the function; its weights come from `params`
         self.size = len(models)
 
     def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, params, (x,))
 
+    def is_whole(self, slots: torch.Tensor) -> bool:
+        """Whether `slots` are every slot, in order."""
+        return len(slots) == self.size and bool((slots == torch.arange(self.size, device=slots.device)).all())
+
     def rows(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The slots' weights (S, *shape), differentiable into `params`; all of them without a copy."""
-        if len(slots) == self.size and bool((slots == torch.arange(self.size, device=slots.device)).all()):
+        """The slots' weights (S, *shape): a copy, or `params` itself when `slots` are all of them in order."""
+        if self.is_whole(slots):
             return self.params
         return {k: v[slots] for k, v in self.params.items()}
 
@@ -338,6 +343,7 @@ class _Lanes:
         s = loop.schedule
         self._good = {k: v.detach().clone() for k, v in self.stack.params.items()}  # each lane's kept weights
         self._opt = StackedOptimizer(s.optimizer, list(self.stack.params.values()), s.lr)
+        self._grads = {k: torch.zeros_like(v) for k, v in self.stack.params.items()}  # a step's gradients
         for lane in members:
             lane.lr, lane.recoveries, lane.epoch, lane.batches = s.lr, 0, 0, None
             lane.loss, lane.status = float("nan"), "run" if s.epochs > 0 else "done"
@@ -364,16 +370,29 @@ class _Lanes:
         device = self.x.device
         stepping = sorted(stepping, key=lambda s: -_width(s))
         widths = [_width(s) for s in stepping]
-        losses, start = [], 0
+        # each bucket runs on its own copy of its slots' weights (a leaf, so that the backward pass
+        # fills (S_b, *shape) gradients, not a zero-filled (C, *shape) one per bucket)
+        losses, leaves, start = [], [], 0
         while start < len(stepping):
             end = start + 1
             while end < len(stepping) and 2 * widths[end] > widths[start]:
                 end += 1
-            losses.append(self._bucket_loss(loop, stepping[start:end]))
+            bucket = stepping[start:end]
+            slots = torch.tensor([lane.slot for lane, _, _ in bucket], device=device)
+            leaf = {k: v.detach().requires_grad_(True) for k, v in self.stack.rows(slots).items()}
+            losses.append(self._bucket_loss(loop, bucket, leaf))
+            leaves.append((slots, leaf))
             start = end
         loss = torch.cat(losses)  # (S,) each lane's loss on its batch
         finite = torch.isfinite(loss)
         torch.where(finite, loss, 0.0).sum().backward()  # each slot's gradient is its own loss's
+        for k, p in self.stack.params.items():
+            if len(leaves) == 1 and self.stack.is_whole(leaves[0][0]):
+                p.grad = leaves[0][1][k].grad  # every slot, in slot order
+                continue
+            p.grad = self._grads[k].zero_()  # slots outside the step: zero, and they take no step
+            for slots, leaf in leaves:
+                p.grad.index_copy_(0, slots, leaf[k].grad)
         params = list(self.stack.params.values())
         slots = torch.tensor([lane.slot for lane, _, _ in stepping], device=device)
         active = torch.zeros(self.stack.size, dtype=torch.bool, device=device)
@@ -397,14 +416,18 @@ class _Lanes:
                 self._end_epoch(lane, loop, finite_slots[lane.slot])
 
     def _finite_slots(self) -> list[bool]:
-        """Whether each slot's weights are all finite, in one pass over the stack."""
-        ok = torch.ones(self.stack.size, dtype=torch.bool, device=self.x.device)
+        """Whether each slot's weights are all finite. A finite sum over a slot's weights means
+        they all are (an inf or NaN makes it inf or NaN), and costs less than a test per weight;
+        the slots whose sum is not finite (a non-finite weight, or finite ones whose sum overflows)
+        are tested weight by weight."""
         with torch.no_grad():
-            for p in self.stack.params.values():
-                ok &= torch.isfinite(p).flatten(1).all(dim=1)
+            sums = torch.stack([p.flatten(1).sum(dim=1) for p in self.stack.params.values()], dim=1)  # (C, P)
+            ok = torch.isfinite(sums).all(dim=1)
+            for slot in torch.nonzero(~ok).flatten().tolist():
+                ok[slot] = all(bool(torch.isfinite(p[slot]).all()) for p in self.stack.params.values())
         return ok.tolist()
 
-    def _bucket_loss(self, loop: _Loop, bucket: list) -> torch.Tensor:
+    def _bucket_loss(self, loop: _Loop, bucket: list, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The losses (S,) of lanes whose batches are padded to the bucket's widest (row 0 of their
         own data and of the public inputs fills the padding, masked out of the loss)."""
         device = self.x.device
@@ -430,7 +453,7 @@ class _Lanes:
             inputs.append(loop.public[j])  # (S, B, *shape)
             targets = loop.targets[j]  # (S, B, K)
         # the private and public rows in one pass (no batch norm: rows do not interact)
-        logits = self.stack.forward(self.stack.rows(slots), torch.cat(inputs, dim=1))  # (S, B or 2B, K)
+        logits = self.stack.forward(params, torch.cat(inputs, dim=1))  # (S, B or 2B, K)
         loss = torch.zeros(len(bucket), device=device)
         if private:
             ce = F.cross_entropy(logits[:, :width].flatten(0, 1), labels.flatten(), reduction="none")
