@@ -273,10 +273,10 @@ class _Lanes:
     """The stacked clients' loops run together, one step of every running lane at a time."""
 
     def __init__(self, stack: Stack, lanes: list[_Lane], x: torch.Tensor, y: torch.Tensor,
-                 offsets: torch.Tensor, budget: int):
-        self.stack, self.lanes = stack, lanes
+                 offsets: torch.Tensor, budget: int, act_bytes: int):
+        self.stack, self.lanes = stack, lanes  # lanes[slot]
         self.x, self.y, self.offsets = x, y, offsets  # every lane's private rows, concatenated; lane starts (C,)
-        self.budget = budget
+        self.budget, self.act_bytes = budget, act_bytes  # inference passes take budget // (S * act_bytes) rows
 
     # -- draws, in the order the sequential loops make them --
     def _start_epoch(self, lane: _Lane, loop: _Loop) -> None:
@@ -497,12 +497,13 @@ class _Lanes:
         pos = torch.arange(longest, device=device)
         counts = torch.tensor([lane.rows for lane in lanes], device=device)
         starts = self.offsets[torch.tensor(slots, device=device)]
+        if longest == 0:
+            return [torch.zeros(0, 0, device=device) for _ in lanes]
+        # a shorter partition repeats its last row as padding (its own: no other client's row), cut off below
         rows = starts[:, None] + torch.minimum(pos[None, :], (counts - 1).clamp(min=0)[:, None])  # (S, longest)
-        if len(self.x) == 0:
-            return [torch.zeros(0, 0) for _ in lanes]
         out = torch.cat([self.stack.forward(params, self.x[rows[:, i : i + step]]) for i in range(0, longest, step)],
-                        dim=1) if longest else None
-        return [out[k, : lane.rows] if out is not None else torch.zeros(0, 0) for k, lane in enumerate(lanes)]
+                        dim=1)  # (S, longest, K)
+        return [out[k, : lane.rows] for k, lane in enumerate(lanes)]
 
 
 def _width(stepping: tuple) -> int:
@@ -566,7 +567,7 @@ class Trained:
 
 def train_group(models: list[nn.Module], data: list[tuple[np.ndarray, np.ndarray]], generators: list[torch.Generator],
                 pids: list[int], digesting: list[bool], config: Config, joint: distill.JointTerm | None,
-                device: torch.device, labels: Mapping[str, np.ndarray] = {}, own: bool = False
+                device: torch.device, labels: Mapping[str, np.ndarray] | None = None, own: bool = False
                 ) -> tuple[list[Trained], dict[str, list[np.ndarray]], list[np.ndarray | None]]:
     """Train one chunk of clients of one architecture as `fedkd.task.teacher_round` trains each:
     the digest (for the clients in `digesting`), then local training with the consensus term,
@@ -581,8 +582,8 @@ def train_group(models: list[nn.Module], data: list[tuple[np.ndarray, np.ndarray
     offsets = torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.long, device=device)
     lanes = [_Lane(pid, slot, gen, n, f"client {pid}'s digest step")
              for slot, (pid, gen, n) in enumerate(zip(pids, generators, sizes))]
-    engine = _Lanes(stack, lanes, x, y, offsets, budget_bytes(device))
-    engine.act_bytes = _activation_bytes(models[0], tuple(data[0][0].shape[1:]))
+    engine = _Lanes(stack, lanes, x, y, offsets, budget_bytes(device),
+                    _activation_bytes(models[0], tuple(data[0][0].shape[1:])))
     recoveries = [0.0] * len(lanes)
     if joint is not None:
         px, pt = distill._tensor(joint.x, device), distill._tensor(joint.teacher.values, device)
@@ -606,6 +607,7 @@ def train_group(models: list[nn.Module], data: list[tuple[np.ndarray, np.ndarray
             out.append(Trained(None, float("nan"), recoveries[lane.slot], lane.error))
         else:
             out.append(Trained(stack.state(lane.slot), lane.loss, recoveries[lane.slot] + lane.recoveries))
+    labels = labels or {}
     alive = [lane.slot for lane in lanes if lane.status != "failed"]
     logits: dict[str, list[np.ndarray]] = {name: [None] * len(lanes) for name in labels}
     own_rows: list[np.ndarray | None] = [None] * len(lanes)
@@ -628,8 +630,9 @@ def teacher_rounds(config: Config, server_round: int, clients: Mapping, consensu
     trained stacked in chunks that fit memory: partition id -> its `task.TeacherUpdate` (engine
     "stacked"), or the exception that stopped it. Each client starts as `task.start_teacher` starts
     it (in id order, so the global stream is seeded as the sequential loop leaves it). Its
-    train-seconds and predict-seconds are its share of its chunk's time (the chunk's time over its
-    clients), so that they still sum to the node's time."""
+    train-seconds is its share of its chunk's time (training and labelling, over the chunk's
+    clients), so that they still sum to the node's time; predict-seconds is the time to build its
+    metrics and vector from its logits."""
     from fedkd import task
 
     splits = task.splits_for(config)
