@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--num-clients", type=int, default=100)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--repeats", type=int, default=1, help="timings per round and engine (the median is printed)")
+    parser.add_argument("--rounds", default="1,2", help="which of rounds 1 and 2 to time (round 2 costs one more "
+                        "stacked round 1 for its consensus)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     settings = {"num-clients": args.num_clients, "dataset": args.dataset}
@@ -68,8 +70,11 @@ def main() -> None:
           f"{min(map(len, splits.partitions))}..{max(map(len, splits.partitions))}, teachers "
           f"{task.resolve(config.teacher_model_for(0), splits.input_shape)}, torch threads {torch.get_num_threads()}, "
           f"device {task.resolve_device(config.device)}")
-    _, first = timed(config, "stacked", 1, None, None)  # round 2's inputs (and warm caches)
-    rounds = {1: (None, None), 2: round_inputs(config, splits, first)}
+    wanted = {int(r) for r in args.rounds.split(",")}
+    rounds = {1: (None, None)} if 1 in wanted else {}
+    if 2 in wanted:
+        _, first = timed(config, "stacked", 1, None, None)  # round 2's inputs
+        rounds[2] = round_inputs(config, splits, first)
     figures = {}
     for r, (consensus, student) in rounds.items():
         times: dict[str, list[float]] = {"sequential": [], "stacked": []}
