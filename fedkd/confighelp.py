@@ -172,7 +172,8 @@ HELP: dict[str, str] = {
                      "rounding), sequential (one after another), or auto (stacked where it applies and pays: "
                      "DP-SGD teachers, batch norm (resnet8) and a lone client of an architecture run sequentially "
                      "under either; auto also runs convolutions (cnn) sequentially on a CPU, where grouped "
-                     "convolutions are slower)",
+                     "convolutions are slower); sequential is the default: its results are bit for bit the same "
+                     "whichever clients share a node",
     "client_cpus": "CPU cores a simulated node takes, > 0: Ray reserves them per node, and its torch threads "
                    "(both engines) follow them",
     "client_gpus": "share of a GPU Ray reserves per simulated node, >= 0 (0: none)",
