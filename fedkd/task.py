@@ -314,10 +314,10 @@ def cohort_teachers(
     """The round's teacher work of the clients one node hosts: client id -> its `teacher_round`,
     or the exception that stopped it (one client's failure is its own: the others go on).
 
-    Clients of one architecture train together as one stacked model (`fedkd.stacked`, under
-    cohort-engine auto or stacked, where it applies); the rest run one after another. Either way
-    each client draws from its own seeded streams, so the result does not depend on which clients
-    share a node, nor (within float rounding) on the engine."""
+    Under cohort-engine auto or stacked, clients of one architecture train together as one stacked
+    model where it applies (`fedkd.stacked`); the rest run one after another (all of them under
+    sequential, the default). Each client draws from its own seeded streams: sequential results do
+    not depend on which clients share a node, and stacked ones match them within float rounding."""
     from fedkd import stacked
 
     splits = splits_for(config)
