@@ -28,6 +28,7 @@ TEACHER_INITS = ("persist", "student")
 DP_MECHANISMS = ("ddg", "skellam")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("inprocess", "ray")  # fedkd run's simulation engines (fedkd.simulation)
+COHORT_ENGINES = ("auto", "stacked", "sequential")  # how a node trains its clients' teachers (fedkd.stacked)
 # public-views auto: views per public example on images of 16x16 and more; each view is one more row
 # of soft labels per client per round
 AUTO_VIEWS = 3
@@ -134,6 +135,13 @@ class Config:
     hard_label_weight: float = 0.0  # weight of cross-entropy on public labels (needs public_labels)
     # Runtime
     device: str = "auto"
+    # how a node trains the teachers of the clients it hosts: stacked (one batched model per
+    # architecture, fedkd.stacked), sequential (one client after another), or auto (stacked where
+    # it applies and pays: no DP-SGD, no batch norm, two or more clients of one architecture, and
+    # on a CPU no convolutions). Sequential by default: stacked results equal it only within float
+    # rounding, and depend (as rounding) on which clients share a node, where sequential ones are
+    # bit for bit the same on every engine and grouping (tests/test_engine.py)
+    cohort_engine: str = "sequential"
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     # torch threads of the server's own work (distillation, evaluation); 0: torch's default, one per core.
@@ -340,6 +348,7 @@ class Config:
 
     def _validate_models(self) -> None:
         _choice("device", self.device, DEVICES)
+        _choice("cohort-engine", self.cohort_engine, COHORT_ENGINES)
         _choice("distill-optimizer", self.distill_optimizer, OPTIMIZERS)
         _choice("student-model", self.student_model, MODELS)
         if not self.teacher_model_list:

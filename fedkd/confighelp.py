@@ -12,8 +12,8 @@ No `%` in the texts: argparse formats help strings with it.
 
 from __future__ import annotations
 
-from fedkd.config import (AGGREGATIONS, CONFIDENCE_WEIGHTINGS, DEVICES, DP_MECHANISMS, ENGINES, ENSEMBLE_RULES,
-                          METHODS, MODELS, OPTIMIZERS, SECAGG_STAGES, TEACHER_INITS, VOTE_WEIGHTINGS)
+from fedkd.config import (AGGREGATIONS, COHORT_ENGINES, CONFIDENCE_WEIGHTINGS, DEVICES, DP_MECHANISMS, ENGINES,
+                          ENSEMBLE_RULES, METHODS, MODELS, OPTIMIZERS, SECAGG_STAGES, TEACHER_INITS, VOTE_WEIGHTINGS)
 from fedkd.data import DATASETS, PARTITIONS
 
 # The settings that take one of a fixed list of words (teacher-models: a comma list of them).
@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student_model": MODELS, "teacher_init": TEACHER_INITS, "ensemble": ENSEMBLE_RULES,
     "vote_weighting": VOTE_WEIGHTINGS, "confidence_weighting": CONFIDENCE_WEIGHTINGS, "aggregation": AGGREGATIONS,
     "dp_mechanism": DP_MECHANISMS, "distill_optimizer": OPTIMIZERS, "device": DEVICES, "engine": ENGINES,
+    "cohort_engine": COHORT_ENGINES,
 }
 
 HELP: dict[str, str] = {
@@ -166,6 +167,13 @@ HELP: dict[str, str] = {
                          "(0: off; > 0 needs public-labels)",
     # ---- runtime
     "device": "where torch runs: auto (cuda when torch sees a GPU, else cpu), cpu or cuda",
+    "cohort_engine": "how a node trains its clients' teachers: stacked (the clients of one architecture as one "
+                     "vmapped model, in chunks that fit memory; the same results as sequential within float "
+                     "rounding), sequential (one after another), or auto (stacked where it applies and pays: "
+                     "DP-SGD teachers, batch norm (resnet8) and a lone client of an architecture run sequentially "
+                     "under either; auto also runs convolutions (cnn) sequentially on a CPU, where grouped "
+                     "convolutions are slower); sequential is the default: its results are bit for bit the same "
+                     "whichever clients share a node",
     "client_cpus": "CPU cores a simulated node takes, > 0: Ray reserves them per node, and its torch threads "
                    "(both engines) follow them",
     "server_threads": "torch threads of the server's distillation and evaluation, >= 0 (0: torch's default, one "

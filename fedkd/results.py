@@ -183,6 +183,10 @@ def resolved_settings(config: Config, splits: Splits) -> dict:
                      "server_step": config.step,
                      "public_views": config.views_for(splits.input_shape), "view_flip": config.view_flip},
     }
+    if config.method in ("fd", "local"):  # how a node trains its clients' teachers (fedkd.stacked)
+        from fedkd.task import cohort_engine
+
+        resolved["cohort_engine"] = cohort_engine(config, splits)
     if config.method == "fd" and config.aggregation == "secagg":
         from fedkd.aggregate import secagg_config
         from fedkd.task import vector_layout

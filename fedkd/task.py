@@ -219,6 +219,7 @@ class TeacherUpdate:
     dp_history: tuple = ()  # DP-SGD accounting events so far (fedkd.privacy.dpsgd.Event), kept on the node
     # it started from a global student (teacher-init student): its weights need not stay on the node
     from_student: bool = False
+    engine: str = "sequential"  # how it trained: "sequential" (teacher_round) or "stacked" (fedkd.stacked)
 
 
 @dataclass(frozen=True)
@@ -313,17 +314,28 @@ def cohort_teachers(
     """The round's teacher work of the clients one node hosts: client id -> its `teacher_round`,
     or the exception that stopped it (one client's failure is its own: the others go on).
 
-    The clients run one after another, each with its own seeded streams, so the result does not
-    depend on which clients share a node. This is the one place a node's cohort is trained: a
-    batched engine (teachers of one architecture as one stacked model) plugs in here."""
+    Under cohort-engine auto or stacked, clients of one architecture train together as one stacked
+    model where it applies (`fedkd.stacked`); the rest run one after another (all of them under
+    sequential, the default). Each client draws from its own seeded streams: sequential results do
+    not depend on which clients share a node, and stacked ones match them within float rounding."""
+    from fedkd import stacked
+
+    splits = splits_for(config)
+    plan = stacked.plan(config, splits.input_shape, splits.num_classes,
+                        [pid for pid in clients if 0 <= pid < len(splits.partitions)], resolve_device(config.device))
     out: dict[int, TeacherUpdate | Exception] = {}
+    for group in plan.stacked:
+        out.update(stacked.teacher_rounds(config, server_round, {pid: clients[pid] for pid in group}, consensus,
+                                          student, prototypes, with_predictions))
     for pid, start in clients.items():
+        if pid in out:
+            continue
         try:
             out[pid] = teacher_round(config, pid, server_round, start.state, consensus, with_predictions,
                                      start.dp_history, student, prototypes)
         except Exception as exc:  # noqa: BLE001 (reported per client by the node)
             out[pid] = exc
-    return out
+    return {pid: out[pid] for pid in clients}
 
 
 def cohort_fedavg(config: Config, server_round: int, ids, global_state: dict[str, torch.Tensor]
@@ -407,12 +419,33 @@ def evaluate_teacher(model: torch.nn.Module, config: Config, splits: Splits, x: 
     if config.dp_enabled:
         return None, {}
     test_logits = distill.predict_logits(model, splits.test_x, device)  # (n_test, K)
+    own = distill.predict_logits(model, x, device) if reports_stall(config) else None
+    return test_logits, teacher_report(config, splits, y, loss, test_logits, own)
+
+
+def cohort_engine(config: Config, splits: Splits) -> str:
+    """What cohort-engine resolves to for these settings (`fedkd.stacked.describe`), e.g. "stacked"
+    or "sequential (DP-SGD teachers (Opacus) train one model at a time)", for the resolved settings."""
+    from fedkd import stacked
+
+    return stacked.describe(config, splits.input_shape, splits.num_classes, resolve_device(config.device))
+
+
+def reports_stall(config: Config) -> bool:
+    """Whether a client reports the stall bit, for which its teacher labels its own data."""
+    return not config.dp_enabled and not config.teacher_dp_enabled and config.local_epochs > 0
+
+
+def teacher_report(config: Config, splits: Splits, y: np.ndarray, loss: float, test_logits: np.ndarray,
+                   own_logits: np.ndarray | None) -> dict[str, float]:
+    """`evaluate_teacher`'s metrics from the teacher's test logits (n_test, K) and, where the stall
+    bit is reported, its logits on its own data (N, K)."""
     metrics = {"teacher-accuracy": distill.accuracy(test_logits, splits.test_y)}  # of the model: post-processing
     if not config.teacher_dp_enabled:  # these are not outputs of the DP-SGD model alone
         metrics.update({"num-examples": float(len(y)), "train-loss": loss})
         if config.local_epochs > 0:  # one bit about its training, from one eval-mode pass over its data
-            metrics["stalled"] = float(distill.learnt_nothing(distill.predict_logits(model, x, device), y))
-    return test_logits, metrics
+            metrics["stalled"] = float(distill.learnt_nothing(own_logits, y))
+    return metrics
 
 
 def soft_labels(config: Config, logits: np.ndarray, weights: np.ndarray | None
@@ -438,8 +471,15 @@ def release(model: torch.nn.Module, config: Config, splits: Splits, y: np.ndarra
     """The vector to be summed (`TeacherUpdate.vector`) and its metrics: the public block on
     this round's public inputs (sample and views), DP-encoded with DP on; else packed with the test block, the soft
     labels of `test_logits` (n_test, K)."""
+    public_logits = distill.predict_logits(model, public_inputs(config, splits, server_round), device)  # (m, K)
+    return release_logits(config, splits, y, server_round, public_logits, test_logits)
+
+
+def release_logits(config: Config, splits: Splits, y: np.ndarray, server_round: int, public_logits: np.ndarray,
+                   test_logits: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
+    """`release` from the teacher's logits on this round's public inputs (rows, K) and the test set."""
     layout = vector_layout(config, splits, server_round)
-    public = public_release(model, config, splits, y, public_inputs(config, splits, server_round), device)
+    public = soft_labels(config, public_logits, class_weights(y, splits.num_classes, config.vote_rule))
     metrics: dict[str, float] = {}
     if config.dp_enabled:
         # noise from the OS's entropy, never from the run seed: the server knows the seed
