@@ -195,3 +195,17 @@ def test_a_simulated_run_gives_the_same_rounds_under_either_engine(tmp_path):
         assert "student_accuracy" in keys
         for k in keys:
             assert a[k] == pytest.approx(b[k], abs=1e-5), k
+
+
+def test_config_json_says_which_engine_trains_the_teachers():
+    from fedkd.results import resolved_settings
+    from fedkd.task import splits_for
+
+    def engine(**settings):
+        cfg = Config(**settings).validated()
+        return resolved_settings(cfg, splits_for(cfg)).get("cohort_engine")
+
+    assert engine() == "sequential (cohort-engine sequential)"  # the default
+    assert engine(cohort_engine="stacked") == "stacked" == engine(cohort_engine="auto")  # digits' MLPs stack
+    assert engine(cohort_engine="auto", teacher_dp_noise_multiplier=1.0).startswith("sequential (DP-SGD")
+    assert engine(method="fedavg") is None  # no teachers
