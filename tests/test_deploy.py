@@ -322,7 +322,7 @@ def test_teardown_kills_stubborn_processes_and_descendants_in_other_sessions(tmp
 
 @LINUX_PROC
 def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(run_deploy, tmp_path):
-    from fedkd.results import RUN_FILES
+    from fedkd.results import CHECKPOINT, RUN_FILES
 
     proc = run_deploy("2", "--timeout", DEPLOY_TIMEOUT, "--run-config", TINY)
     code = proc.wait(within=RUN_WAIT)
@@ -334,7 +334,9 @@ def test_two_node_plain_deployment_completes_a_round_and_leaves_nothing_running(
     assert results["status"] == "completed" and len(results["rounds"]) == 1
     assert results["config"]["num-clients"] == 2 and results["config"]["out"] == str(out)
     assert results["config"]["environment"]["flwr"] and "student_to_ensemble" in results["rounds"][0]
-    assert set(RUN_FILES) <= {p.name for p in out.iterdir()}  # fedkd run's files, summary.txt and run.log too
+    files = {p.name for p in out.iterdir()}
+    assert set(RUN_FILES) - {CHECKPOINT} <= files  # fedkd run's files, summary.txt and run.log too
+    assert CHECKPOINT not in files  # a finished run is not resumed
     log = (out / "run.log").read_text()  # every process's lines; the console showed fedkd's
     assert "superlink |" in log and "node-0" in log and "\x1b" not in log
     assert "fedkd round 1: student " in log and "summary (summary.txt)" in log

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkd import distill
+from fedkd.config import Config
 
 
 def test_kd_loss_equals_its_formula():
@@ -158,10 +159,12 @@ def test_distill_on_images_learns_and_hands_the_model_back_in_the_usual_layout()
     x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
     target = distill.Teacher(np.tile(np.array([[0.8, 0.1, 0.1]], np.float32), (40, 1)), "probs", 2.0)
     before = distill.kd_loss(model(torch.tensor(x)), torch.tensor(target.values), 2.0).item()
-    distill.distill(model, x, target, distill.Schedule(5, 0.01, 16, optimizer="adam"),
+    distill.distill(model, x, target, distill.Schedule(5, 0.01, 16, optimizer="adam", channels_last=True),
                     generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert distill.kd_loss(model(torch.tensor(x)), torch.tensor(target.values), 2.0).item() < before / 2
     assert all(t.is_contiguous() for t in model.state_dict().values())
+    assert distill.Schedule.server(Config()).channels_last  # the server's distillation; a client's digest is not
+    assert not distill.Schedule.digest(Config(), "digest").channels_last
 
 
 def test_mean_rule_never_gives_negative_probabilities():

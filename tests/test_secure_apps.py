@@ -507,12 +507,13 @@ def test_simulate_leaves_no_node_settings_behind(monkeypatch):
 
     seen = {}
 
-    def fake_run(config, on_round, verbose, observe_grid, on_phase=None):
+    def fake_run(config, on_round, verbose, observe_grid, on_phase=None, resume=None):
         seen["during"] = os.environ.get(NODE_CONFIG_ENV)
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(cli, "_run_simulation", fake_run)
-    monkeypatch.setattr(cli, "_run_inprocess", lambda config, on_round, observe_grid, on_phase: fake_run(config, 0, 0, 0))
+    monkeypatch.setattr(cli, "_run_inprocess",
+                        lambda config, on_round, observe_grid, on_phase, resume=None: fake_run(config, 0, 0, 0))
     with pytest.raises(RuntimeError, match="stop here"):
         cli.simulate(Config(secagg_consistency_check=False))
     assert "secagg-require-check=false" in seen["during"]
