@@ -188,17 +188,8 @@ def test_engine_and_node_settings_are_checked():
             Config(**bad).validated()
 
 
-def test_memory_stays_flat_a_node_keeps_no_teacher_under_teacher_init_student(tmp_path, monkeypatch):
-    import fedkd.apps.inprocess as inprocess
-
-    grids = []
-    real = inprocess.InProcessGrid
-
-    def keep(*args, **kwargs):
-        grids.append(real(*args, **kwargs))
-        return grids[-1]
-
-    monkeypatch.setattr(inprocess, "InProcessGrid", keep)
+def test_memory_stays_flat_a_node_keeps_no_teacher_under_teacher_init_student(tmp_path, inprocess_grids):
+    grids = inprocess_grids
     # besides the 32-byte digests of what each client released (a teacher releases once)
     for init, kept in (("student", {"released"}), ("persist", {"teacher", "released"})):
         grids.clear()

@@ -79,17 +79,8 @@ def _rows(results: dict) -> list[dict]:
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in results["rounds"]]
 
 
-def test_a_run_is_the_same_with_teachers_on_disk_and_a_node_keeps_none_in_memory(tmp_path, monkeypatch):
-    import fedkd.apps.inprocess as inprocess
-
-    grids = []
-    real = inprocess.InProcessGrid
-
-    def keep(*args, **kwargs):
-        grids.append(real(*args, **kwargs))
-        return grids[-1]
-
-    monkeypatch.setattr(inprocess, "InProcessGrid", keep)
+def test_a_run_is_the_same_with_teachers_on_disk_and_a_node_keeps_none_in_memory(tmp_path, inprocess_grids):
+    grids = inprocess_grids
     runs, names = {}, {}
     for label, budget in (("memory", 1024.0), ("disk", 0.0)):
         grids.clear()
